@@ -1,0 +1,75 @@
+"""Zero-shot predictions: what the pretrained model says before any fine-tuning.
+
+Seq2seq models get the study's prompt and generate a word, mapped to a label (outputs that are
+neither word are counted as unmapped, never silently called negative). Encoders compare each
+review's mean-pooled embedding with embeddings of a few descriptions of each label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .inference import Predictions, _run_batches, classify_texts
+from .models import ModelBundle, encode_head_tail
+
+LABEL_DESCRIPTIONS = (
+    (
+        "A negative movie review.",
+        "This film was bad, boring and a waste of time.",
+        "I hated this movie: terrible acting and a weak plot.",
+    ),
+    (
+        "A positive movie review.",
+        "This film was great, moving and well worth watching.",
+        "I loved this movie: wonderful acting and a gripping story.",
+    ),
+)
+# cosine similarities differ by a few hundredths; this temperature turns them into usable confidences
+SIMILARITY_SCALE = 20.0
+
+
+def label_prototypes(bundle: ModelBundle) -> torch.Tensor:
+    """One unit vector per label: the mean embedding of its descriptions."""
+    vectors = []
+    for descriptions in LABEL_DESCRIPTIONS:
+        embedded = embed_texts(bundle, list(descriptions))
+        vectors.append(torch.nn.functional.normalize(embedded.mean(dim=0), dim=-1))
+    return torch.stack(vectors)
+
+
+def embed_texts(bundle: ModelBundle, texts: list[str], max_length: int = 256, batch_size: int = 64,
+                progress=None) -> torch.Tensor:
+    """Unit-length mean-pooled embeddings, in input order."""
+    encoded = encode_head_tail(bundle.tokenizer, texts, max_length)
+    rows = _run_batches(
+        bundle, encoded, batch_size,
+        lambda batch: torch.nn.functional.normalize(bundle.model.embed(**batch).float(), dim=-1),
+        progress,
+    )
+    return torch.stack(rows)
+
+
+def zero_shot_predict(
+    bundle: ModelBundle,
+    texts: list[str],
+    max_length: int = 256,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> Predictions:
+    """Predict labels with no training.
+
+    Args:
+        bundle: an untouched registry model (no LoRA).
+        texts: cleaned reviews.
+        max_length: tokens kept per review.
+        batch_size: reviews per forward pass.
+        progress: called with (done, total) after each batch.
+    """
+    if bundle.spec.kind == "seq2seq":
+        return classify_texts(bundle, texts, max_length, batch_size, progress)
+    prototypes = label_prototypes(bundle)
+    similarity = embed_texts(bundle, texts, max_length, batch_size, progress) @ prototypes.T
+    probs = torch.softmax(similarity * SIMILARITY_SCALE, dim=-1)
+    return Predictions(labels=probs.argmax(dim=-1).tolist(), confidence=probs.max(dim=-1).values.tolist())

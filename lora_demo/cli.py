@@ -1,0 +1,224 @@
+"""`python -m lora_demo`: the app's pipeline, headless, with a JSON report.
+
+Commands: train, evaluate, predict, params, data. User mistakes print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from dataclasses import fields, replace
+from pathlib import Path
+
+from .config import (
+    DEFAULT_MODEL,
+    MODEL_REGISTRY,
+    DataConfig,
+    LoraSettings,
+    TrainConfig,
+    UserError,
+    field_help,
+)
+
+logger = logging.getLogger("lora_demo")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line on stderr and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see `python -m lora_demo {self.prog.split()[-1]} --help`)\n")
+
+
+def _add_fields(parser, cls, rename: dict[str, str] | None = None, skip=()):
+    """Flags from a config dataclass: its help strings and types; default None means 'not given'."""
+    rename = rename or {}
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + rename.get(f.name, f.name).replace("_", "-")
+        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        parser.add_argument(flag, dest=f.name, type=kind, default=None, help=f"{field_help(cls, f.name)} "
+                            f"(default: {f.default})")
+
+
+def _from_args(cls, args, base=None):
+    given = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+    return replace(base, **given) if base is not None else cls(**given)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m lora_demo", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    def with_data(p):
+        _add_fields(p, DataConfig, rename={"source": "data"})
+        return p
+
+    def with_model(p):
+        p.add_argument("--model", default=DEFAULT_MODEL, choices=list(MODEL_REGISTRY), help="registry model")
+        return p
+
+    def with_lora(p):
+        _add_fields(p, LoraSettings, skip=("target_modules",))
+        p.add_argument("--target-modules", nargs="+", default=None, help=field_help(LoraSettings, "target_modules"))
+        return p
+
+    train = with_lora(with_model(with_data(commands.add_parser("train", help="baseline, LoRA training, evaluation"))))
+    _add_fields(train, TrainConfig, rename={"learning_rate": "lr"}, skip=("seed",))
+    train.add_argument("--output", help="folder to save the adapter in")
+    train.add_argument("--report", help="file to write the JSON report to")
+
+    evaluate = with_model(with_data(commands.add_parser("evaluate", help="score the baseline or an adapter")))
+    evaluate.add_argument("--adapter", help="adapter folder from `train --output`; default: the zero-shot baseline")
+    evaluate.add_argument("--max-length", type=int, default=None, help="tokens kept per review")
+    evaluate.add_argument("--report", help="file to write the JSON metrics to")
+
+    predict = with_model(commands.add_parser("predict", help="label free text"))
+    predict.add_argument("--adapter", help="adapter folder; default: the zero-shot baseline of --model")
+    predict.add_argument("texts", nargs="+", help="reviews to label")
+
+    with_lora(with_model(commands.add_parser("params", help="trainable vs total parameters, offline")))
+    with_data(commands.add_parser("data", help="summary of the data source and split"))
+    return parser
+
+
+def cmd_train(args) -> int:
+    from .data import load_splits
+    from .pipeline import comparison_table, run_study
+
+    splits = load_splits(_data_config(args), fit_to_data=_sizes_not_given(args))
+    lora = _lora_settings(args)
+    config = _from_args(TrainConfig, args, TrainConfig(seed=splits.config.seed))
+    _print_notes(splits.notes)
+    report = run_study(args.model, splits, lora, config, output_dir=args.output, on_event=_log_event)
+    _write_json(args.report, report)
+    train = report["train"]
+    print(f"trained {train['steps']} steps in {train['seconds']:.1f} s: train loss {train['train_loss']:.4f}, "
+          f"validation loss {train['val_loss'] if train['val_loss'] is None else round(train['val_loss'], 4)}; "
+          f"{report['params']['trainable']:,} trainable of {report['params']['total']:,} parameters "
+          f"({report['params']['percent']:.3f}%)")
+    print(comparison_table(report))
+    for name in ("baseline", "finetuned"):
+        if report[name].get("warning"):
+            print(f"warning ({name}): {report[name]['warning']}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .data import load_splits
+    from .lora import load_adapter
+    from .models import load_bundle
+    from .pipeline import evaluate_model
+
+    splits = load_splits(_data_config(args), fit_to_data=_sizes_not_given(args))
+    _print_notes(splits.notes)
+    if args.adapter:
+        bundle, meta = load_adapter(args.adapter)
+        max_length = args.max_length or meta.get("train_config", {}).get("max_length", 256)
+    else:
+        bundle, max_length = load_bundle(args.model), args.max_length or 256
+    metrics, _ = evaluate_model(bundle, splits.test, zero_shot=not args.adapter, max_length=max_length)
+    result = {"model": bundle.spec.name, "adapter": args.adapter, "data": splits.summary(), "metrics": metrics}
+    _write_json(args.report, result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .baseline import zero_shot_predict
+    from .inference import classify_texts
+    from .lora import load_adapter
+    from .models import load_bundle
+
+    texts = [t.strip() for t in args.texts]
+    if not all(texts):
+        raise UserError("empty text: give each review as a non-empty argument")
+    if args.adapter:
+        bundle, meta = load_adapter(args.adapter)
+        predictions = classify_texts(bundle, texts, max_length=meta.get("train_config", {}).get("max_length", 256))
+    else:
+        predictions = zero_shot_predict(load_bundle(args.model), texts)
+    for text, label, confidence in zip(texts, predictions.label_names(), predictions.confidence):
+        print(json.dumps({"text": text, "label": label, "confidence": round(confidence, 4)}))
+    return 0
+
+
+def cmd_params(args) -> int:
+    from .lora import count_parameters_offline
+
+    counts = count_parameters_offline(args.model, _lora_settings(args))
+    print(f"model {args.model}: {counts['trainable']:,} trainable of {counts['total']:,} parameters "
+          f"({counts['percent']:.3f}%); base model {counts['base_total']:,}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data import load_splits
+
+    splits = load_splits(_data_config(args), fit_to_data=_sizes_not_given(args))
+    summary = splits.summary()
+    summary["examples"] = splits.train.head(3).assign(text=lambda f: f["text"].str[:120]).to_dict("records")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _data_config(args) -> DataConfig:
+    return _from_args(DataConfig, args)
+
+
+def _sizes_not_given(args) -> bool:
+    return all(getattr(args, name) is None for name in ("train_size", "val_size", "test_size"))
+
+
+def _lora_settings(args) -> LoraSettings:
+    settings = _from_args(LoraSettings, args, LoraSettings())
+    if args.target_modules:
+        settings = replace(settings, target_modules=tuple(args.target_modules))
+    return settings
+
+
+def _log_event(event: dict):
+    if event["type"] == "log":
+        print(f"step {event['step']:>4}  epoch {event['epoch']:.2f}  train loss {event['loss']:.4f}", flush=True)
+    elif event["type"] == "eval":
+        print(f"step {event['step']:>4}  epoch {event['epoch']:.2f}  validation loss {event['val_loss']:.4f}",
+              flush=True)
+
+
+def _print_notes(notes):
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def _write_json(path, payload):
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2))
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "params": cmd_params,
+            "data": cmd_data}
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug, not a user mistake: one line, the traceback only on request
+        if os.environ.get("LORA_DEMO_DEBUG"):
+            traceback.print_exc()
+        print(f"error: unexpected {type(err).__name__}: {err} (set LORA_DEMO_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1

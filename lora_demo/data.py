@@ -1,0 +1,294 @@
+"""Load IMDb-style reviews from wherever they are, clean them and split them stratified.
+
+A source is a folder of train/test files, a single file, an original `aclImdb/` folder, the Hugging Face
+Hub, or the built-in sample shipped in `assets/`. Every loader returns the same shape: a dict of pandas
+frames with a cleaned `text` column and an integer `label` column (0 negative, 1 positive).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import re
+import socket
+import urllib.parse
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from .config import ASSETS_DIR, LABEL_NAMES, DataConfig, UserError
+
+logger = logging.getLogger(__name__)
+
+HUB_DATASET = "stanfordnlp/imdb"
+BUILTIN_FILE = ASSETS_DIR / "reviews.jsonl"
+DATA_ENV = "LORA_DEMO_DATA"
+SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
+_LABEL_WORDS = {"negative": 0, "neg": 0, "positive": 1, "pos": 1, "0": 0, "1": 1}
+
+
+@dataclass
+class Splits:
+    """Train, validation and test reviews, with where they came from and what was noticed on the way."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    source: str
+    config: DataConfig
+    notes: list[str] = field(default_factory=list)
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+    def label_counts(self) -> dict[str, dict[str, int]]:
+        return {
+            name: {LABEL_NAMES[k]: int((frame["label"] == k).sum()) for k in (0, 1)}
+            for name, frame in (("train", self.train), ("val", self.val), ("test", self.test))
+        }
+
+    def summary(self) -> dict:
+        return {"source": self.source, "sizes": self.sizes(), "label_counts": self.label_counts(),
+                "seed": self.config.seed, "notes": list(self.notes)}
+
+
+def clean_text(text: str) -> str:
+    """Turn IMDb's HTML-flavoured text into plain text: `<br />` tags, entities, runs of spaces."""
+    text = re.sub(r"<br\s*/?>", " ", str(text), flags=re.IGNORECASE)
+    text = re.sub(r"<[^>]{0,200}>", " ", text)
+    text = html.unescape(text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def format_seq2seq(text: str) -> str:
+    """The study's text-to-text prompt for T5."""
+    return f"review: {text}"
+
+
+def label_word(label: int) -> str:
+    return LABEL_NAMES[int(label)]
+
+
+@lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers within `timeout` seconds; asked once per process.
+
+    A plain TCP connect, so an offline machine answers in at most `timeout` instead of sitting
+    through the Hub client's 25-50 s of retries.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_source(source: str | None) -> tuple[str, list[str]]:
+    """Decide which source to use when the user named none.
+
+    Returns:
+        The source (a path, `hub` or `builtin`) and notes worth showing the user.
+    """
+    if source:
+        return source, []
+    if os.environ.get(DATA_ENV):
+        return os.environ[DATA_ENV], []
+    if hub_reachable():
+        return "hub", []
+    note = (f"Using the built-in sample of {count_builtin()} reviews: no data was given and the Hugging Face Hub "
+            f"is not reachable. Point at real IMDb with --data PATH or {DATA_ENV}=PATH.")
+    logger.warning(note)
+    return "builtin", [note]
+
+
+@lru_cache(maxsize=1)
+def count_builtin() -> int:
+    return sum(1 for line in BUILTIN_FILE.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def load_reviews(source: str) -> dict[str, pd.DataFrame]:
+    """Load and clean every review of a source.
+
+    Args:
+        source: a folder with `train.*` and `test.*` files, a single file, an `aclImdb` folder,
+            `hub` or `builtin`.
+
+    Returns:
+        `{"train": frame, "test": frame}` for sources with both splits, `{"all": frame}` for a single file.
+
+    Raises:
+        UserError: a missing path, an unknown format, missing columns or labels that are not 0/1 or words.
+    """
+    if source == "builtin":
+        return {"all": _read_table(BUILTIN_FILE)}
+    if source == "hub":
+        return _load_hub()
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise UserError(f"data source {source!r} does not exist: give a folder, a file, 'hub' or 'builtin'")
+    if path.is_file():
+        return {"all": _read_table(path)}
+    imdb_root = path / "aclImdb" if (path / "aclImdb").is_dir() else path
+    if (imdb_root / "train" / "pos").is_dir():
+        return {split: _read_aclimdb(imdb_root / split) for split in ("train", "test")}
+    found = {split: _find_split_file(path, split) for split in ("train", "test")}
+    if not all(found.values()):
+        raise UserError(
+            f"folder {source!r} holds no train and test files: expected train.parquet/csv/jsonl and "
+            f"test.parquet/csv/jsonl, or an aclImdb folder with train/pos and train/neg"
+        )
+    return {split: _read_table(file) for split, file in found.items()}
+
+
+def _find_split_file(folder: Path, split: str) -> Path | None:
+    for suffix in SUFFIXES:
+        candidates = sorted(folder.glob(f"{split}*{suffix}"))
+        if candidates:
+            return candidates[0]
+    return None
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        elif suffix == ".csv":
+            frame = pd.read_csv(path)
+        elif suffix in (".jsonl", ".json"):
+            frame = pd.read_json(path, lines=suffix == ".jsonl")
+        else:
+            raise UserError(f"{path.name}: unsupported file type {suffix!r}; use .parquet, .csv or .jsonl")
+    except UserError:
+        raise
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise UserError(f"{path.name} could not be read as {suffix[1:]}: {str(err).splitlines()[0][:200]}") from err
+    return normalise_frame(frame, path.name)
+
+
+def normalise_frame(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Check the columns, map word labels to 0/1, clean the text and drop empty reviews."""
+    missing = [c for c in ("text", "label") if c not in frame.columns]
+    if missing:
+        raise UserError(f"{name} has no {' or '.join(missing)} column (found: {', '.join(map(str, frame.columns))})")
+    frame = frame[["text", "label"]].dropna()
+    words = frame["label"].astype(str).str.strip().str.lower().str.replace(r"\.0$", "", regex=True)
+    labels = words.map(_LABEL_WORDS)
+    if labels.isna().any():
+        bad = sorted(set(words[labels.isna()]))[:5]
+        raise UserError(f"{name}: labels must be 0/1 or negative/positive, found {', '.join(map(repr, bad))}")
+    frame = pd.DataFrame({"text": frame["text"].map(clean_text), "label": labels.astype(int)})
+    return frame[frame["text"] != ""].reset_index(drop=True)
+
+
+def _read_aclimdb(folder: Path) -> pd.DataFrame:
+    rows = [
+        {"text": file.read_text(encoding="utf-8", errors="replace"), "label": label}
+        for label, sub in ((0, "neg"), (1, "pos"))
+        for file in sorted((folder / sub).glob("*.txt"))
+    ]
+    if not rows:
+        raise UserError(f"{folder} has no reviews in pos/ and neg/")
+    return normalise_frame(pd.DataFrame(rows), folder.name)
+
+
+def _load_hub() -> dict[str, pd.DataFrame]:
+    if not hub_reachable():
+        raise UserError("the Hugging Face Hub is not reachable: use --data PATH (a local IMDb copy) or 'builtin'")
+    import datasets  # imported here: only the hub source needs it
+
+    loaded = datasets.load_dataset(HUB_DATASET)
+    return {split: normalise_frame(loaded[split].to_pandas(), f"{HUB_DATASET}[{split}]") for split in ("train", "test")}
+
+
+def stratified_sample(frame: pd.DataFrame, size: int, seed: int, what: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Take `size` rows with the label balance of `frame`; returns (sample, rest).
+
+    Raises:
+        UserError: when the frame has fewer rows than asked, or a class too small to stratify.
+    """
+    if size > len(frame):
+        raise UserError(f"asked for {size} {what} reviews but the data holds only {len(frame)}")
+    if size == len(frame):
+        return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True), frame.iloc[:0]
+    try:
+        sample, rest = train_test_split(frame, train_size=size, stratify=frame["label"], random_state=seed)
+    except ValueError as err:
+        raise UserError(f"cannot split {size} {what} reviews stratified from {len(frame)}: {err}") from err
+    return sample.reset_index(drop=True), rest.reset_index(drop=True)
+
+
+def fit_sizes(config: DataConfig, reviews: dict[str, pd.DataFrame]) -> tuple[DataConfig, list[str]]:
+    """Shrink sizes the user did not choose to what a small source holds, keeping their proportions."""
+    if "all" in reviews:
+        available = {"total": len(reviews["all"])}
+        wanted = config.train_size + config.val_size + config.test_size
+    else:
+        available = {"total": len(reviews["train"])}
+        wanted = config.train_size + config.val_size
+    if wanted <= available["total"] and ("all" in reviews or config.test_size <= len(reviews["test"])):
+        return config, []
+    scale = min(1.0, (available["total"] * 0.95) / wanted)
+    if "all" not in reviews:
+        scale = min(scale, len(reviews["test"]) / config.test_size)
+    fitted = replace(
+        config,
+        train_size=max(2, int(config.train_size * scale)),
+        val_size=max(2, int(config.val_size * scale)),
+        test_size=max(2, int(config.test_size * scale)),
+    )
+    note = (f"The data holds fewer reviews than the default sizes: using {fitted.train_size} / {fitted.val_size} / "
+            f"{fitted.test_size} for train / validation / test.")
+    return fitted, [note]
+
+
+def split_reviews(reviews: dict[str, pd.DataFrame], config: DataConfig) -> tuple[pd.DataFrame, ...]:
+    """Seeded stratified split: train and validation from the train split, test from the test split."""
+    seed = config.seed
+    if "all" in reviews:
+        frame = reviews["all"]
+        total = config.train_size + config.val_size + config.test_size
+        if total > len(frame):
+            raise UserError(
+                f"asked for {config.train_size} + {config.val_size} + {config.test_size} = {total} reviews "
+                f"but the data holds only {len(frame)}"
+            )
+        test, rest = stratified_sample(frame, config.test_size, seed, "test")
+    else:
+        test, _ = stratified_sample(reviews["test"], config.test_size, seed, "test")
+        rest = reviews["train"]
+        if config.train_size + config.val_size > len(rest):
+            raise UserError(
+                f"asked for {config.train_size} train + {config.val_size} validation reviews but the train "
+                f"split holds only {len(rest)}"
+            )
+    train, rest = stratified_sample(rest, config.train_size, seed, "train")
+    val, _ = stratified_sample(rest, config.val_size, seed + 1, "validation")
+    return train, val, test
+
+
+def load_splits(config: DataConfig, fit_to_data: bool = False) -> Splits:
+    """Resolve the source, load it and split it: the one call the CLI and the app make.
+
+    Args:
+        config: source, sizes and seed.
+        fit_to_data: shrink sizes the user left at their defaults when the source is smaller.
+
+    Raises:
+        UserError: for any problem with the source or the sizes.
+    """
+    source, notes = resolve_source(config.source)
+    reviews = load_reviews(source)
+    if fit_to_data:
+        config, more = fit_sizes(config, reviews)
+        notes += more
+    train, val, test = split_reviews(reviews, config)
+    return Splits(train=train, val=val, test=test, source=source, config=replace(config, source=source), notes=notes)

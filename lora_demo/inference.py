@@ -1,0 +1,107 @@
+"""Batched prediction for both model kinds: length-sorted batches, no gradients, no wasted padding."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import LABEL_NAMES
+from .data import format_seq2seq
+from .models import ModelBundle, encode_head_tail
+
+UNMAPPED = -1
+
+
+@dataclass
+class Predictions:
+    """Predicted labels (0 negative, 1 positive, -1 for an output that is neither) with confidences."""
+
+    labels: list[int]
+    confidence: list[float]
+    outputs: list[str] = field(default_factory=list)  # the generated words, for seq2seq models
+
+    def label_names(self) -> list[str]:
+        return [LABEL_NAMES[k] if k != UNMAPPED else "unmapped" for k in self.labels]
+
+
+def map_output_word(text: str) -> int:
+    """Map a generated answer to a label; anything that is not clearly one word of the two is unmapped."""
+    words = re.findall(r"[a-z]+", text.lower())
+    if not words:
+        return UNMAPPED
+    return {"positive": 1, "negative": 0}.get(words[0], UNMAPPED)
+
+
+def length_sorted_batches(encoded: list[list[int]], batch_size: int) -> Iterator[list[int]]:
+    """Indices in batches of similar length, longest first, so padding stays small."""
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def _run_batches(bundle: ModelBundle, encoded, batch_size, step, progress) -> list:
+    """Call `step(padded_batch)` on length-sorted batches; returns its per-review results in input order."""
+    results: list = [None] * len(encoded)
+    done = 0
+    bundle.model.eval()
+    device = next(bundle.model.parameters()).device
+    with torch.inference_mode():
+        for indices in length_sorted_batches(encoded, batch_size):
+            batch = bundle.tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt")
+            batch = {k: v.to(device) for k, v in batch.items()}
+            for i, result in zip(indices, step(batch)):
+                results[i] = result
+            done += len(indices)
+            if progress:
+                progress(done, len(encoded))
+    return results
+
+
+def classify_texts(
+    bundle: ModelBundle,
+    texts: list[str],
+    max_length: int = 256,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> Predictions:
+    """Label reviews with a classifier (encoder) or by generating the label word (seq2seq).
+
+    Args:
+        bundle: the model, with or without LoRA.
+        texts: cleaned reviews.
+        max_length: tokens kept per review (head + tail).
+        batch_size: reviews per forward pass.
+        progress: called with (done, total) after each batch.
+    """
+    if bundle.spec.kind == "seq2seq":
+        return _generate_labels(bundle, texts, max_length, batch_size, progress)
+    encoded = encode_head_tail(bundle.tokenizer, texts, max_length)
+
+    def step(batch):
+        probs = torch.softmax(bundle.model(**batch).logits.float(), dim=-1)
+        return [(int(p.argmax()), float(p.max())) for p in probs]
+
+    results = _run_batches(bundle, encoded, batch_size, step, progress)
+    return Predictions(labels=[r[0] for r in results], confidence=[r[1] for r in results])
+
+
+def _generate_labels(bundle, texts, max_length, batch_size, progress) -> Predictions:
+    encoded = encode_head_tail(bundle.tokenizer, [format_seq2seq(t) for t in texts], max_length)
+
+    def step(batch):
+        out = bundle.model.generate(
+            **batch, max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True
+        )
+        words = bundle.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
+        scores = bundle.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+        # confidence of the answer: the probability of its first generated token
+        first = torch.exp(scores[:, 0].float())
+        return [(map_output_word(w), float(p), w.strip()) for w, p in zip(words, first)]
+
+    results = _run_batches(bundle, encoded, batch_size, step, progress)
+    return Predictions(
+        labels=[r[0] for r in results], confidence=[r[1] for r in results], outputs=[r[2] for r in results]
+    )

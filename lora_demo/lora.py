@@ -1,0 +1,122 @@
+"""LoRA with PEFT: build the config, wrap a model, count parameters, save and load adapters.
+
+Adapters are written as safetensors only, atomically (a temporary folder renamed into place), next to a
+`lora_demo.json` that says which registry model and settings they belong to.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+
+from .config import ASSETS_DIR, LABEL_NAMES, LoraSettings, ModelSpec, UserError, get_model_spec
+from .models import EncoderClassifier, ModelBundle, load_bundle
+
+METADATA_FILE = "lora_demo.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def build_lora_config(settings: LoraSettings, spec: ModelSpec) -> LoraConfig:
+    """Turn our settings into PEFT's config for this model."""
+    encoder = spec.kind == "encoder"
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.targets_for(spec)),
+        # the encoder's classification head is new, so it trains in full and is saved with the adapter
+        modules_to_save=["classifier"] if encoder else None,
+        task_type=None if encoder else TaskType.SEQ_2_SEQ_LM,
+    )
+
+
+def apply_lora(bundle: ModelBundle, settings: LoraSettings) -> ModelBundle:
+    """Wrap the bundle's model with fresh LoRA adapters; the base weights are frozen."""
+    model = get_peft_model(bundle.model, build_lora_config(settings, bundle.spec))
+    return ModelBundle(spec=bundle.spec, model=model, tokenizer=bundle.tokenizer)
+
+
+def count_parameters(model: torch.nn.Module) -> dict:
+    """Trainable and total parameters (LoRA matrices and the head included in the total)."""
+    if isinstance(model, PeftModel):
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": int(trainable), "total": int(total), "percent": 100.0 * trainable / total}
+
+
+def count_parameters_offline(name: str, settings: LoraSettings) -> dict:
+    """Count parameters from the architecture config shipped in `assets/models/`, on the meta device.
+
+    No weights are read and nothing is downloaded, so this answers instantly anywhere.
+    """
+    spec = get_model_spec(name)
+    config = AutoConfig.from_pretrained(ASSETS_DIR / "models" / spec.arch_config)
+    with torch.device("meta"):
+        if spec.kind == "encoder":
+            model = EncoderClassifier(AutoModel.from_config(config, add_pooling_layer=False), len(LABEL_NAMES))
+        else:
+            model = AutoModelForSeq2SeqLM.from_config(config)
+        base_total = sum(p.numel() for p in model.parameters())
+        counts = count_parameters(get_peft_model(model, build_lora_config(settings, spec)))
+    return {**counts, "base_total": int(base_total)}
+
+
+def save_adapter(bundle: ModelBundle, output_dir: str | Path, metadata: dict) -> Path:
+    """Write the adapter (safetensors) and its metadata, replacing `output_dir` only once all is written."""
+    output_dir = Path(output_dir).resolve()
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    try:
+        bundle.model.save_pretrained(staging, safe_serialization=True)
+        bundle.tokenizer.save_pretrained(staging)
+        (staging / METADATA_FILE).write_text(json.dumps({"model": bundle.spec.name, **metadata}, indent=2))
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def read_adapter_metadata(adapter_dir: str | Path) -> dict:
+    """Check an adapter folder and return its metadata.
+
+    Raises:
+        UserError: a missing folder, pickle files (refused: loading them can run code), no safetensors.
+    """
+    folder = Path(adapter_dir)
+    if not folder.is_dir():
+        raise UserError(f"adapter folder {str(adapter_dir)!r} does not exist")
+    pickles = [p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+    if pickles:
+        raise UserError(f"refusing to load pickle files ({', '.join(pickles)}): adapters must be safetensors")
+    if not (folder / "adapter_model.safetensors").is_file() or not (folder / METADATA_FILE).is_file():
+        raise UserError(f"{str(adapter_dir)!r} is not a lora_demo adapter (no adapter_model.safetensors "
+                        f"or {METADATA_FILE}): train one with `python -m lora_demo train --output DIR`")
+    return json.loads((folder / METADATA_FILE).read_text())
+
+
+def load_adapter(adapter_dir: str | Path, base: ModelBundle | None = None) -> tuple[ModelBundle, dict]:
+    """Load a saved adapter onto a fresh copy of its base model.
+
+    Args:
+        adapter_dir: a folder written by `save_adapter`.
+        base: the untrained model to put it on; default: the registry model named in the metadata.
+
+    Returns:
+        The adapted model and the adapter's metadata.
+    """
+    metadata = read_adapter_metadata(adapter_dir)
+    bundle = base or load_bundle(metadata["model"])
+    model = PeftModel.from_pretrained(bundle.model, str(adapter_dir), is_trainable=False)
+    model.eval()
+    return ModelBundle(spec=bundle.spec, model=model, tokenizer=bundle.tokenizer), metadata

