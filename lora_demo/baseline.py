@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from .inference import Predictions, _run_batches, classify_texts
+from .inference import Predictions, classify_texts, run_batches
 from .models import ModelBundle, encode_head_tail
 
 LABEL_DESCRIPTIONS = (
@@ -39,12 +39,15 @@ def label_prototypes(bundle: ModelBundle) -> torch.Tensor:
     return torch.stack(vectors)
 
 
-def embed_texts(bundle: ModelBundle, texts: list[str], max_length: int = 256, batch_size: int = 64,
-                progress=None) -> torch.Tensor:
+def embed_texts(
+    bundle: ModelBundle, texts: list[str], max_length: int = 256, batch_size: int = 64, progress=None
+) -> torch.Tensor:
     """Unit-length mean-pooled embeddings, in input order."""
     encoded = encode_head_tail(bundle.tokenizer, texts, max_length)
-    rows = _run_batches(
-        bundle, encoded, batch_size,
+    rows = run_batches(
+        bundle,
+        encoded,
+        batch_size,
         lambda batch: torch.nn.functional.normalize(bundle.model.embed(**batch).float(), dim=-1),
         progress,
     )

@@ -41,9 +41,13 @@ def _add_fields(parser, cls, rename: dict[str, str] | None = None, skip=()):
         if f.name in skip:
             continue
         flag = "--" + rename.get(f.name, f.name).replace("_", "-")
-        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-        parser.add_argument(flag, dest=f.name, type=kind, default=None, help=f"{field_help(cls, f.name)} "
-                            f"(default: {f.default})")
+        kind = str(f.type).split(" ")[0]
+        help_text = f"{field_help(cls, f.name)} (default: {f.default})"
+        if kind == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            kind = {"int": int, "float": float}.get(kind, str)
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
 
 
 def _from_args(cls, args, base=None):
@@ -98,10 +102,12 @@ def cmd_train(args) -> int:
     report = run_study(args.model, splits, lora, config, output_dir=args.output, on_event=_log_event)
     _write_json(args.report, report)
     train = report["train"]
-    print(f"trained {train['steps']} steps in {train['seconds']:.1f} s: train loss {train['train_loss']:.4f}, "
-          f"validation loss {train['val_loss'] if train['val_loss'] is None else round(train['val_loss'], 4)}; "
-          f"{report['params']['trainable']:,} trainable of {report['params']['total']:,} parameters "
-          f"({report['params']['percent']:.3f}%)")
+    print(
+        f"trained {train['steps']} steps in {train['seconds']:.1f} s: train loss {train['train_loss']:.4f}, "
+        f"validation loss {train['val_loss'] if train['val_loss'] is None else round(train['val_loss'], 4)}; "
+        f"{report['params']['trainable']:,} trainable of {report['params']['total']:,} parameters "
+        f"({report['params']['percent']:.3f}%)"
+    )
     print(comparison_table(report))
     for name in ("baseline", "finetuned"):
         if report[name].get("warning"):
@@ -152,8 +158,10 @@ def cmd_params(args) -> int:
     from .lora import count_parameters_offline
 
     counts = count_parameters_offline(args.model, _lora_settings(args))
-    print(f"model {args.model}: {counts['trainable']:,} trainable of {counts['total']:,} parameters "
-          f"({counts['percent']:.3f}%); base model {counts['base_total']:,}")
+    print(
+        f"model {args.model}: {counts['trainable']:,} trainable of {counts['total']:,} parameters "
+        f"({counts['percent']:.3f}%); base model {counts['base_total']:,}"
+    )
     return 0
 
 
@@ -186,8 +194,9 @@ def _log_event(event: dict):
     if event["type"] == "log":
         print(f"step {event['step']:>4}  epoch {event['epoch']:.2f}  train loss {event['loss']:.4f}", flush=True)
     elif event["type"] == "eval":
-        print(f"step {event['step']:>4}  epoch {event['epoch']:.2f}  validation loss {event['val_loss']:.4f}",
-              flush=True)
+        print(
+            f"step {event['step']:>4}  epoch {event['epoch']:.2f}  validation loss {event['val_loss']:.4f}", flush=True
+        )
 
 
 def _print_notes(notes):
@@ -201,8 +210,13 @@ def _write_json(path, payload):
         Path(path).write_text(json.dumps(payload, indent=2))
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "params": cmd_params,
-            "data": cmd_data}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "params": cmd_params,
+    "data": cmd_data,
+}
 
 
 def main(argv=None) -> int:
@@ -219,6 +233,7 @@ def main(argv=None) -> int:
     except Exception as err:  # a bug, not a user mistake: one line, the traceback only on request
         if os.environ.get("LORA_DEMO_DEBUG"):
             traceback.print_exc()
-        print(f"error: unexpected {type(err).__name__}: {err} (set LORA_DEMO_DEBUG=1 for the traceback)",
-              file=sys.stderr)
+        print(
+            f"error: unexpected {type(err).__name__}: {err} (set LORA_DEMO_DEBUG=1 for the traceback)", file=sys.stderr
+        )
         return 1

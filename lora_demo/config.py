@@ -41,6 +41,8 @@ class ModelSpec:
     default_targets: tuple[str, ...]
     arch_config: str
     description: str
+    num_layers: int = 6
+    default_top_layers: int | None = None
 
 
 MODEL_REGISTRY: dict[str, ModelSpec] = {
@@ -52,6 +54,7 @@ MODEL_REGISTRY: dict[str, ModelSpec] = {
         default_targets=("query", "value"),
         arch_config="minilm.json",
         description="all-MiniLM-L6-v2 (22.7M parameters, bundled, works offline) with a classification head",
+        num_layers=6,
     ),
     "t5-small": ModelSpec(
         name="t5-small",
@@ -120,11 +123,19 @@ class LoraSettings:
     """The LoRA adapter: rank, scaling, dropout and which modules it adapts."""
 
     r: int = field(default=8, metadata=_help("rank of the low-rank update", minimum=1, maximum=256))
-    alpha: float = field(default=32, metadata=_help("scaling numerator: the update is scaled by alpha / r",
-                                                    minimum=1, maximum=512))
+    alpha: float = field(
+        default=32, metadata=_help("scaling numerator: the update is scaled by alpha / r", minimum=1, maximum=512)
+    )
     dropout: float = field(default=0.1, metadata=_help("dropout on the LoRA input", minimum=0.0, maximum=0.9))
     target_modules: tuple[str, ...] | None = field(
         default=None, metadata=_help("module names to adapt; default: the model's query and value projections")
+    )
+    top_layers: int | None = field(
+        default=None,
+        metadata=_help(
+            "adapt only the top N layers (encoders; the frozen layers below run once and are cached "
+            "during training); default: the model's recommended value, 0 means all layers"
+        ),
     )
 
     def __post_init__(self):
@@ -136,6 +147,25 @@ class LoraSettings:
             raise UserError(f"`dropout` must be at least 0 and below 1, got {self.dropout!r}")
         if self.target_modules is not None and len(self.target_modules) == 0:
             raise UserError("`target_modules` must name at least one module")
+        if self.top_layers is not None and (not isinstance(self.top_layers, int) or self.top_layers < 0):
+            raise UserError(
+                f"`top_layers` must be a whole number of at least 0 (0: all layers), got {self.top_layers!r}"
+            )
+
+    def layers_for(self, spec: ModelSpec) -> list[int] | None:
+        """Indices of the layers to adapt, or None for all of them.
+
+        Raises:
+            UserError: more layers than the model has, or a layer limit on a seq2seq model.
+        """
+        top = spec.default_top_layers if self.top_layers is None else self.top_layers
+        if not top or top == spec.num_layers:
+            return None
+        if spec.kind != "encoder":
+            raise UserError(f"`top_layers` applies to encoder models only; use 0 (all layers) for {spec.name}")
+        if top > spec.num_layers:
+            raise UserError(f"`top_layers` must be at most {spec.num_layers} for {spec.name}, got {top}")
+        return list(range(spec.num_layers - top, spec.num_layers))
 
     def targets_for(self, spec: ModelSpec) -> tuple[str, ...]:
         """The modules to adapt in `spec`, checked against the names that model has.
@@ -160,12 +190,15 @@ class TrainConfig:
     epochs: float = field(default=3, metadata=_help("passes over the training reviews", minimum=0.1, maximum=20))
     learning_rate: float = field(default=1e-3, metadata=_help("peak learning rate", minimum=1e-6, maximum=1e-1))
     batch_size: int = field(default=16, metadata=_help("reviews per step", minimum=1, maximum=128))
-    max_length: int = field(default=256, metadata=_help("tokens kept per review (head + tail)",
-                                                        minimum=16, maximum=512))
-    warmup_ratio: float = field(default=0.1, metadata=_help("share of steps spent warming up", minimum=0.0,
-                                                            maximum=0.5))
+    max_length: int = field(
+        default=256, metadata=_help("tokens kept per review (head + tail)", minimum=16, maximum=512)
+    )
+    warmup_ratio: float = field(
+        default=0.1, metadata=_help("share of steps spent warming up", minimum=0.0, maximum=0.5)
+    )
     logging_steps: int = field(default=5, metadata=_help("steps between two loss points", minimum=1, maximum=1000))
     evals_per_epoch: int = field(default=2, metadata=_help("validation passes per epoch", minimum=0, maximum=20))
+    bf16: bool = field(default=False, metadata=_help("train under bfloat16 autocast"))
     seed: int = field(default=42, metadata=_help("seed of the head's initialisation and of the shuffling"))
 
     def __post_init__(self):

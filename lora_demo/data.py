@@ -52,8 +52,13 @@ class Splits:
         }
 
     def summary(self) -> dict:
-        return {"source": self.source, "sizes": self.sizes(), "label_counts": self.label_counts(),
-                "seed": self.config.seed, "notes": list(self.notes)}
+        return {
+            "source": self.source,
+            "sizes": self.sizes(),
+            "label_counts": self.label_counts(),
+            "seed": self.config.seed,
+            "notes": list(self.notes),
+        }
 
 
 def clean_text(text: str) -> str:
@@ -103,8 +108,10 @@ def resolve_source(source: str | None) -> tuple[str, list[str]]:
         return os.environ[DATA_ENV], []
     if hub_reachable():
         return "hub", []
-    note = (f"Using the built-in sample of {count_builtin()} reviews: no data was given and the Hugging Face Hub "
-            f"is not reachable. Point at real IMDb with --data PATH or {DATA_ENV}=PATH.")
+    note = (
+        f"Using the built-in sample of {count_builtin()} reviews: no data was given and the Hugging Face Hub "
+        f"is not reachable. Point at real IMDb with --data PATH or {DATA_ENV}=PATH."
+    )
     logger.warning(note)
     return "builtin", [note]
 
@@ -206,7 +213,9 @@ def _load_hub() -> dict[str, pd.DataFrame]:
     import datasets  # imported here: only the hub source needs it
 
     loaded = datasets.load_dataset(HUB_DATASET)
-    return {split: normalise_frame(loaded[split].to_pandas(), f"{HUB_DATASET}[{split}]") for split in ("train", "test")}
+    return {
+        split: normalise_frame(loaded[split].to_pandas(), f"{HUB_DATASET}[{split}]") for split in ("train", "test")
+    }
 
 
 def stratified_sample(frame: pd.DataFrame, size: int, seed: int, what: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -245,8 +254,10 @@ def fit_sizes(config: DataConfig, reviews: dict[str, pd.DataFrame]) -> tuple[Dat
         val_size=max(2, int(config.val_size * scale)),
         test_size=max(2, int(config.test_size * scale)),
     )
-    note = (f"The data holds fewer reviews than the default sizes: using {fitted.train_size} / {fitted.val_size} / "
-            f"{fitted.test_size} for train / validation / test.")
+    note = (
+        f"The data holds fewer reviews than the default sizes: using {fitted.train_size} / {fitted.val_size} / "
+        f"{fitted.test_size} for train / validation / test."
+    )
     return fitted, [note]
 
 

@@ -42,13 +42,17 @@ def length_sorted_batches(encoded: list[list[int]], batch_size: int) -> Iterator
         yield order[start : start + batch_size]
 
 
-def _run_batches(bundle: ModelBundle, encoded, batch_size, step, progress) -> list:
-    """Call `step(padded_batch)` on length-sorted batches; returns its per-review results in input order."""
+def run_batches(bundle: ModelBundle, encoded, batch_size, step, progress=None, bf16: bool = False) -> list:
+    """Call `step(padded_batch)` on length-sorted batches; returns its per-review results in input order.
+
+    Args:
+        bf16: run under bfloat16 autocast (CPUs with AVX-512 BF16 or AMX run it about twice as fast).
+    """
     results: list = [None] * len(encoded)
     done = 0
     bundle.model.eval()
     device = next(bundle.model.parameters()).device
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for indices in length_sorted_batches(encoded, batch_size):
             batch = bundle.tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt")
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -84,7 +88,7 @@ def classify_texts(
         probs = torch.softmax(bundle.model(**batch).logits.float(), dim=-1)
         return [(int(p.argmax()), float(p.max())) for p in probs]
 
-    results = _run_batches(bundle, encoded, batch_size, step, progress)
+    results = run_batches(bundle, encoded, batch_size, step, progress)
     return Predictions(labels=[r[0] for r in results], confidence=[r[1] for r in results])
 
 
@@ -101,7 +105,7 @@ def _generate_labels(bundle, texts, max_length, batch_size, progress) -> Predict
         first = torch.exp(scores[:, 0].float())
         return [(map_output_word(w), float(p), w.strip()) for w, p in zip(words, first)]
 
-    results = _run_batches(bundle, encoded, batch_size, step, progress)
+    results = run_batches(bundle, encoded, batch_size, step, progress)
     return Predictions(
         labels=[r[0] for r in results], confidence=[r[1] for r in results], outputs=[r[2] for r in results]
     )

@@ -25,11 +25,14 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 def build_lora_config(settings: LoraSettings, spec: ModelSpec) -> LoraConfig:
     """Turn our settings into PEFT's config for this model."""
     encoder = spec.kind == "encoder"
+    layers = settings.layers_for(spec)
     return LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=list(settings.targets_for(spec)),
+        layers_to_transform=layers,
+        layers_pattern="layer" if layers else None,
         # the encoder's classification head is new, so it trains in full and is saved with the adapter
         modules_to_save=["classifier"] if encoder else None,
         task_type=None if encoder else TaskType.SEQ_2_SEQ_LM,
@@ -100,8 +103,10 @@ def read_adapter_metadata(adapter_dir: str | Path) -> dict:
     if pickles:
         raise UserError(f"refusing to load pickle files ({', '.join(pickles)}): adapters must be safetensors")
     if not (folder / "adapter_model.safetensors").is_file() or not (folder / METADATA_FILE).is_file():
-        raise UserError(f"{str(adapter_dir)!r} is not a lora_demo adapter (no adapter_model.safetensors "
-                        f"or {METADATA_FILE}): train one with `python -m lora_demo train --output DIR`")
+        raise UserError(
+            f"{str(adapter_dir)!r} is not a lora_demo adapter (no adapter_model.safetensors "
+            f"or {METADATA_FILE}): train one with `python -m lora_demo train --output DIR`"
+        )
     return json.loads((folder / METADATA_FILE).read_text())
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .config import LABEL_NAMES, ModelSpec, UserError, get_model_spec
@@ -49,17 +50,32 @@ class EncoderClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def run_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int, stop: int | None = None):
+        """Run encoder layers `start:stop` on hidden states (layer 0's input is the embedding output)."""
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        for layer in self.encoder.encoder.layer[start:stop]:
+            hidden = layer(hidden, mask)
+        return hidden
+
+    def bottom_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: int) -> torch.Tensor:
+        """Hidden states after the first `layers` layers, for caching the frozen bottom of the encoder."""
+        return self.run_layers(self.encoder.embeddings(input_ids=input_ids), attention_mask, 0, layers)
+
+    def embed(self, input_ids=None, attention_mask=None, hidden_states=None, start_layer: int = 0) -> torch.Tensor:
+        """Mean-pooled last hidden state, from token ids or from cached hidden states entering `start_layer`."""
+        if hidden_states is None:
+            hidden_states, start_layer = self.encoder.embeddings(input_ids=input_ids), 0
+        hidden = self.run_layers(hidden_states, attention_mask, start_layer)
         return mean_pool(hidden, attention_mask)
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs) -> SequenceClassifierOutput:
+    def forward(
+        self, input_ids=None, attention_mask=None, labels=None, hidden_states=None, start_layer: int = 0, **kwargs
+    ) -> SequenceClassifierOutput:
         # unit-length features: a cosine classifier, so the head can start from the zero-shot label prototypes
-        features = nn.functional.normalize(self.embed(input_ids, attention_mask), dim=-1)
+        features = nn.functional.normalize(self.embed(input_ids, attention_mask, hidden_states, start_layer), dim=-1)
         logits = self.classifier(self.dropout(features))
         loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
-
 
     @torch.no_grad()
     def init_head(self, prototypes: torch.Tensor, scale: float):

@@ -41,8 +41,12 @@ def evaluate_model(
 
 
 def lora_summary(settings: LoraSettings, bundle: ModelBundle) -> dict:
-    return {"r": settings.r, "alpha": settings.alpha, "dropout": settings.dropout,
-            "target_modules": list(settings.targets_for(bundle.spec))}
+    return {
+        "r": settings.r,
+        "alpha": settings.alpha,
+        "dropout": settings.dropout,
+        "target_modules": list(settings.targets_for(bundle.spec)),
+    }
 
 
 def run_study(
@@ -91,14 +95,22 @@ def build_report(bundle, splits, lora, config, result: TrainResult, baseline: di
 def comparison_table(report: dict) -> str:
     """The study's table: one row per model, accuracy / precision / recall / F1."""
     rows = [("Baseline (zero-shot)", report["baseline"]), ("LoRA fine-tuned", report["finetuned"])]
-    lines = [f"| Model ({report['model']}, {report['baseline']['n']} test reviews) | Accuracy | Precision | Recall "
-             f"| F1 | Notes |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"| Model ({report['model']}, {report['baseline']['n']} test reviews) | Accuracy | Precision | Recall "
+        f"| F1 | Notes |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, m in rows:
         counts = m["prediction_counts"]
-        note = "collapsed: " + m["warning"].split(":")[1].split(",")[0].strip() if m["collapsed"] else (
-            f"{counts['negative']} negative / {counts['positive']} positive predicted"
-            + (f" / {counts['unmapped']} unmapped" if counts["unmapped"] else "")
+        note = (
+            "collapsed: " + m["warning"].split(":")[1].split(",")[0].strip()
+            if m["collapsed"]
+            else (
+                f"{counts['negative']} negative / {counts['positive']} positive predicted"
+                + (f" / {counts['unmapped']} unmapped" if counts["unmapped"] else "")
+            )
         )
-        lines.append(f"| {name} | {m['accuracy']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} "
-                     f"| {note} |")
+        lines.append(
+            f"| {name} | {m['accuracy']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {note} |"
+        )
     return "\n".join(lines)

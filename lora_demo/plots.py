@@ -1,0 +1,135 @@
+"""Plotly figures of the data, the metrics and the training run; the app shows them, tests read their data.
+
+Every figure has a title, labelled axes and a fixed height, so it reads the same in a 1280x800 window and
+in a test. Nothing here imports gradio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import plotly.graph_objects as go
+
+from .config import LABEL_NAMES
+
+FIGURE_HEIGHT = 360
+LABEL_COLORS = {"negative": "#d62728", "positive": "#2ca02c", "unmapped": "#7f7f7f"}
+MODEL_COLORS = {"baseline": "#8c8c8c", "lora": "#1f77b4"}
+METRIC_NAMES = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"))
+
+
+def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = FIGURE_HEIGHT) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "x": 0.02, "xanchor": "left"},
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+        height=height,
+        template="plotly_white",
+        margin={"l": 70, "r": 30, "t": 60, "b": 60},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0},
+        font={"size": 13},
+    )
+    return fig
+
+
+def empty_figure(message: str, title: str = "") -> go.Figure:
+    """A blank figure that says why there is nothing to show yet."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 15})
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, title, "", "")
+
+
+def label_balance_figure(label_counts: Mapping[str, Mapping[str, int]]) -> go.Figure:
+    """Reviews per label in each split, as grouped bars.
+
+    Args:
+        label_counts: `{split: {label name: count}}`, as `Splits.label_counts()` returns it.
+    """
+    splits = list(label_counts)
+    fig = go.Figure()
+    for label in LABEL_NAMES:
+        counts = [label_counts[split].get(label, 0) for split in splits]
+        fig.add_bar(name=label, x=splits, y=counts, text=counts, textposition="outside",
+                    marker_color=LABEL_COLORS[label])
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(rangemode="tozero")
+    return _layout(fig, "Label balance per split", "split", "reviews")
+
+
+def length_histogram_figure(lengths: Iterable[int], max_length: int) -> go.Figure:
+    """Review lengths in tokens, with the truncation length marked.
+
+    Args:
+        lengths: full token count of each review.
+        max_length: tokens kept per review; longer reviews keep their head and tail.
+    """
+    lengths = list(lengths)
+    if not lengths:
+        return empty_figure("No reviews loaded", "Review length in tokens")
+    longer = sum(1 for n in lengths if n > max_length)
+    fig = go.Figure(go.Histogram(x=lengths, nbinsx=40, name="reviews", marker_color="#1f77b4"))
+    fig.add_vline(x=max_length, line_dash="dash", line_color="#d62728", line_width=2)
+    fig.add_annotation(
+        x=max_length, y=1.0, yref="paper", xanchor="left", yanchor="top", showarrow=False, xshift=6,
+        text=f"max_length {max_length}: {longer} of {len(lengths)} reviews<br>are longer (head + tail kept)",
+        font={"color": "#d62728"}, align="left", bgcolor="rgba(255,255,255,0.8)",
+    )
+    fig.update_layout(showlegend=False)
+    return _layout(fig, "Review length in tokens", "tokens per review", "reviews")
+
+
+def confusion_figure(metrics: Mapping, title: str = "Confusion matrix") -> go.Figure:
+    """Heatmap of true against predicted labels, with the counts written in the cells.
+
+    Args:
+        metrics: the result of `evaluate_predictions`: `confusion` (rows: true labels) and `confusion_columns`
+            (predicted labels, with `unmapped` when a seq2seq model answered neither word).
+    """
+    z = [list(row) for row in metrics["confusion"]]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(metrics["confusion_columns"]), y=list(LABEL_NAMES), colorscale="Blues", showscale=False,
+        text=z, texttemplate="%{text}", textfont={"size": 18},
+        hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>",
+    ))
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(type="category", side="bottom")
+    return _layout(fig, title, "predicted label", "true label")
+
+
+def loss_figure(history: Iterable[Mapping]) -> go.Figure:
+    """Training loss per logging step and validation loss per evaluation, against epochs.
+
+    Args:
+        history: training events, `{"type": "log", "epoch", "loss"}` and `{"type": "eval", "epoch", "val_loss"}`;
+            other events are ignored.
+    """
+    history = list(history)
+    train = [e for e in history if e.get("type") == "log" and e.get("loss") is not None]
+    val = [e for e in history if e.get("type") == "eval" and e.get("val_loss") is not None]
+    if not train and not val:
+        return empty_figure("No loss logged yet: it appears here as training runs", "Loss during training")
+    fig = go.Figure()
+    fig.add_scatter(name="train loss", x=[e["epoch"] for e in train], y=[e["loss"] for e in train],
+                    mode="lines+markers", line_color=MODEL_COLORS["lora"])
+    fig.add_scatter(name="validation loss", x=[e["epoch"] for e in val], y=[e["val_loss"] for e in val],
+                    mode="lines+markers", line={"color": "#ff7f0e", "dash": "dash"}, marker_size=9)
+    fig.update_yaxes(rangemode="tozero")
+    fig.update_xaxes(rangemode="tozero")
+    return _layout(fig, "Loss during training", "epoch", "loss")
+
+
+def metrics_comparison_figure(baseline: Mapping, finetuned: Mapping) -> go.Figure:
+    """Accuracy, precision, recall and F1 (positive class) of the baseline and the LoRA model, side by side."""
+    names = [title for _, title in METRIC_NAMES]
+    fig = go.Figure()
+    for label, metrics, color in (("baseline (zero-shot)", baseline, MODEL_COLORS["baseline"]),
+                                  ("LoRA fine-tuned", finetuned, MODEL_COLORS["lora"])):
+        values = [float(metrics[key]) for key, _ in METRIC_NAMES]
+        fig.add_bar(name=label, x=names, y=values, text=[f"{v:.2f}" for v in values], textposition="outside",
+                    marker_color=color)
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 1.12])
+    return _layout(fig, "Baseline vs LoRA on the same test reviews", "metric (precision / recall / F1: positive class)",
+                   "score")
