@@ -1,6 +1,6 @@
 """`python -m lora_demo`: the app's pipeline, headless, with a JSON report.
 
-Commands: train, evaluate, predict, params, data. User mistakes print one line and exit with status 2.
+Commands: train, evaluate, predict, params, data, bench. User mistakes print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .config import (
     TrainConfig,
     UserError,
     field_help,
+    get_model_spec,
 )
 
 logger = logging.getLogger("lora_demo")
@@ -88,18 +89,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_lora(with_model(commands.add_parser("params", help="trainable vs total parameters, offline")))
     with_data(commands.add_parser("data", help="summary of the data source and split"))
+
+    bench = commands.add_parser("bench", help="our default recipe vs a tutorial pipeline and TF-IDF, side by side")
+    bench.add_argument("--data", dest="source", default=None, help=field_help(DataConfig, "source"))
+    bench.add_argument("--seed", type=int, default=42, help="seed of the split and of training")
+    bench.add_argument("--quick", action="store_true", help="small sizes: about 2 minutes instead of about 15")
+    bench.add_argument("--report", help="file to write bench.json to")
     return parser
 
 
 def cmd_train(args) -> int:
     from .data import load_splits
     from .pipeline import comparison_table, run_study
+    from .train import is_main_process
 
-    splits = load_splits(_data_config(args), fit_to_data=_sizes_not_given(args))
+    # every setting is checked before the data loads, so a mistake is the only line printed
+    data_config = _data_config(args)
     lora = _lora_settings(args)
-    config = _from_args(TrainConfig, args, TrainConfig(seed=splits.config.seed))
+    config = _from_args(TrainConfig, args, TrainConfig(seed=data_config.seed))
+    _check_model(args.model, lora)
+    splits = load_splits(data_config, fit_to_data=_sizes_not_given(args))
     _print_notes(splits.notes)
     report = run_study(args.model, splits, lora, config, output_dir=args.output, on_event=_log_event)
+    if not is_main_process():  # torchrun: rank 0 reports
+        return 0
     _write_json(args.report, report)
     train = report["train"]
     print(
@@ -117,10 +130,11 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .data import load_splits
-    from .lora import load_adapter
+    from .lora import load_adapter, read_adapter_metadata
     from .models import load_bundle
     from .pipeline import evaluate_model
 
+    _check_model(read_adapter_metadata(args.adapter)["model"] if args.adapter else args.model)
     splits = load_splits(_data_config(args), fit_to_data=_sizes_not_given(args))
     _print_notes(splits.notes)
     if args.adapter:
@@ -175,6 +189,29 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import bench_table, run_bench
+
+    report = run_bench(
+        args.source, quick=args.quick, seed=args.seed, log=lambda line: print(line, file=sys.stderr, flush=True)
+    )
+    _write_json(args.report, report)
+    print(bench_table(report))
+    print(json.dumps({"ratios": report["ratios"], "tfidf": report["tfidf"], "scaling": report["scaling"]}, indent=2))
+    return 0
+
+
+def _check_model(name: str, lora: LoraSettings | None = None):
+    """Refuse a model that cannot load here, or LoRA settings it does not fit, before any slow work."""
+    from .models import check_available
+
+    spec = get_model_spec(name)
+    if lora is not None:
+        lora.targets_for(spec)
+        lora.layers_for(spec)
+    check_available(spec)
+
+
 def _data_config(args) -> DataConfig:
     return _from_args(DataConfig, args)
 
@@ -191,6 +228,10 @@ def _lora_settings(args) -> LoraSettings:
 
 
 def _log_event(event: dict):
+    from .train import is_main_process
+
+    if not is_main_process():
+        return
     if event["type"] == "log":
         print(f"step {event['step']:>4}  epoch {event['epoch']:.2f}  train loss {event['loss']:.4f}", flush=True)
     elif event["type"] == "eval":
@@ -216,6 +257,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "params": cmd_params,
     "data": cmd_data,
+    "bench": cmd_bench,
 }
 
 

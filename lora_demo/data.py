@@ -165,6 +165,8 @@ def _find_split_file(folder: Path, split: str) -> Path | None:
 
 def _read_table(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
+    if path.stat().st_size == 0:
+        raise UserError(f"{path.name} is empty: expected reviews with a text and a label column")
     try:
         if suffix == ".parquet":
             frame = pd.read_parquet(path)
@@ -193,7 +195,10 @@ def normalise_frame(frame: pd.DataFrame, name: str) -> pd.DataFrame:
         bad = sorted(set(words[labels.isna()]))[:5]
         raise UserError(f"{name}: labels must be 0/1 or negative/positive, found {', '.join(map(repr, bad))}")
     frame = pd.DataFrame({"text": frame["text"].map(clean_text), "label": labels.astype(int)})
-    return frame[frame["text"] != ""].reset_index(drop=True)
+    frame = frame[frame["text"] != ""].reset_index(drop=True)
+    if frame.empty:
+        raise UserError(f"{name} holds no reviews: no row has a non-empty text")
+    return frame
 
 
 def _read_aclimdb(folder: Path) -> pd.DataFrame:

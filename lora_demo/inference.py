@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,12 +43,24 @@ def length_sorted_batches(encoded: list[list[int]], batch_size: int) -> Iterator
         yield order[start : start + batch_size]
 
 
-def run_batches(bundle: ModelBundle, encoded, batch_size, step, progress=None, bf16: bool = False) -> list:
+@functools.cache
+def fast_bf16() -> bool:
+    """Whether this machine runs bfloat16 matrix products natively (CUDA, or a CPU with AVX-512 BF16 / AMX).
+
+    Elsewhere bf16 is emulated and several times slower than fp32, so it is only a default where it pays.
+    """
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def run_batches(bundle: ModelBundle, encoded, batch_size, step, progress=None, bf16: bool | None = None) -> list:
     """Call `step(padded_batch)` on length-sorted batches; returns its per-review results in input order.
 
     Args:
-        bf16: run under bfloat16 autocast (CPUs with AVX-512 BF16 or AMX run it about twice as fast).
+        bf16: run under bfloat16 autocast; default: where the hardware runs it natively (`fast_bf16`).
     """
+    bf16 = fast_bf16() if bf16 is None else bf16
     results: list = [None] * len(encoded)
     done = 0
     bundle.model.eval()

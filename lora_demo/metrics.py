@@ -24,8 +24,9 @@ def evaluate_predictions(y_true: list[int], y_pred: list[int]) -> dict:
     y_true, y_pred = [int(y) for y in y_true], [int(y) for y in y_pred]
     if len(y_true) != len(y_pred) or not y_true:
         raise ValueError(f"need as many predictions as labels, got {len(y_pred)} and {len(y_true)}")
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=[1], average="binary", pos_label=1, zero_division=0
+    # per-label scores of the positive class: average="binary" refuses the third class unmapped predictions make
+    (precision,), (recall,), (f1,), _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=[1], average=None, zero_division=0
     )
     report = classification_report(
         y_true, y_pred, labels=[0, 1], target_names=list(LABEL_NAMES), output_dict=True, zero_division=0

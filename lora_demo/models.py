@@ -99,6 +99,12 @@ def _hub_source(spec: ModelSpec) -> str:
     return spec.source
 
 
+def check_available(spec: ModelSpec) -> None:
+    """Raise the UserError `load_bundle` would raise for a Hub model with no Hub, without loading anything."""
+    if spec.source != "bundled":
+        _hub_source(spec)
+
+
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     source = bundled_minilm_path() if spec.source == "bundled" else _hub_source(spec)
     return AutoTokenizer.from_pretrained(source)

@@ -16,7 +16,7 @@ from .inference import Predictions, classify_texts
 from .lora import save_adapter
 from .metrics import evaluate_predictions
 from .models import ModelBundle, load_bundle
-from .train import Event, TrainResult, train_lora
+from .train import Event, TrainResult, is_main_process, train_lora
 
 
 def evaluate_model(
@@ -69,7 +69,7 @@ def run_study(
     tuned, result = train_lora(bundle, splits.train, splits.val, lora, config, on_event, stop_event)
     finetuned, _ = evaluate_model(tuned, splits.test, zero_shot=False, max_length=config.max_length)
     report = build_report(tuned, splits, lora, config, result, baseline, finetuned)
-    if output_dir:
+    if output_dir and is_main_process():
         report["adapter"] = str(save_adapter(tuned, output_dir, adapter_metadata(lora, config, tuned)))
     return report
 

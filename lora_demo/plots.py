@@ -51,10 +51,12 @@ def label_balance_figure(label_counts: Mapping[str, Mapping[str, int]]) -> go.Fi
     fig = go.Figure()
     for label in LABEL_NAMES:
         counts = [label_counts[split].get(label, 0) for split in splits]
-        fig.add_bar(name=label, x=splits, y=counts, text=counts, textposition="outside",
-                    marker_color=LABEL_COLORS[label])
+        fig.add_bar(
+            name=label, x=splits, y=counts, text=counts, textposition="outside", marker_color=LABEL_COLORS[label]
+        )
     fig.update_layout(barmode="group")
-    fig.update_yaxes(rangemode="tozero")
+    tallest = max((n for counts in label_counts.values() for n in counts.values()), default=0)
+    fig.update_yaxes(range=[0, max(1, tallest) * 1.15])  # room for the counts above the bars
     return _layout(fig, "Label balance per split", "split", "reviews")
 
 
@@ -72,9 +74,17 @@ def length_histogram_figure(lengths: Iterable[int], max_length: int) -> go.Figur
     fig = go.Figure(go.Histogram(x=lengths, nbinsx=40, name="reviews", marker_color="#1f77b4"))
     fig.add_vline(x=max_length, line_dash="dash", line_color="#d62728", line_width=2)
     fig.add_annotation(
-        x=max_length, y=1.0, yref="paper", xanchor="left", yanchor="top", showarrow=False, xshift=6,
+        x=max_length,
+        y=1.0,
+        yref="paper",
+        xanchor="left",
+        yanchor="top",
+        showarrow=False,
+        xshift=6,
         text=f"max_length {max_length}: {longer} of {len(lengths)} reviews<br>are longer (head + tail kept)",
-        font={"color": "#d62728"}, align="left", bgcolor="rgba(255,255,255,0.8)",
+        font={"color": "#d62728"},
+        align="left",
+        bgcolor="rgba(255,255,255,0.8)",
     )
     fig.update_layout(showlegend=False)
     return _layout(fig, "Review length in tokens", "tokens per review", "reviews")
@@ -88,35 +98,57 @@ def confusion_figure(metrics: Mapping, title: str = "Confusion matrix") -> go.Fi
             (predicted labels, with `unmapped` when a seq2seq model answered neither word).
     """
     z = [list(row) for row in metrics["confusion"]]
-    fig = go.Figure(go.Heatmap(
-        z=z, x=list(metrics["confusion_columns"]), y=list(LABEL_NAMES), colorscale="Blues", showscale=False,
-        text=z, texttemplate="%{text}", textfont={"size": 18},
-        hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>",
-    ))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(metrics["confusion_columns"]),
+            y=list(LABEL_NAMES),
+            colorscale="Blues",
+            showscale=False,
+            text=z,
+            texttemplate="%{text}",
+            textfont={"size": 18},
+            hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>",
+        )
+    )
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(type="category", side="bottom")
     return _layout(fig, title, "predicted label", "true label")
 
 
-def loss_figure(history: Iterable[Mapping]) -> go.Figure:
+def loss_figure(history: Iterable[Mapping], epochs: float | None = None) -> go.Figure:
     """Training loss per logging step and validation loss per evaluation, against epochs.
 
     Args:
         history: training events, `{"type": "log", "epoch", "loss"}` and `{"type": "eval", "epoch", "val_loss"}`;
             other events are ignored.
+        epochs: the planned number of epochs; fixes the x-axis so a running chart shows how far training is.
     """
     history = list(history)
     train = [e for e in history if e.get("type") == "log" and e.get("loss") is not None]
     val = [e for e in history if e.get("type") == "eval" and e.get("val_loss") is not None]
     if not train and not val:
-        return empty_figure("No loss logged yet: it appears here as training runs", "Loss during training")
+        return empty_figure(
+            "No loss yet: press Start training and it is drawn here as training runs", "Loss during training"
+        )
     fig = go.Figure()
-    fig.add_scatter(name="train loss", x=[e["epoch"] for e in train], y=[e["loss"] for e in train],
-                    mode="lines+markers", line_color=MODEL_COLORS["lora"])
-    fig.add_scatter(name="validation loss", x=[e["epoch"] for e in val], y=[e["val_loss"] for e in val],
-                    mode="lines+markers", line={"color": "#ff7f0e", "dash": "dash"}, marker_size=9)
+    fig.add_scatter(
+        name="train loss",
+        x=[e["epoch"] for e in train],
+        y=[e["loss"] for e in train],
+        mode="lines+markers",
+        line_color=MODEL_COLORS["lora"],
+    )
+    fig.add_scatter(
+        name="validation loss",
+        x=[e["epoch"] for e in val],
+        y=[e["val_loss"] for e in val],
+        mode="lines+markers",
+        line={"color": "#ff7f0e", "dash": "dash"},
+        marker_size=9,
+    )
     fig.update_yaxes(rangemode="tozero")
-    fig.update_xaxes(rangemode="tozero")
+    fig.update_xaxes(range=[0, epochs * 1.02] if epochs else None, rangemode="tozero")
     return _layout(fig, "Loss during training", "epoch", "loss")
 
 
@@ -124,12 +156,21 @@ def metrics_comparison_figure(baseline: Mapping, finetuned: Mapping) -> go.Figur
     """Accuracy, precision, recall and F1 (positive class) of the baseline and the LoRA model, side by side."""
     names = [title for _, title in METRIC_NAMES]
     fig = go.Figure()
-    for label, metrics, color in (("baseline (zero-shot)", baseline, MODEL_COLORS["baseline"]),
-                                  ("LoRA fine-tuned", finetuned, MODEL_COLORS["lora"])):
+    for label, metrics, color in (
+        ("baseline (zero-shot)", baseline, MODEL_COLORS["baseline"]),
+        ("LoRA fine-tuned", finetuned, MODEL_COLORS["lora"]),
+    ):
         values = [float(metrics[key]) for key, _ in METRIC_NAMES]
-        fig.add_bar(name=label, x=names, y=values, text=[f"{v:.2f}" for v in values], textposition="outside",
-                    marker_color=color)
+        fig.add_bar(
+            name=label,
+            x=names,
+            y=values,
+            text=[f"{v:.2f}" for v in values],
+            textposition="outside",
+            marker_color=color,
+        )
     fig.update_layout(barmode="group")
     fig.update_yaxes(range=[0, 1.12])
-    return _layout(fig, "Baseline vs LoRA on the same test reviews", "metric (precision / recall / F1: positive class)",
-                   "score")
+    return _layout(
+        fig, "Baseline vs LoRA on the same test reviews", "metric (precision / recall / F1: positive class)", "score"
+    )

@@ -7,6 +7,7 @@ chart, the CLI's log), one stops training when a flag is set, one reports progre
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import threading
 import time
@@ -36,6 +37,11 @@ from .lora import apply_lora, count_parameters
 from .models import ModelBundle, encode_head_tail
 
 Event = dict  # {"type": "log" | "eval" | "progress", "step", "epoch", "loss" | "val_loss" | "max_steps"}
+
+
+def is_main_process() -> bool:
+    """False on the extra ranks of a `torchrun` launch, which train but leave saving and reporting to rank 0."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 @dataclass
@@ -138,7 +144,7 @@ class CachedBottomCollator:
 
 
 def cache_bottom_layers(bundle: ModelBundle, frames: list[pd.DataFrame], max_length: int, layers: int):
-    """Run the frozen bottom `layers` once over every review (bf16, no gradients).
+    """Run the frozen bottom `layers` once over every review (no gradients; bf16 where the hardware has it).
 
     Returns:
         One dataset per frame (`idx`, `labels`, `length`) and the collator holding the cached states.
@@ -157,7 +163,6 @@ def cache_bottom_layers(bundle: ModelBundle, frames: list[pd.DataFrame], max_len
                     batch["attention_mask"],
                 )
             ],
-            bf16=True,
         )
         sets.append(
             datasets.Dataset.from_dict(
@@ -172,11 +177,24 @@ def cache_bottom_layers(bundle: ModelBundle, frames: list[pd.DataFrame], max_len
     return sets, CachedBottomCollator(hidden, layers)
 
 
+CACHE_BUDGET_BYTES = 2 * 2**30
+
+
+def _cache_fits(bundle: ModelBundle, frames: list[pd.DataFrame], max_length: int) -> bool:
+    """Whether the cached states (bf16, at most `max_length` tokens per review) stay within the budget.
+
+    Above it (tens of thousands of reviews) the frozen layers run again each epoch instead; since they
+    hold no adapter, no gradient flows through them either way.
+    """
+    reviews = sum(len(frame) for frame in frames)
+    return reviews * max_length * bundle.model.config.hidden_size * 2 <= CACHE_BUDGET_BYTES
+
+
 def prepare_data(bundle: ModelBundle, train_frame, val_frame, lora: LoraSettings, max_length: int):
     """Datasets and collator for training: token ids, or cached frozen-layer states when LoRA skips the bottom."""
     layers = lora.layers_for(bundle.spec)
     frames = [train_frame] + ([val_frame] if len(val_frame) else [])
-    if layers and bundle.spec.kind == "encoder":
+    if layers and bundle.spec.kind == "encoder" and _cache_fits(bundle, frames, max_length):
         sets, collator = cache_bottom_layers(bundle, frames, max_length, layers[0])
     else:
         sets = [tokenize_split(bundle, frame, max_length) for frame in frames]

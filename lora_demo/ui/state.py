@@ -10,8 +10,6 @@ import functools
 import inspect
 import logging
 import threading
-from dataclasses import dataclass, field
-from typing import Any
 
 import gradio as gr
 
@@ -22,25 +20,26 @@ logger = logging.getLogger("lora_demo.ui")
 GENERIC_ERROR = "Something went wrong on the server (the details are in its log). Please try again."
 
 
-@dataclass
 class SessionData:
     """One session's data and results.
 
-    `data_version` counts data loads; metrics remember the version they were computed on, so a reload
-    never shows numbers from other test reviews.
+    A plain class, not a dataclass: gradio serialises dataclass state values, and a session holds a thread,
+    an event and models. `data_version` counts data loads; metrics remember the version they were computed
+    on, so a reload never shows numbers of other test reviews.
     """
 
-    splits: Any = None  # lora_demo.data.Splits
-    data_version: int = 0
-    model_name: str = DEFAULT_MODEL
-    baseline: dict | None = None  # {"model", "data_version", "metrics", "predictions"}
-    tuned: Any = None  # lora_demo.models.ModelBundle with LoRA
-    tuned_max_length: int = 256
-    train_result: Any = None  # lora_demo.train.TrainResult
-    history: list[dict] = field(default_factory=list)
-    tuned_eval: dict | None = None  # {"data_version", "metrics", "predictions"}
-    stop_event: threading.Event = field(default_factory=threading.Event)
-    worker: threading.Thread | None = None
+    def __init__(self, model_name: str = DEFAULT_MODEL):
+        self.splits = None  # lora_demo.data.Splits
+        self.data_version = 0
+        self.model_name = model_name
+        self.baseline: dict | None = None  # model, data_version, metrics, predictions
+        self.tuned = None  # lora_demo.models.ModelBundle wrapped with LoRA
+        self.tuned_max_length = 256
+        self.train_result = None  # lora_demo.train.TrainResult
+        self.history: list[dict] = []
+        self.tuned_eval: dict | None = None  # data_version, metrics, predictions
+        self.stop_event = threading.Event()
+        self.worker: threading.Thread | None = None
 
     def __deepcopy__(self, memo):
         # gradio deep-copies the initial state for each new session; a session starts empty, with its own flag
@@ -86,7 +85,7 @@ def guard(fn):
             return err
         if isinstance(err, UserError):
             return gr.Error(str(err), print_exception=False)
-        logger.exception("unexpected error in %s", fn.__name__)
+        logger.exception("unexpected error in %s", getattr(fn, "__name__", fn))
         return gr.Error(GENERIC_ERROR, print_exception=False)
 
     if inspect.isgeneratorfunction(fn):
@@ -125,8 +124,11 @@ def ensure_splits(session: SessionData, progress=None) -> list[str]:
     if progress:
         progress(0, desc="Loading the default data")
     set_splits(session, load_splits(DataConfig(), fit_to_data=True))
-    return ["No data was loaded yet, so the default data was loaded: "
-            + describe_splits(session.splits) + ". Change it on the Dataset tab."]
+    return [
+        "No data was loaded yet, so the default data was loaded: "
+        + describe_splits(session.splits)
+        + ". Change it on the Dataset tab."
+    ]
 
 
 def set_splits(session: SessionData, splits) -> None:
@@ -136,7 +138,8 @@ def set_splits(session: SessionData, splits) -> None:
 
 def describe_splits(splits) -> str:
     sizes = splits.sizes()
-    return f"{sizes['train']} / {sizes['val']} / {sizes['test']} train / validation / test reviews from `{splits.source}`"
+    counts = f"{sizes['train']} / {sizes['val']} / {sizes['test']}"
+    return f"{counts} train / validation / test reviews from `{splits.source}`"
 
 
 def model_markdown(session_or_name) -> str:
@@ -145,3 +148,14 @@ def model_markdown(session_or_name) -> str:
     name = session_or_name if isinstance(session_or_name, str) else session_or_name.model_name
     spec = get_model_spec(name)
     return f"**Model:** `{spec.name}`: {spec.description}. Choose it on the Baseline tab."
+
+
+def whole_number(value, name: str) -> int:
+    """A control's number as an int; sliders and number boxes may send 8.0 or nothing at all."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"`{name}` must be a whole number, got {value!r}") from None
+    if not number.is_integer():
+        raise UserError(f"`{name}` must be a whole number, got {value!r}")
+    return int(number)

@@ -1,0 +1,107 @@
+"""Baseline tab: the chosen model's zero-shot answers on the test reviews, before any fine-tuning."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from ..config import DEFAULT_MODEL, LABEL_NAMES, MODEL_REGISTRY
+from .state import MODELS, SessionData, ensure_splits, guard, progress_callback
+
+PER_CLASS_HEADERS = ["class", "precision", "recall", "F1", "support (true)", "predicted"]
+
+
+def model_choices() -> list[tuple[str, str]]:
+    return [(f"{spec.name}: {spec.description}", spec.name) for spec in MODEL_REGISTRY.values()]
+
+
+def baseline_for(session: SessionData, model_name: str, progress=None) -> dict:
+    """The zero-shot metrics of `model_name` on the session's test reviews, computed once per data load."""
+    from ..pipeline import evaluate_model
+
+    cached = session.baseline
+    if cached and cached["model"] == model_name and cached["data_version"] == session.data_version:
+        return cached
+    bundle = MODELS.get(model_name)
+    report = progress_callback(progress, f"Zero-shot {model_name} on the test reviews") if progress else None
+    metrics, predictions = evaluate_model(bundle, session.splits.test, zero_shot=True, progress=report)
+    session.baseline = {
+        "model": model_name,
+        "data_version": session.data_version,
+        "metrics": metrics,
+        "predictions": predictions,
+    }
+    return session.baseline
+
+
+def metrics_markdown(metrics: dict) -> str:
+    """The four headline numbers, the prediction counts and, for a collapsed model, the warning."""
+    counts = metrics["prediction_counts"]
+    predicted = ", ".join(f"{counts[name]} {name}" for name in (*LABEL_NAMES, "unmapped") if counts.get(name))
+    text = (
+        "| Accuracy | Precision | Recall | F1 |\n|---|---|---|---|\n"
+        f"| {metrics['accuracy']:.3f} | {metrics['precision']:.3f} | {metrics['recall']:.3f} | {metrics['f1']:.3f} |"
+        f"\n\nPrecision, recall and F1 are for the positive class. Predicted: {predicted} "
+        f"(of {metrics['n']} test reviews)."
+    )
+    if metrics.get("warning"):
+        text += f"\n\n> ⚠️ **Collapsed model.** {metrics['warning']}"
+    return text
+
+
+def per_class_rows(metrics: dict) -> list[list]:
+    counts = metrics["prediction_counts"]
+    rows = [
+        [name, round(m["precision"], 3), round(m["recall"], 3), round(m["f1"], 3), m["support"], counts[name]]
+        for name, m in metrics["per_class"].items()
+    ]
+    if counts.get("unmapped"):
+        rows.append(["unmapped (neither word)", None, None, None, 0, counts["unmapped"]])
+    return rows
+
+
+def evaluate_baseline(model_name, session: SessionData, progress=gr.Progress()):
+    """Evaluate the untouched model on the test reviews; it becomes the session's model."""
+    from ..config import get_model_spec
+    from ..plots import confusion_figure
+
+    spec = get_model_spec(model_name)
+    notes = ensure_splits(session, progress)
+    progress(0, desc=f"Loading {spec.name}")
+    result = baseline_for(session, spec.name, progress)
+    session.model_name = spec.name
+    metrics = result["metrics"]
+    heading = f"**Zero-shot `{spec.name}`** on {metrics['n']} test reviews from `{session.splits.source}`.\n\n"
+    notes_text = "".join(f"\n\n> **Note:** {note}" for note in notes)
+    return (
+        heading + metrics_markdown(metrics) + notes_text,
+        per_class_rows(metrics),
+        confusion_figure(metrics, f"Baseline confusion matrix ({spec.name}, zero-shot)"),
+        metrics,
+    )
+
+
+def build(session: gr.State) -> SimpleNamespace:
+    gr.Markdown(
+        "How good is the pretrained model **before** any fine-tuning? Seq2seq models (T5) generate the word "
+        "`positive` or `negative` for the study's prompt; the MiniLM encoder compares each review with short "
+        "descriptions of each label. The model you choose here is also the one trained and used on the next tabs."
+    )
+    with gr.Row():
+        model = gr.Dropdown(model_choices(), value=DEFAULT_MODEL, label="Model", scale=3)
+        evaluate = gr.Button("Evaluate baseline", variant="primary", scale=1)
+    summary = gr.Markdown(label="summary", value="Press **Evaluate baseline** to score the model on the test reviews.")
+    with gr.Row():
+        per_class = gr.Dataframe(headers=PER_CLASS_HEADERS, label="Per-class report", interactive=False)
+        confusion = gr.Plot(label="Confusion matrix", show_label=False)
+    with gr.Accordion("All metrics (JSON)", open=False):
+        details = gr.JSON(label="Baseline metrics")
+
+    evaluate.click(
+        guard(evaluate_baseline),
+        inputs=[model, session],
+        outputs=[summary, per_class, confusion, details],
+        api_name="evaluate_baseline",
+    )
+    return SimpleNamespace(model=model)

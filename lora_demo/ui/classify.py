@@ -1,0 +1,78 @@
+"""Classify tab: label your own review with the baseline and, once trained, the LoRA model."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from ..config import DEFAULT_MODEL, LABEL_NAMES, UserError
+from .state import MODELS, SessionData, guard, model_markdown
+
+EXAMPLES = [
+    "This movie was amazing!",
+    "Terrible acting and a boring plot.",
+    "The visuals were stunning, but the story was weak.",
+    "Not bad at all, I actually enjoyed it more than I expected.",
+    "I wouldn't say it was good, but it wasn't terrible either.",
+    "Oh great, another two hours of my life I will never get back. Brilliant.",
+    "The first half drags, yet the ending is so moving that it is worth the wait.",
+]
+MAX_CHARS = 20_000
+
+
+def confidences(label: int, confidence: float) -> dict[str, float]:
+    """A gr.Label value: the predicted label's confidence and, for two classes, the rest for the other one."""
+    if label not in (0, 1):
+        return {"unmapped (neither word)": confidence}
+    return {LABEL_NAMES[label]: confidence, LABEL_NAMES[1 - label]: 1.0 - confidence}
+
+
+def classify(text, session: SessionData):
+    """The baseline's label and confidence and, once trained, the LoRA model's, for one review."""
+    from ..baseline import zero_shot_predict
+    from ..data import clean_text
+    from ..inference import classify_texts
+
+    text = clean_text(text or "")
+    if not text:
+        raise UserError("type or paste a review first (the text is empty)")
+    if len(text) > MAX_CHARS:
+        raise UserError(f"the review is {len(text):,} characters long: keep it under {MAX_CHARS:,}")
+    base = zero_shot_predict(MODELS.get(session.model_name), [text])
+    baseline = confidences(base.labels[0], base.confidence[0])
+    if session.tuned is None:
+        note = (
+            f"Baseline `{session.model_name}` only: train a LoRA adapter on the **Train LoRA** tab to see the "
+            f"fine-tuned model's answer next to it."
+        )
+        return baseline, None, note
+    tuned = classify_texts(session.tuned, [text], max_length=session.tuned_max_length)
+    note = f"Left: zero-shot `{session.model_name}`. Right: `{session.tuned.spec.name}` with the LoRA adapter."
+    return baseline, confidences(tuned.labels[0], tuned.confidence[0]), note
+
+
+def build(session: gr.State) -> SimpleNamespace:
+    model_info = gr.Markdown(model_markdown(DEFAULT_MODEL))
+    text = gr.Textbox(label="Review", lines=4, placeholder="Type a movie review …")
+    go = gr.Button("Classify", variant="primary")
+    gr.Examples(
+        EXAMPLES,
+        inputs=text,
+        label="Examples: plain, mixed, negated and sarcastic",
+        cache_examples=False,
+        api_visibility="private",
+    )
+    note = gr.Markdown(label="note")
+    with gr.Row():
+        baseline = gr.Label(label="Baseline (zero-shot)", num_top_classes=2, elem_id="baseline-label")
+        lora = gr.Label(label="LoRA fine-tuned", num_top_classes=2, elem_id="lora-label")
+
+    gr.on(
+        [go.click, text.submit],
+        guard(classify),
+        inputs=[text, session],
+        outputs=[baseline, lora, note],
+        api_name="classify",
+    )
+    return SimpleNamespace(model_info=model_info)

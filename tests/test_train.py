@@ -1,0 +1,199 @@
+"""Training: both model kinds learn the toy task, events stream in order, the stop flag, seeding, cached layers."""
+
+import json
+import threading
+
+import pandas as pd
+import pytest
+import torch
+
+from lora_demo import train as train_module
+from lora_demo.config import LoraSettings, TrainConfig, UserError
+from lora_demo.inference import classify_texts
+from lora_demo.models import encode_head_tail
+from lora_demo.train import build_training_args, train_lora
+
+T5_LORA = LoraSettings(r=8, alpha=16, dropout=0.0, target_modules=("q", "k", "v", "o", "wi", "wo"))
+ENCODER_LORA = LoraSettings(r=8, alpha=16, dropout=0.0, target_modules=("query", "key", "value", "dense"))
+# 64 reviews in batches of 8: 8 steps per epoch, a loss point every 2 steps, one validation per epoch
+FAST = TrainConfig(
+    epochs=5, learning_rate=3e-2, batch_size=8, max_length=32, logging_steps=2, evals_per_epoch=1, warmup_ratio=0.0
+)
+
+
+def accuracy(bundle, frame) -> float:
+    predictions = classify_texts(bundle, frame["text"].tolist(), max_length=32)
+    return sum(int(p == y) for p, y in zip(predictions.labels, frame["label"], strict=True)) / len(frame)
+
+
+def losses(result) -> list[float]:
+    return [event["loss"] for event in result.history if event["type"] == "log"]
+
+
+def test_seq2seq_learns_the_toy_task(tiny_t5, toy_reviews):
+    train, val, test = toy_reviews
+    assert accuracy(tiny_t5, test) < 0.6  # untrained: filler words, unmapped
+    tuned, result = train_lora(tiny_t5, train, val, T5_LORA, FAST)
+    curve = losses(result)
+    assert curve[-1] < curve[0] / 3
+    assert result.train_loss < curve[0]
+    assert accuracy(tuned, test) >= 0.9
+    assert result.steps == result.max_steps == 40
+    assert result.stopped is False
+    assert result.val_loss is not None and result.val_loss < 1.0
+    # q, k, v, o of 6 attention blocks (d_model 32) and wi, wo of 4 feed-forward blocks (d_ff 64), at r 8
+    assert result.params["trainable"] == 6 * 4 * 8 * (32 + 32) + 4 * 2 * 8 * (32 + 64)
+    assert result.seconds > 0
+    json.dumps(result.as_dict())
+
+
+def test_encoder_learns_the_toy_task(tiny_encoder, toy_reviews):
+    train, val, test = toy_reviews
+    tuned, result = train_lora(
+        tiny_encoder, train, val, ENCODER_LORA, TrainConfig(**{**vars(FAST), "learning_rate": 1e-2})
+    )
+    curve = losses(result)
+    assert curve[-1] < curve[0] / 3
+    assert accuracy(tuned, test) >= 0.9
+    assert result.val_loss < 0.5
+    assert "classifier" in " ".join(n for n, p in tuned.model.named_parameters() if p.requires_grad)
+
+
+def test_events_stream_in_order(tiny_t5, toy_reviews):
+    train, val, _ = toy_reviews
+    events = []
+    config = TrainConfig(**{**vars(FAST), "epochs": 2})
+    _, result = train_lora(tiny_t5, train, val, T5_LORA, config, on_event=events.append)
+    progress = [e for e in events if e["type"] == "progress"]
+    assert [e["step"] for e in progress] == list(range(1, 17))
+    assert all(e["max_steps"] == 16 for e in progress)
+    logs = [e for e in events if e["type"] == "log"]
+    assert [e["step"] for e in logs] == [2, 4, 6, 8, 10, 12, 14, 16]
+    assert all(isinstance(e["loss"], float) and e["loss"] > 0 for e in logs)
+    evals = [e for e in events if e["type"] == "eval"]
+    assert [(e["step"], e["epoch"]) for e in evals] == [(8, 1.0), (16, 2.0)]
+    assert all(isinstance(e["val_loss"], float) for e in evals)
+    steps = [e["step"] for e in events]
+    assert steps == sorted(steps)
+    epochs = [e["epoch"] for e in events]
+    assert epochs == sorted(epochs)
+    assert result.history == [e for e in events if e["type"] != "progress"]
+    assert result.val_loss == evals[-1]["val_loss"]
+
+
+def test_stop_flag_ends_training_early(tiny_t5, toy_reviews):
+    train, val, test = toy_reviews
+    stop = threading.Event()
+
+    def on_event(event):
+        if event["type"] == "log":
+            stop.set()
+
+    tuned, result = train_lora(tiny_t5, train, val, T5_LORA, FAST, on_event=on_event, stop_event=stop)
+    assert result.stopped is True
+    assert result.steps == 3  # the flag set at the log of step 2 ends training after the next step
+    assert result.max_steps == 40
+    assert result.train_loss is not None
+    predictions = classify_texts(tuned, test["text"].tolist()[:8], max_length=32)
+    assert len(predictions.labels) == 8 and set(predictions.labels) <= {0, 1, -1}
+
+
+def test_same_seed_same_run(tiny_encoder_factory, toy_reviews):
+    train, val, test = toy_reviews
+    config = TrainConfig(**{**vars(FAST), "epochs": 1, "learning_rate": 1e-2})
+    runs = []
+    for seed in (42, 42, 7):
+        lora = LoraSettings(r=4, dropout=0.1, target_modules=("query", "value"))
+        tuned, result = train_lora(
+            tiny_encoder_factory(0), train, val, lora, TrainConfig(**{**vars(config), "seed": seed})
+        )
+        runs.append((losses(result), result.val_loss, classify_texts(tuned, test["text"].tolist(), max_length=32)))
+    (loss_a, val_a, pred_a), (loss_b, val_b, pred_b), (loss_c, _, _) = runs
+    assert loss_a == loss_b and val_a == val_b
+    assert pred_a.labels == pred_b.labels and pred_a.confidence == pred_b.confidence
+    assert loss_a != loss_c  # the seed reaches the shuffling and LoRA's initialisation
+
+
+def test_seq2seq_runs_are_reproducible(tiny_t5_factory, toy_reviews):
+    train, val, _ = toy_reviews
+    config = TrainConfig(**{**vars(FAST), "epochs": 1})
+    first = train_lora(tiny_t5_factory(0), train, val, T5_LORA, config)[1]
+    second = train_lora(tiny_t5_factory(0), train, val, T5_LORA, config)[1]
+    assert losses(first) == losses(second) and first.val_loss == second.val_loss
+
+
+def test_top_layers_trains_on_cached_bottom_layers(tiny_encoder, toy_reviews, monkeypatch):
+    train, val, test = toy_reviews
+    calls = []
+    original = train_module.cache_bottom_layers
+
+    def spy(bundle, frames, max_length, layers):
+        calls.append(layers)
+        return original(bundle, frames, max_length, layers)
+
+    monkeypatch.setattr(train_module, "cache_bottom_layers", spy)
+    bottom = {k: v.clone() for k, v in tiny_encoder.model.encoder.encoder.layer[0].state_dict().items()}
+    lora = LoraSettings(r=8, alpha=16, dropout=0.0, target_modules=("query", "key", "value", "dense"), top_layers=1)
+    config = TrainConfig(**{**vars(FAST), "learning_rate": 1e-2})
+    tuned, result = train_lora(tiny_encoder, train, val, lora, config)
+    assert calls == [1]  # layer 0 ran once, up front
+    trainable = [n for n, p in tuned.model.named_parameters() if p.requires_grad]
+    assert not [n for n in trainable if ".layer.0." in n]
+    assert any(".layer.1." in n for n in trainable)
+    layer0 = tuned.model.base_model.model.encoder.encoder.layer[0].state_dict()
+    assert all(torch.equal(layer0[k], v) for k, v in bottom.items())
+    assert accuracy(tuned, test) >= 0.9
+
+    # the validation loss measured on cached (bf16) states agrees with the full model run from token ids
+    encoded = encode_head_tail(tuned.tokenizer, val["text"].tolist(), 32)
+    batch = tuned.tokenizer.pad({"input_ids": encoded}, return_tensors="pt")
+    with torch.no_grad():
+        full = tuned.model(**batch, labels=torch.tensor(val["label"].tolist())).loss.item()
+    assert result.val_loss == pytest.approx(full, rel=0.05, abs=0.01)
+
+
+def test_cached_collator_matches_uncached_logits(tiny_encoder, toy_reviews):
+    train, _, _ = toy_reviews
+    frame = train.head(6)
+    (dataset,), collator = train_module.cache_bottom_layers(tiny_encoder, [frame], 32, layers=1)
+    batch = collator([dataset[i] for i in range(6)])
+    assert batch["start_layer"] == 1 and batch["labels"].tolist() == frame["label"].tolist()
+    encoded = encode_head_tail(tiny_encoder.tokenizer, frame["text"].tolist(), 32)
+    ids = tiny_encoder.tokenizer.pad({"input_ids": encoded}, return_tensors="pt")
+    assert batch["attention_mask"].tolist() == ids["attention_mask"].tolist()
+    with torch.no_grad():
+        cached = tiny_encoder.model(**batch).logits
+        full = tiny_encoder.model(**ids).logits
+    torch.testing.assert_close(cached, full, atol=2e-2, rtol=2e-2)
+
+
+def test_without_validation_reviews(tiny_encoder, toy_reviews):
+    train, _, _ = toy_reviews
+    events = []
+    config = TrainConfig(**{**vars(FAST), "epochs": 1})
+    _, result = train_lora(tiny_encoder, train, train.iloc[:0], ENCODER_LORA, config, on_event=events.append)
+    assert result.val_loss is None
+    assert not [e for e in events if e["type"] == "eval"]
+    assert result.steps == 8
+
+
+def test_refuses_bad_targets_before_any_work(tiny_t5, toy_reviews, monkeypatch):
+    monkeypatch.setattr(train_module, "prepare_data", lambda *a, **k: pytest.fail("prepared data"))
+    train, val, _ = toy_reviews
+    with pytest.raises(UserError, match="do not exist in t5-small"):
+        train_lora(tiny_t5, train, val, LoraSettings(target_modules=("query",)), FAST)
+
+
+def test_refuses_too_few_reviews(tiny_encoder):
+    one = pd.DataFrame({"text": ["good"], "label": [1]})
+    with pytest.raises(UserError, match="at least 2 reviews"):
+        train_lora(tiny_encoder, one, one.iloc[:0], ENCODER_LORA, FAST)
+
+
+@pytest.mark.parametrize(("n_train", "evals", "expected"), [(500, 2, 16), (64, 1, 4), (64, 0, None), (3, 5, 1)])
+def test_training_args(tmp_path, n_train, evals, expected):
+    config = TrainConfig(batch_size=16, evals_per_epoch=evals, seed=3)
+    args = build_training_args(config, n_train, str(tmp_path), seq2seq=False)
+    assert args.eval_steps == expected
+    assert args.eval_strategy == ("no" if expected is None else "steps")
+    assert args.seed == 3 and args.learning_rate == config.learning_rate and args.save_strategy == "no"
