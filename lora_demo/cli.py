@@ -17,12 +17,14 @@ from pathlib import Path
 from .config import (
     DEFAULT_MODEL,
     MODEL_REGISTRY,
+    RECIPES,
     DataConfig,
     LoraSettings,
     TrainConfig,
     UserError,
     field_help,
     get_model_spec,
+    recipe,
 )
 
 logger = logging.getLogger("lora_demo")
@@ -69,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def with_lora(p):
+        p.add_argument(
+            "--recipe",
+            default="fast",
+            choices=list(RECIPES),
+            help="starting settings that the other flags change: "
+            + "; ".join(f"{name}: {what}" for name, what in RECIPES.items()),
+        )
         _add_fields(p, LoraSettings, skip=("target_modules",))
         p.add_argument("--target-modules", nargs="+", default=None, help=field_help(LoraSettings, "target_modules"))
         return p
@@ -106,7 +115,9 @@ def cmd_train(args) -> int:
     # every setting is checked before the data loads, so a mistake is the only line printed
     data_config = _data_config(args)
     lora = _lora_settings(args)
-    config = _from_args(TrainConfig, args, TrainConfig(seed=data_config.seed))
+    config = _from_args(
+        TrainConfig, args, replace(recipe(args.recipe, get_model_spec(args.model))[1], seed=data_config.seed)
+    )
     _check_model(args.model, lora)
     splits = load_splits(data_config, fit_to_data=_sizes_not_given(args))
     _print_notes(splits.notes)
@@ -221,7 +232,7 @@ def _sizes_not_given(args) -> bool:
 
 
 def _lora_settings(args) -> LoraSettings:
-    settings = _from_args(LoraSettings, args, LoraSettings())
+    settings = _from_args(LoraSettings, args, recipe(args.recipe, get_model_spec(args.model))[0])
     if args.target_modules:
         settings = replace(settings, target_modules=tuple(args.target_modules))
     return settings

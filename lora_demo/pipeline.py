@@ -46,6 +46,7 @@ def lora_summary(settings: LoraSettings, bundle: ModelBundle) -> dict:
         "alpha": settings.alpha,
         "dropout": settings.dropout,
         "target_modules": list(settings.targets_for(bundle.spec)),
+        "layers": settings.layers_for(bundle.spec) or "all",
     }
 
 

@@ -29,6 +29,7 @@ from transformers import (
     set_seed,
 )
 
+from . import inference
 from .baseline import SIMILARITY_SCALE, label_prototypes
 from .config import LoraSettings, TrainConfig, UserError
 from .data import format_seq2seq, label_word
@@ -107,6 +108,13 @@ class StopCallback(TrainerCallback):
             control.should_training_stop = True
             control.should_evaluate = False
         return control
+
+
+def set_dropout(model: torch.nn.Module, p: float):
+    """Set every dropout inside `model` (hidden states and attention weights) to `p`."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
 
 
 def tokenize_split(bundle: ModelBundle, frame: pd.DataFrame, max_length: int) -> datasets.Dataset:
@@ -232,7 +240,8 @@ def build_training_args(config: TrainConfig, n_train: int, output_dir: str, seq2
         label_names=["labels"],
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        bf16=config.bf16,
+        bf16=inference.fast_bf16() if config.bf16 is None else config.bf16,
+        use_cpu=not torch.cuda.is_available(),  # bf16 on a CPU needs it said explicitly
     )
 
 
@@ -266,6 +275,8 @@ def train_lora(
         raise UserError("training needs at least 2 reviews")
     started = time.perf_counter()
     set_seed(config.seed)
+    if config.model_dropout is not None:
+        set_dropout(bundle.model.encoder if bundle.spec.kind == "encoder" else bundle.model, config.model_dropout)
     if bundle.spec.kind == "encoder":
         bundle.model.init_head(label_prototypes(bundle), SIMILARITY_SCALE)
     train_set, val_set, collator = prepare_data(bundle, train_frame, val_frame, lora, config.max_length)

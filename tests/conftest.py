@@ -171,8 +171,8 @@ def build_tiny_encoder(seed: int = 0):
     encoder = AutoModel.from_config(config, add_pooling_layer=False)
     model = EncoderClassifier(encoder, num_labels=2, dropout=0.0)
     model.eval()
-    # the registry's minilm has 6 layers; `top_layers` counts from the top, so the spec must say 2 here
-    spec = replace(MODEL_REGISTRY["minilm"], num_layers=config.num_hidden_layers)
+    # the registry's minilm has 6 layers and adapts the top 3; `top_layers` counts from the top, so scale it down
+    spec = replace(MODEL_REGISTRY["minilm"], num_layers=config.num_hidden_layers, default_top_layers=1)
     return ModelBundle(spec=spec, model=model, tokenizer=tokenizer)
 
 

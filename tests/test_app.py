@@ -247,10 +247,22 @@ def test_closing_the_training_stream_stops_the_run():
 
     session = SessionData()
     session.splits = load_splits(DataConfig(source="builtin", train_size=40, val_size=20, test_size=20))
-    stream = train(8, 32, 0.1, ["query", "value"], 0, 20, 1e-3, 2, 32, session, progress=lambda *a, **k: None)
+    stream = train(8, 32, 0.1, ["query", "value"], 0, 20, 1e-3, 2, 32, "study", session, progress=lambda *a, **k: None)
     next(stream)  # the first loss points: the worker is training
     assert session.training
     stream.close()
     session.worker.join(timeout=60)
     assert session.stop_event.is_set() and not session.training
     assert session.tuned is None, "an abandoned run is not installed as the session's model"
+
+
+def test_recipe_choice_sets_the_lora_controls():
+    from lora_demo.ui.train import select_recipe
+
+    r, alpha, dropout, targets, top = select_recipe("study", "minilm")
+    assert (r["value"], alpha["value"], dropout["value"]) == (8, 32, 0.1)
+    assert targets["value"] == ["query", "value"] and top["value"] == 0
+    _, _, dropout, targets, top = select_recipe("fast", "minilm")
+    assert dropout["value"] == 0.0 and targets["value"] == ["query", "key", "value", "dense"] and top["value"] == 3
+    _, _, _, targets, top = select_recipe("fast", "t5-small")
+    assert targets["value"] == ["q", "v"] and top["value"] == 0 and top["interactive"] is False

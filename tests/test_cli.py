@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from lora_demo import lora, models, pipeline
 from lora_demo.cli import main
@@ -224,3 +225,45 @@ def test_entry_point_error_has_no_traceback():
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: `r` must be an integer from 1 to 256, got 0"]
+
+
+def test_params_of_the_two_recipes(capsys):
+    code, out, _ = run_cli(capsys, "params")
+    assert code == 0 and "166,658 trainable" in out  # q, k, v, dense of the top 3 layers
+    code, out, _ = run_cli(capsys, "params", "--recipe", "study")
+    assert code == 0 and "74,498 trainable" in out  # q and v of every layer
+    code, out, _ = run_cli(capsys, "params", "--recipe", "study", "--r", "16")
+    assert code == 0 and "148,226 trainable" in out  # flags change the recipe they start from
+    code, _, err = run_cli(capsys, "params", "--recipe", "slow")
+    assert_one_line_error(code, err, "invalid choice: 'slow'")
+
+
+def test_train_with_the_study_recipe(capsys, tmp_path, toy_csv, monkeypatch, tiny_encoder_factory):
+    bundles = []
+
+    def tiny(name, seed=42):
+        bundles.append(tiny_encoder_factory(0))
+        bundles[-1].model.encoder.config.hidden_dropout_prob = 0.1
+        for module in bundles[-1].model.encoder.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.1
+        return bundles[-1]
+
+    monkeypatch.setattr(pipeline, "load_bundle", tiny)
+    report_file = tmp_path / "report.json"
+    code, _, err = run_cli(
+        capsys, "train", "--data", str(toy_csv), "--recipe", "study", "--epochs", "1", "--batch-size", "16",
+        "--max-length", "32", "--train-size", "64", "--val-size", "16", "--test-size", "40",
+        "--report", str(report_file),
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(report_file.read_text())
+    assert report["lora"] == {
+        "r": 8,
+        "alpha": 32,
+        "dropout": 0.1,
+        "target_modules": ["query", "value"],
+        "layers": "all",
+    }
+    # the study keeps the checkpoint's dropout and trains in fp32
+    assert {m.p for m in bundles[-1].model.encoder.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}

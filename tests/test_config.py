@@ -13,19 +13,41 @@ from lora_demo.config import (
     field_default,
     field_range,
     get_model_spec,
+    recipe,
 )
 
 
-def test_defaults_are_the_studys():
+def test_defaults_are_the_fast_recipe_with_the_studys_sizes_and_rank():
     data, lora, train = DataConfig(), LoraSettings(), TrainConfig()
     assert (data.train_size, data.val_size, data.test_size) == (500, 200, 100)
     assert data.source is None
-    assert (lora.r, lora.alpha, lora.dropout) == (8, 32, 0.1)
-    assert lora.target_modules is None
+    assert (lora.r, lora.alpha, lora.dropout) == (8, 32, 0.0)
+    assert lora.target_modules is None and lora.top_layers is None  # the model's recipe decides
     assert train.epochs == 3 and train.batch_size == 16 and train.max_length == 256
     assert train.learning_rate == pytest.approx(1e-3)
+    assert train.model_dropout == 0.0 and train.bf16 is None and train.evals_per_epoch == 1
     assert field_default(LoraSettings, "r") == 8
     assert field_range(LoraSettings, "r") == (1, 256)
+
+
+def test_study_recipe_is_the_original_lora():
+    for name in ("minilm", "t5-small"):
+        spec = get_model_spec(name)
+        lora, train = recipe("study", spec)
+        assert (lora.r, lora.alpha, lora.dropout) == (8, 32, 0.1)
+        assert lora.targets_for(spec) == spec.study_targets
+        assert lora.layers_for(spec) is None
+        assert train.model_dropout is None and train.bf16 is False
+    assert recipe("study", get_model_spec("minilm"))[0].targets_for(get_model_spec("minilm")) == ("query", "value")
+    assert recipe("fast", get_model_spec("minilm")) == (LoraSettings(), TrainConfig())
+    with pytest.raises(UserError, match="unknown recipe 'slow': choose one of fast, study"):
+        recipe("slow", get_model_spec("minilm"))
+
+
+def test_model_dropout_is_checked_but_may_be_left_to_the_checkpoint():
+    assert TrainConfig(model_dropout=None).model_dropout is None
+    with pytest.raises(UserError, match="model_dropout"):
+        TrainConfig(model_dropout=1.5)
 
 
 @pytest.mark.parametrize(
@@ -118,9 +140,9 @@ def test_known_model_specs():
     assert get_model_spec("t5-small").source == "google-t5/t5-small"
 
 
-def test_targets_default_to_query_and_value():
+def test_targets_default_to_the_models_recipe():
     assert LoraSettings().targets_for(get_model_spec("t5-small")) == ("q", "v")
-    assert LoraSettings().targets_for(get_model_spec("minilm")) == ("query", "value")
+    assert LoraSettings().targets_for(get_model_spec("minilm")) == ("query", "key", "value", "dense")
     assert LoraSettings(target_modules=("wi", "wo")).targets_for(get_model_spec("t5-small")) == ("wi", "wo")
 
 
@@ -136,7 +158,7 @@ def test_targets_refuse_modules_the_model_lacks(model, targets, bad):
 
 def test_layers_for_counts_from_the_top():
     minilm = get_model_spec("minilm")
-    assert LoraSettings().layers_for(minilm) is None  # registry default: all layers
+    assert LoraSettings().layers_for(minilm) == [3, 4, 5]  # the registry's recipe: the top 3
     assert LoraSettings(top_layers=0).layers_for(minilm) is None
     assert LoraSettings(top_layers=6).layers_for(minilm) is None
     assert LoraSettings(top_layers=2).layers_for(minilm) == [4, 5]

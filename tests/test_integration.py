@@ -49,8 +49,14 @@ def test_short_training_run_writes_a_full_report_and_a_working_adapter(imdb_dir,
     assert report["data"]["source"] == str(imdb_dir)
     assert report["data"]["sizes"] == {"train": 32, "val": 16, "test": 32}
     assert report["data"]["label_counts"]["train"] == {"negative": 16, "positive": 16}
-    assert report["lora"] == {"r": 8, "alpha": 32, "dropout": 0.1, "target_modules": ["query", "value"]}
-    assert report["params"]["trainable"] == 6 * 2 * (8 * 384 + 384 * 8) + (384 * 2 + 2)
+    assert report["lora"] == {
+        "r": 8,
+        "alpha": 32,
+        "dropout": 0.0,
+        "target_modules": ["query", "key", "value", "dense"],
+        "layers": [3, 4, 5],
+    }
+    assert report["params"]["trainable"] == 166_658  # see test_lora's count of the default recipe
     assert report["params"]["total"] > 22_000_000
     assert report["params"]["percent"] == pytest.approx(
         100 * report["params"]["trainable"] / report["params"]["total"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import TaskType
 
-from lora_demo.config import LoraSettings, UserError, get_model_spec
+from lora_demo.config import LoraSettings, UserError, get_model_spec, recipe
 from lora_demo.inference import classify_texts
 from lora_demo.lora import (
     METADATA_FILE,
@@ -33,10 +33,15 @@ def test_t5_small_trainable_parameters_match_the_study():
 
 def test_other_models_parameter_counts():
     assert count_parameters_offline("flan-t5-small", LoraSettings())["trainable"] == 344_064
-    minilm = count_parameters_offline("minilm", LoraSettings())
-    # q and v of 6 layers at hidden 384, plus the 2-label head (trained in full)
-    assert minilm["trainable"] == 6 * 2 * (8 * 384 + 384 * 8) + (384 * 2 + 2)
-    top = count_parameters_offline("minilm", LoraSettings(top_layers=2))
+    head = 384 * 2 + 2  # the 2-label head, trained in full
+    study = count_parameters_offline("minilm", recipe("study", get_model_spec("minilm"))[0])
+    # q and v of 6 layers at hidden 384
+    assert study["trainable"] == 6 * 2 * (8 * 384 + 384 * 8) + head == 74_498
+    fast = count_parameters_offline("minilm", LoraSettings())
+    # the top 3 layers: query, key, value and the three `dense` (attention output 384x384, FFN 384x1536, 1536x384)
+    per_layer = 4 * 8 * (384 + 384) + 2 * 8 * (384 + 1536)
+    assert fast["trainable"] == 3 * per_layer + head == 166_658
+    top = count_parameters_offline("minilm", LoraSettings(target_modules=("query", "value"), top_layers=2))
     assert top["trainable"] == 2 * 2 * (8 * 384 + 384 * 8) + (384 * 2 + 2)
     wider = count_parameters_offline("t5-small", LoraSettings(r=16, target_modules=("q", "k", "v", "o")))
     assert wider["trainable"] == 4 * 294_912
@@ -67,7 +72,7 @@ def test_build_lora_config_for_encoder():
 
 
 def test_apply_lora_freezes_the_base(tiny_encoder):
-    tuned = apply_lora(tiny_encoder, LoraSettings(r=4))
+    tuned = apply_lora(tiny_encoder, LoraSettings(r=4, target_modules=("query", "value"), top_layers=0))
     trainable = [name for name, p in tuned.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name or "classifier" in name for name in trainable)
     assert sum("lora_A" in name for name in trainable) == 4  # query and value of 2 layers

@@ -1,6 +1,7 @@
 """Training: both model kinds learn the toy task, events stream in order, the stop flag, seeding, cached layers."""
 
 import json
+import math
 import threading
 
 import pandas as pd
@@ -197,3 +198,55 @@ def test_training_args(tmp_path, n_train, evals, expected):
     assert args.eval_steps == expected
     assert args.eval_strategy == ("no" if expected is None else "steps")
     assert args.seed == 3 and args.learning_rate == config.learning_rate and args.save_strategy == "no"
+
+
+def dropout_rates(model) -> set[float]:
+    return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+
+
+def with_checkpoint_dropout(model, p=0.1):
+    """The tiny models are built without dropout; give them a checkpoint's 0.1 everywhere."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+    return model
+
+
+@pytest.mark.parametrize(("model_dropout", "expected"), [(0.0, {0.0}), (0.05, {0.05}), (None, {0.1})])
+def test_model_dropout_sets_the_pretrained_models_dropout(tiny_t5_factory, toy_reviews, model_dropout, expected):
+    train, val, _ = toy_reviews
+    bundle = tiny_t5_factory(0)
+    with_checkpoint_dropout(bundle.model)
+    config = TrainConfig(epochs=0.2, batch_size=8, max_length=32, model_dropout=model_dropout)
+    tuned, _ = train_lora(bundle, train, val, LoraSettings(dropout=0.0), config)
+    base = tuned.model.get_base_model()
+    # every dropout of the pretrained model; LoRA's own is `LoraSettings.dropout` (0 here, an Identity)
+    assert dropout_rates(base) == expected
+
+
+def test_model_dropout_leaves_the_encoders_head_alone(tiny_encoder_factory, toy_reviews):
+    train, val, _ = toy_reviews
+    bundle = tiny_encoder_factory(0)
+    with_checkpoint_dropout(bundle.model)
+    train_lora(bundle, train, val, ENCODER_LORA, TrainConfig(epochs=0.2, batch_size=8, max_length=32))
+    assert dropout_rates(bundle.model.encoder) == {0.0}
+    assert bundle.model.dropout.p == 0.1
+
+
+def test_bf16_training_runs_on_this_host(tiny_encoder, toy_reviews):
+    """bf16 on a CPU must be allowed by the Trainer (it refuses it unless told the run is on the CPU)."""
+    train, val, _ = toy_reviews
+    config = TrainConfig(epochs=1, batch_size=8, max_length=32, learning_rate=1e-2, bf16=True)
+    args = build_training_args(config, len(train), "unused", seq2seq=False)
+    assert args.bf16 is True
+    _, result = train_lora(tiny_encoder, train, val, ENCODER_LORA, config)
+    assert result.steps == result.max_steps and all(math.isfinite(loss) for loss in losses(result))
+
+
+def test_bf16_default_follows_the_hardware(monkeypatch):
+    from lora_demo import inference
+
+    for native in (True, False):
+        monkeypatch.setattr(inference, "fast_bf16", lambda native=native: native)
+        assert build_training_args(TrainConfig(), 500, "unused", seq2seq=False).bf16 is native
+    assert build_training_args(TrainConfig(bf16=False), 500, "unused", seq2seq=False).bf16 is False

@@ -18,6 +18,7 @@ import gradio as gr
 
 from ..config import (
     DEFAULT_MODEL,
+    RECIPES,
     LoraSettings,
     TrainConfig,
     UserError,
@@ -25,6 +26,7 @@ from ..config import (
     field_help,
     field_range,
     get_model_spec,
+    recipe,
 )
 from .state import SessionData, ensure_splits, guard, model_markdown, progress_callback, whole_number
 
@@ -46,22 +48,29 @@ def _control(cls, name: str, label: str, step: float, **kwargs) -> gr.Slider:
     )
 
 
-def top_layers_update(spec) -> dict:
+def recipe_updates(recipe_name: str, spec) -> tuple:
+    """Set the LoRA controls to a recipe's values for `spec` (r, alpha, dropout, targets, top layers)."""
+    lora, _ = recipe(recipe_name, spec)
     encoder = spec.kind == "encoder"
-    return gr.update(
-        maximum=spec.num_layers, value=(spec.default_top_layers or 0) if encoder else 0, interactive=encoder
+    top = spec.default_top_layers if lora.top_layers is None else lora.top_layers
+    return (
+        gr.update(value=lora.r),
+        gr.update(value=lora.alpha),
+        gr.update(value=lora.dropout),
+        gr.update(choices=list(spec.lora_targets), value=list(lora.targets_for(spec))),
+        gr.update(maximum=spec.num_layers, value=(top or 0) if encoder else 0, interactive=encoder),
     )
 
 
-def select_model(name: str, session: SessionData):
+def select_model(name: str, recipe_name: str, session: SessionData):
     """The dropdown on the Baseline tab sets the session's model; the LoRA controls follow it."""
     spec = get_model_spec(name)
     session.model_name = spec.name
-    return (
-        model_markdown(spec.name),
-        gr.update(choices=list(spec.lora_targets), value=list(spec.default_targets)),
-        top_layers_update(spec),
-    )
+    return model_markdown(spec.name), *recipe_updates(recipe_name, spec)
+
+
+def select_recipe(recipe_name: str, model_name: str):
+    return recipe_updates(recipe_name, get_model_spec(model_name))
 
 
 def lora_settings(r, alpha, dropout, targets, top_layers) -> LoraSettings:
@@ -93,9 +102,13 @@ def parameter_count(model_name, r, alpha, dropout, targets, top_layers) -> str:
     )
 
 
-def train_config(epochs, learning_rate, batch_size, max_length, n_train: int, seed: int) -> TrainConfig:
+def train_config(
+    epochs, learning_rate, batch_size, max_length, n_train: int, seed: int, base: TrainConfig | None = None
+) -> TrainConfig:
+    """The controls' values over `base` (a recipe's training settings), with a loss point every few steps."""
     batch = whole_number(batch_size, "batch_size")
-    config = TrainConfig(
+    config = replace(
+        base or TrainConfig(),
         epochs=float(epochs),
         learning_rate=float(learning_rate),
         batch_size=batch,
@@ -179,6 +192,7 @@ def train(
     learning_rate,
     batch_size,
     max_length,
+    recipe_name: str,
     session: SessionData,
     progress=gr.Progress(),
 ):
@@ -197,7 +211,13 @@ def train(
         raise UserError("a training run is already going in this session: wait for it or press Stop")
     notes = ensure_splits(session, progress)
     config = train_config(
-        epochs, learning_rate, batch_size, max_length, len(session.splits.train), session.splits.config.seed
+        epochs,
+        learning_rate,
+        batch_size,
+        max_length,
+        len(session.splits.train),
+        session.splits.config.seed,
+        recipe(recipe_name or "fast", spec)[1],
     )
     events, history = queue.Queue(), []
     progress(0, desc=f"Loading {spec.name}")
@@ -271,9 +291,14 @@ def build(session: gr.State, model: gr.Dropdown, demo: gr.Blocks) -> SimpleNames
     spec = get_model_spec(DEFAULT_MODEL)
     model_info = gr.Markdown(model_markdown(DEFAULT_MODEL))
     gr.Markdown(
-        "The defaults are the study's recipe (rank 8, alpha 32, dropout 0.1 on the query and value "
-        "projections) with this app's training settings; each control says its default."
+        "**Recipe `fast`** (the default) adapts query, key, value and dense of the top 3 layers with rank 8, "
+        "alpha 32 and no dropout; the frozen bottom 3 layers run once per review and are cached, and bf16 is used "
+        "where the CPU runs it natively. On 2 CPU cores it trains on 500 IMDb reviews in about 40 s and scores "
+        "about 0.86 accuracy on 2,000 test reviews. **Recipe `study`** is the original study's LoRA: rank 8, "
+        "alpha 32, dropout 0.1 on query and value of every layer, in fp32. Choosing a recipe sets the controls; "
+        "change any of them from there."
     )
+    recipe_name = gr.Radio([(f"{name}: {what}", name) for name, what in RECIPES.items()], value="fast", label="Recipe")
     with gr.Row():
         with gr.Column():
             r = _control(LoraSettings, "r", "Rank r", 1)
@@ -316,17 +341,20 @@ def build(session: gr.State, model: gr.Dropdown, demo: gr.Blocks) -> SimpleNames
     with gr.Accordion("Run details (JSON)", open=False):
         details = gr.JSON(label="Training run")
 
-    recipe = [r, alpha, dropout, targets, top_layers]
+    lora_controls = [r, alpha, dropout, targets, top_layers]
     model_selected = model.change(
         guard(select_model),
-        inputs=[model, session],
-        outputs=[model_info, targets, top_layers],
+        inputs=[model, recipe_name, session],
+        outputs=[model_info, *lora_controls],
         api_visibility="private",
+    )
+    recipe_name.change(
+        guard(select_recipe), inputs=[recipe_name, model], outputs=lora_controls, api_visibility="private", queue=False
     )
     gr.on(
         [demo.load, model.change, r.change, targets.change, top_layers.change],
         guard(parameter_count),
-        inputs=[model, *recipe],
+        inputs=[model, *lora_controls],
         outputs=params,
         trigger_mode="always_last",
         show_progress="hidden",
@@ -335,7 +363,7 @@ def build(session: gr.State, model: gr.Dropdown, demo: gr.Blocks) -> SimpleNames
     start.click(lambda: "", outputs=stop_note, queue=False, api_visibility="private", show_progress="hidden")
     start.click(
         guard(train),
-        inputs=[*recipe, epochs, learning_rate, batch_size, max_length, session],
+        inputs=[*lora_controls, epochs, learning_rate, batch_size, max_length, recipe_name, session],
         outputs=[loss_chart, status, details],
         api_name="train_lora",
         show_progress_on=[loss_chart],
