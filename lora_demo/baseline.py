@@ -7,6 +7,7 @@ review's mean-pooled embedding with embeddings of a few descriptions of each lab
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -30,13 +31,19 @@ LABEL_DESCRIPTIONS = (
 SIMILARITY_SCALE = 20.0
 
 
+# per model object: the zero-shot baseline is a frozen model, so its prototypes never change
+_PROTOTYPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def label_prototypes(bundle: ModelBundle) -> torch.Tensor:
-    """One unit vector per label: the mean embedding of its descriptions."""
-    vectors = []
-    for descriptions in LABEL_DESCRIPTIONS:
-        embedded = embed_texts(bundle, list(descriptions))
-        vectors.append(torch.nn.functional.normalize(embedded.mean(dim=0), dim=-1))
-    return torch.stack(vectors)
+    """One unit vector per label: the mean embedding of its descriptions (computed once per model)."""
+    if bundle.model not in _PROTOTYPES:
+        vectors = []
+        for descriptions in LABEL_DESCRIPTIONS:
+            embedded = embed_texts(bundle, list(descriptions))
+            vectors.append(torch.nn.functional.normalize(embedded.mean(dim=0), dim=-1))
+        _PROTOTYPES[bundle.model] = torch.stack(vectors)
+    return _PROTOTYPES[bundle.model].clone()
 
 
 def embed_texts(

@@ -141,6 +141,7 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .data import load_splits
+    from .inference import serving_copy
     from .lora import load_adapter, read_adapter_metadata
     from .models import load_bundle
     from .pipeline import evaluate_model
@@ -153,7 +154,7 @@ def cmd_evaluate(args) -> int:
         max_length = args.max_length or meta.get("train_config", {}).get("max_length", 256)
     else:
         bundle, max_length = load_bundle(args.model), args.max_length or 256
-    metrics, _ = evaluate_model(bundle, splits.test, zero_shot=not args.adapter, max_length=max_length)
+    metrics, _ = evaluate_model(serving_copy(bundle), splits.test, zero_shot=not args.adapter, max_length=max_length)
     result = {"model": bundle.spec.name, "adapter": args.adapter, "data": splits.summary(), "metrics": metrics}
     _write_json(args.report, result)
     print(json.dumps(result, indent=2))
@@ -162,7 +163,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     from .baseline import zero_shot_predict
-    from .inference import classify_texts
+    from .inference import classify_texts, serving_copy
     from .lora import load_adapter
     from .models import load_bundle
 
@@ -171,9 +172,10 @@ def cmd_predict(args) -> int:
         raise UserError("empty text: give each review as a non-empty argument")
     if args.adapter:
         bundle, meta = load_adapter(args.adapter)
-        predictions = classify_texts(bundle, texts, max_length=meta.get("train_config", {}).get("max_length", 256))
+        max_length = meta.get("train_config", {}).get("max_length", 256)
+        predictions = classify_texts(serving_copy(bundle), texts, max_length=max_length)
     else:
-        predictions = zero_shot_predict(load_bundle(args.model), texts)
+        predictions = zero_shot_predict(serving_copy(load_bundle(args.model)), texts)
     for text, label, confidence in zip(texts, predictions.label_names(), predictions.confidence):
         print(json.dumps({"text": text, "label": label, "confidence": round(confidence, 4)}))
     return 0

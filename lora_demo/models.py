@@ -142,7 +142,9 @@ class ModelCache:
     def get(self, name: str) -> ModelBundle:
         with self._lock:
             if name not in self._bundles:
-                self._bundles[name] = load_bundle(name)
+                from .inference import serving_copy
+
+                self._bundles[name] = serving_copy(load_bundle(name))
             return self._bundles[name]
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 from .baseline import zero_shot_predict
 from .config import LoraSettings, TrainConfig
 from .data import Splits
-from .inference import Predictions, classify_texts
+from .inference import Predictions, classify_texts, serving_copy
 from .lora import save_adapter
 from .metrics import evaluate_predictions
 from .models import ModelBundle, load_bundle
@@ -66,9 +66,9 @@ def run_study(
     """
     bundle = load_bundle(model_name, seed=config.seed)
     lora.targets_for(bundle.spec)
-    baseline, _ = evaluate_model(bundle, splits.test, zero_shot=True, max_length=config.max_length)
+    baseline, _ = evaluate_model(serving_copy(bundle), splits.test, zero_shot=True, max_length=config.max_length)
     tuned, result = train_lora(bundle, splits.train, splits.val, lora, config, on_event, stop_event)
-    finetuned, _ = evaluate_model(tuned, splits.test, zero_shot=False, max_length=config.max_length)
+    finetuned, _ = evaluate_model(serving_copy(tuned), splits.test, zero_shot=False, max_length=config.max_length)
     report = build_report(tuned, splits, lora, config, result, baseline, finetuned)
     if output_dir and is_main_process():
         report["adapter"] = str(save_adapter(tuned, output_dir, adapter_metadata(lora, config, tuned)))

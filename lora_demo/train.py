@@ -241,6 +241,7 @@ def build_training_args(config: TrainConfig, n_train: int, output_dir: str, seq2
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         bf16=inference.fast_bf16() if config.bf16 is None else config.bf16,
+        ddp_find_unused_parameters=False,  # every LoRA matrix takes part in each step (torchrun / accelerate)
         use_cpu=not torch.cuda.is_available(),  # bf16 on a CPU needs it said explicitly
     )
 

@@ -58,3 +58,21 @@ def test_seq2seq_zero_shot_maps_label_words(tiny_t5, toy_reviews):
     assert all(word.startswith("negative") for word in predictions.outputs)
     assert predictions.labels == [0] * 6
     assert all(0.0 < c <= 1.0 for c in predictions.confidence)
+
+
+def test_label_prototypes_are_computed_once_per_model(tiny_encoder_factory, monkeypatch):
+    from lora_demo import baseline
+
+    calls = []
+    real = baseline.embed_texts
+    monkeypatch.setattr(baseline, "embed_texts", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first, second = tiny_encoder_factory(0), tiny_encoder_factory(1)
+    once = label_prototypes(first)
+    assert len(calls) == len(LABEL_DESCRIPTIONS)
+    again = label_prototypes(first)
+    assert len(calls) == len(LABEL_DESCRIPTIONS)  # the Classify tab asks for them on every review
+    assert torch.equal(once, again)
+    again.zero_()  # callers get a copy: the cache cannot be changed from outside
+    assert torch.equal(label_prototypes(first), once)
+    other = label_prototypes(second)  # another model has prototypes of its own
+    assert len(calls) == 2 * len(LABEL_DESCRIPTIONS) and not torch.equal(other, once)

@@ -10,6 +10,7 @@ from lora_demo.inference import (
     length_sorted_batches,
     map_output_word,
     run_batches,
+    serving_copy,
 )
 from lora_demo.models import encode_head_tail
 
@@ -95,3 +96,44 @@ def test_run_batches_under_bf16_autocast(tiny_encoder):
         torch.stack([r for _, r in bf16]), torch.stack([r for _, r in fp32]), atol=0.05, rtol=0.05
     )
     assert isinstance(fast_bf16.__wrapped__(), bool)  # the real hardware check, not the tests' stand-in
+
+
+def logits_of(bundle, texts=TEXTS) -> torch.Tensor:
+    encoded = encode_head_tail(bundle.tokenizer, texts, 32)
+    return torch.stack(run_batches(bundle, encoded, 8, lambda batch: bundle.model(**batch).logits.float()))
+
+
+@pytest.mark.parametrize("factory", ["tiny_encoder_factory", "tiny_t5_factory"])
+def test_serving_copy_merges_lora_and_leaves_the_adapter_alone(factory, request):
+    from peft import PeftModel
+
+    from lora_demo.config import LoraSettings
+    from lora_demo.lora import apply_lora
+
+    bundle = request.getfixturevalue(factory)(0)
+    tuned = apply_lora(bundle, LoraSettings(r=4, top_layers=0))
+    with torch.no_grad():  # a trained-looking adapter: B is zero at the start, which would hide a lost merge
+        for name, param in tuned.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    served = serving_copy(tuned)
+    assert not isinstance(served.model, PeftModel) and "lora_" not in str(served.model)
+    assert isinstance(tuned.model, PeftModel) and any("lora_" in n for n, _ in tuned.model.named_parameters())
+    if bundle.spec.kind == "encoder":
+        torch.testing.assert_close(logits_of(served), logits_of(tuned), atol=1e-4, rtol=1e-4)
+    else:
+        assert (
+            classify_texts(served, TEXTS, max_length=32).outputs == classify_texts(tuned, TEXTS, max_length=32).outputs
+        )
+
+
+def test_serving_copy_holds_bf16_weights_where_bf16_is_native(tiny_encoder, monkeypatch):
+    from lora_demo import inference
+
+    assert serving_copy(tiny_encoder) is tiny_encoder  # nothing to merge, no bf16: no copy
+    monkeypatch.setattr(inference, "fast_bf16", lambda: True)
+    served = serving_copy(tiny_encoder)
+    assert {p.dtype for p in served.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in tiny_encoder.model.parameters()} == {torch.float32}  # the original is untouched
+    fp32, bf16 = classify_texts(tiny_encoder, TEXTS, max_length=32), classify_texts(served, TEXTS, max_length=32)
+    assert bf16.confidence == pytest.approx(fp32.confidence, abs=0.05)

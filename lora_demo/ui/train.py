@@ -197,6 +197,7 @@ def train(
     progress=gr.Progress(),
 ):
     """Train LoRA on the session's data and model, streaming the loss; then score the tuned model on the test set."""
+    from ..inference import serving_copy
     from ..models import check_available
     from ..pipeline import evaluate_model
     from ..plots import loss_figure
@@ -232,7 +233,7 @@ def train(
             session.stop_event.set()
     if "error" in box:
         raise box["error"]
-    tuned, result = box["tuned"], box["result"]
+    tuned, result = serving_copy(box["tuned"]), box["result"]  # the app only predicts with it from here
     report = progress_callback(progress, "Scoring the LoRA model on the test reviews")
     metrics, predictions = evaluate_model(
         tuned, session.splits.test, zero_shot=False, max_length=config.max_length, progress=report
