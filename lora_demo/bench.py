@@ -19,7 +19,7 @@ import datasets
 import numpy as np
 import psutil
 import torch
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from .config import DEFAULT_MODEL, DataConfig, LoraSettings, TrainConfig, UserError
 from .data import Splits
@@ -118,6 +118,7 @@ def run_reference(splits: Splits, recipe: ReferenceRecipe, seed: int) -> dict:
                 remove_unused_columns=False,
             )
             trainer = Trainer(model=tuned.model, args=args, train_dataset=train_set)
+            trainer.remove_callback(PrinterCallback)  # the bench prints its own lines
             trainer.train()
             train_seconds = time.perf_counter() - started
 
