@@ -133,6 +133,7 @@ def cmd_train(args) -> int:
         f"({report['params']['percent']:.3f}%)"
     )
     print(comparison_table(report))
+    print(report["comparison"]["verdict"])
     for name in ("baseline", "finetuned"):
         if report[name].get("warning"):
             print(f"warning ({name}): {report[name]['warning']}")

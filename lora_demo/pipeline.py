@@ -16,6 +16,7 @@ from .inference import Predictions, classify_texts, serving_copy
 from .lora import save_adapter
 from .metrics import evaluate_predictions
 from .models import ModelBundle, load_bundle
+from .significance import compare_models
 from .train import Event, TrainResult, is_main_process, train_lora
 
 
@@ -62,14 +63,16 @@ def run_study(
     """Baseline on the test set, LoRA training, the tuned model on the same test set; the report.
 
     Returns:
-        The report: model, model_kind, data, lora, params, train, baseline, finetuned (and adapter).
+        The report: model, model_kind, data, lora, params, train, baseline, finetuned, comparison (flips,
+        McNemar's test, bootstrap intervals; see `significance.compare_models`) and adapter.
     """
     bundle = load_bundle(model_name, seed=config.seed)
     lora.targets_for(bundle.spec)
-    baseline, _ = evaluate_model(serving_copy(bundle), splits.test, zero_shot=True, max_length=config.max_length)
+    baseline, before = evaluate_model(serving_copy(bundle), splits.test, zero_shot=True, max_length=config.max_length)
     tuned, result = train_lora(bundle, splits.train, splits.val, lora, config, on_event, stop_event)
-    finetuned, _ = evaluate_model(serving_copy(tuned), splits.test, zero_shot=False, max_length=config.max_length)
+    finetuned, after = evaluate_model(serving_copy(tuned), splits.test, zero_shot=False, max_length=config.max_length)
     report = build_report(tuned, splits, lora, config, result, baseline, finetuned)
+    report["comparison"] = compare_models(splits.test["label"], before.labels, after.labels, seed=config.seed)
     if output_dir and is_main_process():
         report["adapter"] = str(save_adapter(tuned, output_dir, adapter_metadata(lora, config, tuned)))
     return report

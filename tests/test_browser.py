@@ -115,6 +115,11 @@ def test_click_through_every_tab(page):
     open_tab(page, "4. Compare")
     page.get_by_text("Baseline vs LoRA on the same test reviews").wait_for()
     assert page.locator(".js-plotly-plot").filter(has_text="LoRA fine-tuned").count() >= 1
+    significance = page.locator("#significance")
+    significance.get_by_text("Is the gain real?").wait_for()
+    assert "distinguishable from chance" in significance.inner_text()
+    page.get_by_text("Fixed by LoRA:").wait_for()
+    page.get_by_text("Broken by LoRA:").wait_for()
     screenshot(page, "4-compare")
 
     open_tab(page, "5. Classify")

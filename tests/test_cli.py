@@ -167,6 +167,7 @@ def test_train_then_predict_and_evaluate_with_the_adapter(capsys, tmp_path, toy_
     assert "step   40  epoch 5.00  train loss" in out
     assert "validation loss" in out
     assert "| Baseline (zero-shot) | 0.000 |" in out  # the untrained tiny T5 answers filler words: unmapped
+    assert "is distinguishable from chance (McNemar's exact test" in out
     report = json.loads(report_file.read_text())
     assert report["model"] == "t5-small" and report["model_kind"] == "seq2seq"
     assert report["data"]["sizes"] == {"train": 64, "val": 16, "test": 40}

@@ -48,6 +48,12 @@ def test_short_training_run_writes_a_full_report_and_a_working_adapter(imdb_dir,
     assert report["model"] == "minilm" and report["model_kind"] == "encoder"
     assert report["data"]["source"] == str(imdb_dir)
     assert report["data"]["sizes"] == {"train": 32, "val": 16, "test": 32}
+    comparison = report["comparison"]
+    assert comparison["n"] == 32 and comparison["verdict"] in out
+    assert comparison["n_fixed"] == len(comparison["fixed"]) and comparison["n_broken"] == len(comparison["broken"])
+    # the flips account exactly for the change in accuracy
+    gain = (comparison["n_fixed"] - comparison["n_broken"]) / 32
+    assert report["finetuned"]["accuracy"] - report["baseline"]["accuracy"] == pytest.approx(gain)
     assert report["data"]["label_counts"]["train"] == {"negative": 16, "positive": 16}
     assert report["lora"] == {
         "r": 8,

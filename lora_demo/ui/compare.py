@@ -43,15 +43,53 @@ def comparison_rows(baseline: dict, finetuned: dict) -> list[list]:
     return [[title, round(before, 3), round(after, 3), f"{after - before:+.3f}"] for title, before, after in pairs]
 
 
+FLIP_HEADERS = ["review", "true label", "baseline", "LoRA"]
+REVIEW_CHARS = 300
+
+
+def _answer(predictions, i: int) -> str:
+    return f"{predictions.label_names()[i]} ({predictions.confidence[i]:.0%})"
+
+
+def flip_rows(test, indices: list[int], before, after) -> list[list[str]]:
+    """One row per review: its text (shortened), the true label and both models' answers with confidence."""
+    rows = []
+    for i in indices:
+        text = test["text"].iloc[i]
+        short = text if len(text) <= REVIEW_CHARS else text[: REVIEW_CHARS - 1] + "…"
+        rows.append([short, LABEL_NAMES[int(test["label"].iloc[i])], _answer(before, i), _answer(after, i)])
+    return rows
+
+
+def significance_markdown(result: dict) -> str:
+    """The verdict in words, then both models' bootstrap intervals."""
+    level = f"{result['confidence']:.0%}"
+    lines = [
+        f"**Is the gain real?** {result['verdict']}",
+        "",
+        f"| {level} bootstrap interval | Baseline (zero-shot) | LoRA fine-tuned |",
+        "|---|---|---|",
+    ]
+    for metric, title in (("accuracy", "Accuracy"), ("f1", "F1 (positive)")):
+        (b_low, b_high), (t_low, t_high) = (result["intervals"][metric][who] for who in ("baseline", "finetuned"))
+        lines.append(f"| {title} | {b_low:.3f} – {b_high:.3f} | {t_low:.3f} – {t_high:.3f} |")
+    return "\n".join(lines)
+
+
 def compare(session: SessionData, progress=gr.Progress()):
     """Both models' metrics side by side; before any training, only a message saying what to do."""
     from ..plots import confusion_figure, metrics_comparison_figure
+    from ..significance import compare_models
 
     if session.tuned is None:
-        return BEFORE_TRAINING, gr.update(visible=False), None, None, None, None
+        return BEFORE_TRAINING, gr.update(visible=False), None, None, None, None, None, None, None
     name = session.tuned.spec.name
-    baseline = baseline_for(session, name, progress)["metrics"]
+    base = baseline_for(session, name, progress)
+    baseline, before = base["metrics"], base["predictions"]
     finetuned = tuned_metrics(session, progress)
+    after = session.tuned_eval["predictions"]
+    test = session.splits.test
+    result = compare_models(test["label"], before.labels, after.labels, seed=session.splits.config.seed)
     warnings = "".join(
         f"\n\n> ⚠️ **{who}:** {m['warning']}"
         for who, m in (("Baseline", baseline), ("LoRA", finetuned))
@@ -69,6 +107,15 @@ def compare(session: SessionData, progress=gr.Progress()):
         confusion_figure(baseline, "Baseline (zero-shot)"),
         confusion_figure(finetuned, "LoRA fine-tuned"),
         metrics_comparison_figure(baseline, finetuned),
+        significance_markdown(result),
+        gr.update(
+            value=flip_rows(test, result["fixed"], before, after),
+            label=f"Fixed by LoRA: {result['n_fixed']} reviews the baseline got wrong and LoRA got right",
+        ),
+        gr.update(
+            value=flip_rows(test, result["broken"], before, after),
+            label=f"Broken by LoRA: {result['n_broken']} reviews the baseline got right and LoRA got wrong",
+        ),
     )
 
 
@@ -80,11 +127,23 @@ def build(session: gr.State, tab: gr.Tab) -> SimpleNamespace:
             baseline_confusion = gr.Plot(label="Baseline confusion matrix", show_label=False)
             lora_confusion = gr.Plot(label="LoRA confusion matrix", show_label=False)
         table = gr.Dataframe(headers=TABLE_HEADERS, label="Baseline vs LoRA", interactive=False)
+        significance = gr.Markdown(elem_id="significance")
+        fixed, broken = (
+            gr.Dataframe(
+                headers=FLIP_HEADERS,
+                label=label,
+                interactive=False,
+                wrap=True,
+                max_height=420,
+                column_widths=["64%", "12%", "12%", "12%"],
+            )
+            for label in ("Fixed by LoRA", "Broken by LoRA")
+        )
 
     tab.select(
         guard(compare),
         inputs=session,
-        outputs=[summary, results, table, baseline_confusion, lora_confusion, bars],
+        outputs=[summary, results, table, baseline_confusion, lora_confusion, bars, significance, fixed, broken],
         api_visibility="private",
     )
     return SimpleNamespace(summary=summary)

@@ -1,0 +1,113 @@
+"""Is the gain real? Two models compared on the same test reviews, review by review.
+
+The reviews LoRA fixed (baseline wrong, tuned right) and broke (the reverse) are the discordant pairs of
+McNemar's test; its exact form is a binomial test on them (scipy). Bootstrap intervals resample the test
+reviews (scipy's `bootstrap`, paired so a review keeps its label and prediction together).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+RESAMPLES = 2000
+
+
+def flips(y_true, before, after) -> dict[str, list[int]]:
+    """Indices of the reviews the second model fixed and broke (unmapped answers count as wrong)."""
+    y_true, before, after = (np.asarray(v, dtype=int) for v in (y_true, before, after))
+    right_before, right_after = before == y_true, after == y_true
+    return {
+        "fixed": np.flatnonzero(~right_before & right_after).tolist(),
+        "broken": np.flatnonzero(right_before & ~right_after).tolist(),
+    }
+
+
+def mcnemar_exact(fixed: int, broken: int) -> float:
+    """Two-sided p-value of McNemar's exact test: are fixes and breaks equally likely?"""
+    if fixed + broken == 0:
+        return 1.0
+    return float(stats.binomtest(fixed, fixed + broken, 0.5).pvalue)
+
+
+def _accuracy(y, p, axis=-1):
+    return (y == p).mean(axis=axis)
+
+
+def _f1(y, p, axis=-1):
+    """F1 of the positive class, vectorised over bootstrap resamples."""
+    tp = ((p == 1) & (y == 1)).sum(axis=axis)
+    wrong = ((p == 1) & (y != 1)).sum(axis=axis) + ((p != 1) & (y == 1)).sum(axis=axis)
+    denominator = 2 * tp + wrong
+    return np.divide(2 * tp, denominator, out=np.zeros(np.shape(tp), dtype=float), where=denominator > 0)
+
+
+METRICS = {"accuracy": _accuracy, "f1": _f1}
+
+
+def bootstrap_interval(y_true, predicted, metric: str, seed: int = 0) -> list[float]:
+    """The 95% percentile-bootstrap interval of `metric` ("accuracy" or "f1") over the test reviews."""
+    y_true, predicted = np.asarray(y_true, dtype=int), np.asarray(predicted, dtype=int)
+    with warnings.catch_warnings():  # identical resamples (e.g. all right) are a point, not an error
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        result = stats.bootstrap(
+            (y_true, predicted),
+            METRICS[metric],
+            paired=True,
+            vectorized=True,
+            n_resamples=RESAMPLES,
+            confidence_level=CONFIDENCE,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+    low, high = result.confidence_interval
+    value = float(METRICS[metric](y_true, predicted))
+    low = value if np.isnan(low) else float(low)
+    high = value if np.isnan(high) else float(high)
+    return [round(low, 4), round(high, 4)]
+
+
+def compare_models(y_true, before, after, seed: int = 0) -> dict:
+    """Flips, McNemar's exact test and bootstrap intervals of the baseline (`before`) and LoRA (`after`).
+
+    Returns:
+        n, fixed / broken (indices), n_fixed / n_broken, p_value, accuracy_gain, the intervals of accuracy
+        and F1 for both models, and `verdict`, the result in plain words.
+    """
+    y_true = [int(y) for y in y_true]
+    changed = flips(y_true, before, after)
+    n_fixed, n_broken = len(changed["fixed"]), len(changed["broken"])
+    p_value = mcnemar_exact(n_fixed, n_broken)
+    gain = float(_accuracy(np.asarray(after), np.asarray(y_true)) - _accuracy(np.asarray(before), np.asarray(y_true)))
+    intervals = {
+        metric: {
+            "baseline": bootstrap_interval(y_true, before, metric, seed),
+            "finetuned": bootstrap_interval(y_true, after, metric, seed),
+        }
+        for metric in METRICS
+    }
+    return {
+        "n": len(y_true),
+        **changed,
+        "n_fixed": n_fixed,
+        "n_broken": n_broken,
+        "p_value": p_value,
+        "accuracy_gain": round(gain, 4),
+        "intervals": intervals,
+        "confidence": CONFIDENCE,
+        "verdict": verdict(len(y_true), gain, n_fixed, n_broken, p_value),
+    }
+
+
+def verdict(n: int, gain: float, n_fixed: int, n_broken: int, p_value: float, alpha: float = 0.05) -> str:
+    """The comparison in plain words."""
+    change = "gain" if gain >= 0 else "loss"
+    real = "is" if p_value < alpha else "is not"
+    return (
+        f"With {n} test reviews, the accuracy {change} of {abs(gain):.3f} {real} distinguishable from chance "
+        f"(McNemar's exact test, p = {p_value:.3g}): LoRA fixed {n_fixed} reviews the baseline got wrong "
+        f"and broke {n_broken} it got right."
+    )
