@@ -131,6 +131,8 @@ def test_click_through_every_tab(page):
         assert answer.inner_text().strip() in ("positive", "negative")
         confidence = page.locator(f"{block} meter").first.get_attribute("aria-valuenow")
         assert 50 <= int(confidence) <= 100, f"{block}: the predicted label's confidence, got {confidence}%"
+    for block in ("#baseline-words", "#lora-words"):  # why this label: the review's words, coloured
+        page.locator(block).get_by_text("visuals").first.wait_for()
     screenshot(page, "5-classify")
     assert sorted(path.name for path in ARTIFACTS.glob("*.png")) == [
         "1-dataset.png",

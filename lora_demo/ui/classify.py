@@ -52,6 +52,35 @@ def classify(text, session: SessionData):
     return baseline, confidences(tuned.labels[0], tuned.confidence[0]), note
 
 
+def highlighted(attributions: list[tuple[str, float]], scale: float) -> list[tuple[str, float | None]]:
+    """gr.HighlightedText value: each span with its score on a shared -1..1 scale (None: no colour).
+
+    HighlightedText colours scores above 0 red and below 0 blue-purple; the sign is flipped so that words pushing
+    toward *negative* are red and words pushing toward *positive* are purple (gradio's blue).
+    """
+    return [(span + " ", round(-score / scale, 3) if scale else None) for span, score in attributions]
+
+
+def explain(text, session: SessionData):
+    """Occlusion attribution of the typed review for the baseline and, once trained, the LoRA model."""
+    from ..baseline import zero_shot_predict
+    from ..data import clean_text
+    from ..explain import word_attributions
+    from ..inference import classify_texts
+
+    text = clean_text(text or "")
+    if not text or len(text) > MAX_CHARS:
+        return None, None  # classify has said what is wrong
+    base_model = MODELS.get(session.model_name)
+    results = [word_attributions(lambda texts: zero_shot_predict(base_model, texts), text)]
+    if session.tuned is not None:
+        tuned, max_length = session.tuned, session.tuned_max_length
+        results.append(word_attributions(lambda texts: classify_texts(tuned, texts, max_length=max_length), text))
+    scale = max((abs(score) for result in results for _, score in result), default=0.0)
+    values = [highlighted(result, scale) for result in results]
+    return values[0], values[1] if len(values) > 1 else None
+
+
 def build(session: gr.State) -> SimpleNamespace:
     model_info = gr.Markdown(model_markdown(DEFAULT_MODEL))
     text = gr.Textbox(label="Review", lines=4, placeholder="Type a movie review …")
@@ -68,11 +97,26 @@ def build(session: gr.State) -> SimpleNamespace:
         baseline = gr.Label(label="Baseline (zero-shot)", num_top_classes=2, elem_id="baseline-label")
         lora = gr.Label(label="LoRA fine-tuned", num_top_classes=2, elem_id="lora-label")
 
+    gr.Markdown(
+        "**Why this label?** Each word is left out in turn and the model asked again: **purple** words pushed it "
+        "toward *positive* (without them it is less sure the review is positive), **red** words toward "
+        "*negative*; the stronger the colour, the larger the push, on one scale for both models."
+    )
+    with gr.Row():
+        baseline_words = gr.HighlightedText(label="Baseline: words by influence", elem_id="baseline-words")
+        lora_words = gr.HighlightedText(label="LoRA: words by influence", elem_id="lora-words")
+
     gr.on(
         [go.click, text.submit],
         guard(classify),
         inputs=[text, session],
         outputs=[baseline, lora, note],
         api_name="classify",
+    ).success(
+        guard(explain),
+        inputs=[text, session],
+        outputs=[baseline_words, lora_words],
+        api_visibility="private",
+        show_progress="minimal",
     )
     return SimpleNamespace(model_info=model_info)
