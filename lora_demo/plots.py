@@ -174,3 +174,28 @@ def metrics_comparison_figure(baseline: Mapping, finetuned: Mapping) -> go.Figur
     return _layout(
         fig, "Baseline vs LoRA on the same test reviews", "metric (precision / recall / F1: positive class)", "score"
     )
+
+
+RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def runs_loss_figure(runs: list[Mapping]) -> go.Figure:
+    """The train-loss curves of a session's runs on one chart, to compare settings.
+
+    Args:
+        runs: dicts with `name` and `history` (the training events, as `TrainResult.history`).
+    """
+    fig = go.Figure()
+    for i, run in enumerate(runs):
+        points = [event for event in run["history"] if event["type"] == "log"]
+        fig.add_scatter(
+            x=[event["epoch"] for event in points],
+            y=[event["loss"] for event in points],
+            mode="lines+markers",
+            name=run["name"],
+            line={"color": RUN_COLORS[i % len(RUN_COLORS)]},
+            marker={"size": 5},
+        )
+    if not runs:
+        return empty_figure("No training runs yet", "Train loss of each run")
+    return _layout(fig, "Train loss of each run", "epoch", "train loss")

@@ -266,3 +266,27 @@ def test_recipe_choice_sets_the_lora_controls():
     assert dropout["value"] == 0.0 and targets["value"] == ["query", "key", "value", "dense"] and top["value"] == 3
     _, _, _, targets, top = select_recipe("fast", "t5-small")
     assert targets["value"] == ["q", "v"] and top["value"] == 0 and top["interactive"] is False
+
+
+def test_each_finished_run_is_kept_for_the_compare_tab():
+    from types import SimpleNamespace
+
+    from lora_demo.config import LoraSettings, TrainConfig
+    from lora_demo.ui.compare import RUN_HEADERS, run_rows
+    from lora_demo.ui.state import SessionData
+    from lora_demo.ui.train import MAX_RUNS, record_run
+
+    session = SessionData()
+    metrics = {"n": 20, "accuracy": 0.8, "f1": 0.75}
+    for r in (4, 8):
+        result = SimpleNamespace(params={"trainable": 1000 * r}, seconds=3.21, stopped=False, val_loss=0.5, history=[])
+        record_run(session, "minilm", "fast", LoraSettings(r=r), TrainConfig(epochs=1), result, metrics)
+    rows = run_rows(session.runs)
+    assert [row[0] for row in rows] == ["run 1: r 4, fast", "run 2: r 8, fast"]
+    assert len(rows[0]) == len(RUN_HEADERS)
+    named = dict(zip(RUN_HEADERS, rows[1]))
+    assert named["targets"] == "query, key, value, dense" and named["top layers"] == 3
+    assert (named["trainable"], named["accuracy"], named["F1"], named["seconds"]) == (8000, 0.8, 0.75, 3.2)
+    for _ in range(MAX_RUNS):
+        record_run(session, "minilm", "study", LoraSettings(r=2), TrainConfig(epochs=1), result, metrics)
+    assert len(session.runs) == MAX_RUNS and session.runs[0]["name"] == "run 3: r 2, study"

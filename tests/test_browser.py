@@ -120,6 +120,10 @@ def test_click_through_every_tab(page):
     assert "distinguishable from chance" in significance.inner_text()
     page.get_by_text("Fixed by LoRA:").wait_for()
     page.get_by_text("Broken by LoRA:").wait_for()
+    page.locator("#runs").get_by_text("run 1: r 8, fast").filter(
+        visible=True
+    ).first.wait_for()  # the session's runs, side by side
+    assert plotly_points(page, "#runs-chart")[0] >= 2
     screenshot(page, "4-compare")
 
     open_tab(page, "5. Classify")

@@ -105,3 +105,18 @@ def test_empty_figure_carries_the_message_and_title():
     assert fig.layout.annotations[0].text == "Train first"
     assert fig.layout.title.text == "Loss"
     assert fig.layout.xaxis.visible is False
+
+
+def test_runs_chart_overlays_each_runs_train_loss():
+    history = [
+        {"type": "log", "epoch": 0.5, "loss": 0.6},
+        {"type": "eval", "epoch": 1.0, "val_loss": 0.5},
+        {"type": "log", "epoch": 1.0, "loss": 0.4},
+    ]
+    runs = [{"name": "run 1: r 8, fast", "history": history}, {"name": "run 2: r 4, study", "history": history[:1]}]
+    fig = plots.runs_loss_figure(runs)
+    assert [trace.name for trace in fig.data] == ["run 1: r 8, fast", "run 2: r 4, study"]
+    assert list(fig.data[0].x) == [0.5, 1.0] and list(fig.data[0].y) == [0.6, 0.4]  # train loss only
+    assert fig.data[0].line.color != fig.data[1].line.color
+    assert fig.layout.xaxis.title.text == "epoch" and fig.layout.yaxis.title.text == "train loss"
+    assert plots.runs_loss_figure([]).layout.annotations[0].text == "No training runs yet"

@@ -43,6 +43,30 @@ def comparison_rows(baseline: dict, finetuned: dict) -> list[list]:
     return [[title, round(before, 3), round(after, 3), f"{after - before:+.3f}"] for title, before, after in pairs]
 
 
+RUN_HEADERS = [
+    "run", "accuracy", "F1", "val loss", "seconds", "recipe", "r", "alpha", "dropout", "targets", "top layers",
+    "epochs", "lr", "trainable", "model", "test reviews",
+]  # fmt: skip
+
+
+def run_rows(runs: list[dict]) -> list[list]:
+    """One row per training run of the session: its scores first, then its settings."""
+    settings = ("recipe", "r", "alpha", "dropout", "targets", "top_layers", "epochs", "learning_rate", "trainable")
+    return [
+        [
+            run["name"],
+            round(run["accuracy"], 3),
+            round(run["f1"], 3),
+            None if run["val_loss"] is None else round(run["val_loss"], 4),
+            run["seconds"],
+            *(run[key] for key in settings),
+            run["model"],
+            run["test_reviews"],
+        ]
+        for run in runs
+    ]
+
+
 FLIP_HEADERS = ["review", "true label", "baseline", "LoRA"]
 REVIEW_CHARS = 300
 
@@ -78,11 +102,11 @@ def significance_markdown(result: dict) -> str:
 
 def compare(session: SessionData, progress=gr.Progress()):
     """Both models' metrics side by side; before any training, only a message saying what to do."""
-    from ..plots import confusion_figure, metrics_comparison_figure
+    from ..plots import confusion_figure, metrics_comparison_figure, runs_loss_figure
     from ..significance import compare_models
 
     if session.tuned is None:
-        return BEFORE_TRAINING, gr.update(visible=False), None, None, None, None, None, None, None
+        return BEFORE_TRAINING, gr.update(visible=False), *([None] * 9)
     name = session.tuned.spec.name
     base = baseline_for(session, name, progress)
     baseline, before = base["metrics"], base["predictions"]
@@ -116,6 +140,8 @@ def compare(session: SessionData, progress=gr.Progress()):
             value=flip_rows(test, result["broken"], before, after),
             label=f"Broken by LoRA: {result['n_broken']} reviews the baseline got right and LoRA got wrong",
         ),
+        runs_loss_figure(session.runs),
+        run_rows(session.runs),
     )
 
 
@@ -139,11 +165,29 @@ def build(session: gr.State, tab: gr.Tab) -> SimpleNamespace:
             )
             for label in ("Fixed by LoRA", "Broken by LoRA")
         )
+        gr.Markdown(
+            "**Your runs.** Every training run of this session, newest last: change r, the targets or the recipe "
+            "on **Train LoRA**, train again, and compare here. The LoRA model above is the latest run."
+        )
+        runs_chart = gr.Plot(label="Runs", show_label=False, elem_id="runs-chart")
+        runs_table = gr.Dataframe(headers=RUN_HEADERS, label="Training runs", interactive=False, elem_id="runs")
 
     tab.select(
         guard(compare),
         inputs=session,
-        outputs=[summary, results, table, baseline_confusion, lora_confusion, bars, significance, fixed, broken],
+        outputs=[
+            summary,
+            results,
+            table,
+            baseline_confusion,
+            lora_confusion,
+            bars,
+            significance,
+            fixed,
+            broken,
+            runs_chart,
+            runs_table,
+        ],
         api_visibility="private",
     )
     return SimpleNamespace(summary=summary)

@@ -38,6 +38,7 @@ class SessionData:
         self.train_result = None  # lora_demo.train.TrainResult
         self.history: list[dict] = []
         self.tuned_eval: dict | None = None  # data_version, metrics, predictions
+        self.runs: list[dict] = []  # every finished run: name, settings, metrics, history (see ui.train.record_run)
         self.stop_event = threading.Event()
         self.worker: threading.Thread | None = None
 

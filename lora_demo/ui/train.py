@@ -245,11 +245,43 @@ def train(
         list(result.history),
     )
     session.tuned_eval = {"data_version": session.data_version, "metrics": metrics, "predictions": predictions}
+    record_run(session, spec.name, recipe_name or "fast", lora, config, result, metrics)
     yield (
         loss_figure(result.history, config.epochs),
         result_markdown(spec.name, result, metrics, notes),
         run_details(result, metrics),
     )
+
+
+MAX_RUNS = 20  # per session: the oldest run is dropped beyond this
+
+
+def record_run(session: SessionData, model: str, recipe_name: str, lora: LoraSettings, config, result, metrics):
+    """Keep a finished run's settings, scores and loss history, so the Compare tab can set runs side by side."""
+    spec = get_model_spec(model)
+    session.runs.append(
+        {
+            "name": f"run {len(session.runs) + 1}: r {lora.r}, {recipe_name}",
+            "model": model,
+            "recipe": recipe_name,
+            "r": lora.r,
+            "alpha": lora.alpha,
+            "dropout": lora.dropout,
+            "targets": ", ".join(lora.targets_for(spec)),
+            "top_layers": lora.top_layers if lora.top_layers is not None else spec.default_top_layers or 0,
+            "epochs": config.epochs,
+            "learning_rate": config.learning_rate,
+            "trainable": result.params["trainable"],
+            "seconds": round(result.seconds, 1),
+            "stopped": result.stopped,
+            "val_loss": result.val_loss,
+            "test_reviews": metrics["n"],
+            "accuracy": metrics["accuracy"],
+            "f1": metrics["f1"],
+            "history": list(result.history),
+        }
+    )
+    del session.runs[:-MAX_RUNS]
 
 
 def result_markdown(name: str, result, metrics: dict, notes: list[str]) -> str:
