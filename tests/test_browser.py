@@ -145,3 +145,20 @@ def test_click_through_every_tab(page):
         "4-compare.png",
         "5-classify.png",
     ]
+
+
+def test_study_preset_sets_the_studys_configuration(page):
+    open_tab(page, "3. Train LoRA")
+    page.get_by_role("button", name="Original study preset").click()
+    note = page.locator("#preset-note")
+    note.get_by_text("T5-small cannot be loaded here").wait_for()  # the tests run offline
+    assert "set on the bundled `minilm`" in note.inner_text() or "bundled minilm" in note.inner_text()
+    page.wait_for_function("() => document.querySelector('[aria-label=\"number input for Epochs\"]').value === '1'")
+    assert page.get_by_label("number input for LoRA dropout").input_value() == "0.1"
+    assert page.get_by_label("number input for Top layers to adapt (encoder models; 0 = all)").input_value() == "0"
+    assert page.get_by_label("study: the original study's LoRA", exact=False).is_checked()
+    checked = [box for box in ("query", "key", "value", "dense") if page.get_by_label(box, exact=True).is_checked()]
+    assert checked == ["query", "value"]
+    open_tab(page, "1. Dataset")
+    page.get_by_text("Loaded 95 / 38 / 19").wait_for()  # 500 / 200 / 100, shrunk in proportion to the sample
+    screenshot(page, "6-study-preset")

@@ -106,6 +106,19 @@ def build_demo() -> gr.Blocks:
             api_visibility="private",
             show_progress="hidden",
         )
+        # the study preset sets the model, the recipe, one epoch and 500 / 200 / 100 reviews, then reloads the data
+        train_tab.preset.click(
+            guard(train.study_preset),
+            outputs=[
+                baseline_tab.model,
+                train_tab.recipe_name,
+                train_tab.epochs,
+                *data_tab.sizes,
+                *train_tab.lora_controls,
+                train_tab.preset_note,
+            ],
+            api_visibility="private",
+        ).success(**data_tab.load_args, api_visibility="private")
         for event in (data_tab.loaded, train_tab.model_selected):
             event.then(
                 guard(session_header), inputs=session, outputs=header, api_visibility="private", show_progress="hidden"

@@ -128,10 +128,11 @@ def build(session: gr.State) -> SimpleNamespace:
     )
     example = gr.Markdown(label="text-to-text example")
 
-    loaded = load.click(
-        guard(load_data),
-        inputs=[source, *sizes, seed, session],
-        outputs=[summary, rows, balance, lengths, example],
-        api_name="load_data",
-    )
-    return SimpleNamespace(loaded=loaded, source=source)
+    load_args = {
+        "fn": guard(load_data),
+        "inputs": [source, *sizes, seed, session],
+        "outputs": [summary, rows, balance, lengths, example],
+    }
+    loaded = load.click(**load_args, api_name="load_data")
+    # other tabs (the study preset) reload the data with the same handler
+    return SimpleNamespace(loaded=loaded, source=source, sizes=sizes, load_args=load_args)

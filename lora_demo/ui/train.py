@@ -73,6 +73,28 @@ def select_recipe(recipe_name: str, model_name: str):
     return recipe_updates(recipe_name, get_model_spec(model_name))
 
 
+STUDY_SIZES = (500, 200, 100)  # train / validation / test reviews
+STUDY_EPOCHS = 1
+
+
+def study_preset():
+    """The original study's configuration in one click: T5-small where it can load, else the bundled model."""
+    from ..models import check_available
+
+    spec = get_model_spec("t5-small")
+    settings = "500 / 200 / 100 reviews, LoRA r 8, alpha 32, dropout 0.1 on the query and value projections, one epoch"
+    try:
+        check_available(spec)
+        note = f"**The original study's configuration is set:** T5-small, {settings}. Press **Start training**."
+    except UserError as err:
+        spec = get_model_spec(DEFAULT_MODEL)
+        note = (
+            f"**T5-small cannot be loaded here:** {err}. The study's settings are set on the bundled `{spec.name}` "
+            f"instead: {settings}. Press **Start training**."
+        )
+    return spec.name, "study", STUDY_EPOCHS, *STUDY_SIZES, *recipe_updates("study", spec), note
+
+
 def lora_settings(r, alpha, dropout, targets, top_layers) -> LoraSettings:
     return LoraSettings(
         r=whole_number(r, "r"),
@@ -331,7 +353,12 @@ def build(session: gr.State, model: gr.Dropdown, demo: gr.Blocks) -> SimpleNames
         "alpha 32, dropout 0.1 on query and value of every layer, in fp32. Choosing a recipe sets the controls; "
         "change any of them from there."
     )
-    recipe_name = gr.Radio([(f"{name}: {what}", name) for name, what in RECIPES.items()], value="fast", label="Recipe")
+    with gr.Row(equal_height=True):
+        recipe_name = gr.Radio(
+            [(f"{name}: {what}", name) for name, what in RECIPES.items()], value="fast", label="Recipe", scale=4
+        )
+        preset = gr.Button("Original study preset", scale=1)
+    preset_note = gr.Markdown(elem_id="preset-note")
     with gr.Row():
         with gr.Column():
             r = _control(LoraSettings, "r", "Rank r", 1)
@@ -412,4 +439,12 @@ def build(session: gr.State, model: gr.Dropdown, demo: gr.Blocks) -> SimpleNames
         concurrency_limit=None,
         concurrency_id="stop",
     )
-    return SimpleNamespace(model_selected=model_selected, loss_chart=loss_chart)
+    return SimpleNamespace(
+        model_selected=model_selected,
+        loss_chart=loss_chart,
+        preset=preset,
+        preset_note=preset_note,
+        recipe_name=recipe_name,
+        epochs=epochs,
+        lora_controls=lora_controls,
+    )
