@@ -125,3 +125,15 @@ def load_adapter(adapter_dir: str | Path, base: ModelBundle | None = None) -> tu
     model = PeftModel.from_pretrained(bundle.model, str(adapter_dir), is_trainable=False)
     model.eval()
     return ModelBundle(spec=bundle.spec, model=model, tokenizer=bundle.tokenizer), metadata
+
+
+def export_adapter_zip(bundle: ModelBundle, folder: str | Path, metadata: dict, report: dict) -> Path:
+    """A zip to take home: the adapter (safetensors, PEFT's config, our metadata) and the run's report JSON.
+
+    Returns:
+        The path of `folder/lora-adapter.zip`; the files it holds are in `folder/lora-adapter/`.
+    """
+    folder = Path(folder)
+    adapter = save_adapter(bundle, folder / "lora-adapter", metadata)
+    (adapter / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    return Path(shutil.make_archive(str(folder / "lora-adapter"), "zip", root_dir=folder, base_dir="lora-adapter"))

@@ -290,3 +290,42 @@ def test_each_finished_run_is_kept_for_the_compare_tab():
     for _ in range(MAX_RUNS):
         record_run(session, "minilm", "study", LoraSettings(r=2), TrainConfig(epochs=1), result, metrics)
     assert len(session.runs) == MAX_RUNS and session.runs[0]["name"] == "run 3: r 2, study"
+
+
+@needs_minilm
+def test_batch_csv_gets_label_and_confidence_columns(tmp_path):
+    import pandas as pd
+
+    from lora_demo.config import UserError
+    from lora_demo.ui.classify import MAX_BATCH_ROWS, classify_file
+    from lora_demo.ui.state import SessionData
+
+    session = SessionData()
+    upload = tmp_path / "reviews.csv"
+    pd.DataFrame({"id": [1, 2, 3], "text": ["A wonderful, moving film.", "", "Dull and far too long."]}).to_csv(
+        upload, index=False
+    )
+    labelled = pd.read_csv(classify_file(str(upload), session))
+    assert list(labelled.columns) == ["id", "text", "baseline_label", "baseline_confidence"]
+    assert (
+        labelled["baseline_label"].tolist()[0] == "positive" and labelled["baseline_label"].tolist()[2] == "negative"
+    )
+    assert pd.isna(labelled["baseline_label"][1])  # an empty row stays unlabelled, the others keep their order
+    assert labelled["baseline_confidence"].dropna().between(0.5, 1.0).all()
+
+    def error(path) -> str:
+        with pytest.raises(UserError) as err:
+            classify_file(None if path is None else str(path), session)
+        return str(err.value)
+
+    (tmp_path / "no_text.csv").write_text("review\nhello\n")
+    assert "needs a `text` column; it has: review" in error(tmp_path / "no_text.csv")
+    (tmp_path / "page.html").write_text("<html></html>")
+    assert "upload a .csv file" in error(tmp_path / "page.html")
+    (tmp_path / "empty.csv").write_text("")
+    assert "could not read the CSV" in error(tmp_path / "empty.csv")
+    (tmp_path / "blank.csv").write_text("text\n\n \n")
+    assert "the `text` column is empty" in error(tmp_path / "blank.csv")
+    pd.DataFrame({"text": ["ok"] * (MAX_BATCH_ROWS + 1)}).to_csv(tmp_path / "big.csv", index=False)
+    assert f"more than {MAX_BATCH_ROWS:,} rows" in error(tmp_path / "big.csv")
+    assert "upload a CSV file" in error(None)

@@ -108,6 +108,11 @@ def test_click_through_every_tab(page):
         set_slider(page, label, value)
     page.get_by_role("button", name="Start training").click()
     page.get_by_text("Done:").wait_for()
+    download = page.locator("#download-adapter")
+    download.wait_for()
+    with page.expect_download() as info:
+        download.click()
+    assert info.value.suggested_filename == "lora-adapter.zip"
     points = plotly_points(page, "#loss-chart")
     assert sum(points) >= 2, f"the loss chart should show at least two points, got {points}"
     screenshot(page, "3-train")
@@ -137,6 +142,13 @@ def test_click_through_every_tab(page):
         assert 50 <= int(confidence) <= 100, f"{block}: the predicted label's confidence, got {confidence}%"
     for block in ("#baseline-words", "#lora-words"):  # why this label: the review's words, coloured
         page.locator(block).get_by_text("visuals").first.wait_for()
+    page.get_by_text("Batch: label a CSV of reviews").click()
+    csv = ARTIFACTS / "reviews.csv"
+    csv.write_text('text\n"A wonderful, moving film."\n"Dull and far too long."\n')
+    page.locator("#batch-upload input[type=file]").set_input_files(str(csv))
+    page.get_by_role("button", name="Label the file").click()
+    page.wait_for_function("() => document.querySelector('#batch-result').innerText.includes('labelled')")
+    csv.unlink()
     screenshot(page, "5-classify")
     assert sorted(path.name for path in ARTIFACTS.glob("*.png")) == [
         "1-dataset.png",

@@ -180,3 +180,24 @@ def test_refuses_a_file_instead_of_a_folder(tmp_path):
     (tmp_path / "adapter.safetensors").write_bytes(b"")
     with pytest.raises(UserError, match="does not exist"):
         read_adapter_metadata(tmp_path / "adapter.safetensors")
+
+
+def test_export_zip_holds_the_adapter_and_report_and_loads_back(tmp_path, tiny_encoder_factory):
+    import zipfile
+
+    from lora_demo.lora import export_adapter_zip
+
+    tuned = adapted(tiny_encoder_factory(3), LoraSettings(r=4, target_modules=("query", "value")))
+    before = classify_texts(tuned, TEXTS, max_length=32)
+    archive = export_adapter_zip(tuned, tmp_path / "session", {"note": "zip"}, {"accuracy": 0.9})
+    assert archive == tmp_path / "session" / "lora-adapter.zip"
+    with zipfile.ZipFile(archive) as zipped:
+        names = set(zipped.namelist())
+        zipped.extractall(tmp_path / "home")
+    expected = {"adapter_model.safetensors", "adapter_config.json", METADATA_FILE, "report.json"}
+    assert {f"lora-adapter/{name}" for name in expected} <= names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pkl"))]
+    home = tmp_path / "home" / "lora-adapter"
+    assert json.loads((home / "report.json").read_text()) == {"accuracy": 0.9}
+    loaded, _ = load_adapter(home, base=tiny_encoder_factory(3))
+    assert classify_texts(loaded, TEXTS, max_length=32).confidence == pytest.approx(before.confidence, abs=1e-6)

@@ -27,7 +27,7 @@ CSS = """
 .gradio-container { max-width: 1240px !important; margin: auto; }
 #header p { margin: 0.25em 0; }
 """
-LAUNCH_OPTIONS = {"theme": gr.themes.Soft(), "css": CSS}
+LAUNCH_OPTIONS = {"theme": gr.themes.Soft(), "css": CSS, "max_file_size": classify.MAX_BATCH_BYTES}
 
 
 def header_markdown(model_name: str, source: str, builtin_note: str | None = None) -> str:

@@ -81,6 +81,53 @@ def explain(text, session: SessionData):
     return values[0], values[1] if len(values) > 1 else None
 
 
+MAX_BATCH_ROWS = 2_000
+MAX_BATCH_BYTES = 5 * 2**20  # also the app's `max_file_size`, so larger uploads never reach the server's disk
+
+
+def classify_file(path, session: SessionData) -> str:
+    """Label every review of an uploaded CSV (a `text` column): the CSV back with label and confidence columns."""
+    import pandas as pd
+
+    from ..baseline import zero_shot_predict
+    from ..data import clean_text
+    from ..inference import classify_texts
+
+    if not path:
+        raise UserError("upload a CSV file with a `text` column first")
+    if not str(path).lower().endswith(".csv"):
+        raise UserError("upload a .csv file (a `text` column, one review per row)")
+    try:
+        frame = pd.read_csv(path, dtype={"text": str}, nrows=MAX_BATCH_ROWS + 1, encoding_errors="replace")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"could not read the CSV: {str(err).splitlines()[0]}") from None
+    if "text" not in frame.columns:
+        raise UserError(f"the CSV needs a `text` column; it has: {', '.join(map(str, frame.columns)) or 'none'}")
+    if len(frame) > MAX_BATCH_ROWS:
+        raise UserError(f"the CSV has more than {MAX_BATCH_ROWS:,} rows: split it into smaller files")
+    texts = [clean_text(t)[:MAX_CHARS] if isinstance(t, str) else "" for t in frame["text"]]
+    if not any(texts):
+        raise UserError("the `text` column is empty")
+    keep = [i for i, t in enumerate(texts) if t]
+    out = frame.copy()
+    answers = [("baseline", zero_shot_predict(MODELS.get(session.model_name), [texts[i] for i in keep]))]
+    if session.tuned is not None:
+        tuned = classify_texts(session.tuned, [texts[i] for i in keep], max_length=session.tuned_max_length)
+        answers.append(("lora", tuned))
+    for name, predictions in answers:
+        labels, confidence = [""] * len(texts), [None] * len(texts)
+        for i, label, p in zip(keep, predictions.label_names(), predictions.confidence):
+            labels[i], confidence[i] = label, round(p, 4)
+        out[f"{name}_label"], out[f"{name}_confidence"] = labels, confidence
+    if session.export_dir is None:
+        import tempfile
+
+        session.export_dir = tempfile.mkdtemp(prefix="lora-demo-run-")
+    target = f"{session.export_dir}/labelled.csv"
+    out.to_csv(target, index=False)
+    return target
+
+
 def build(session: gr.State) -> SimpleNamespace:
     model_info = gr.Markdown(model_markdown(DEFAULT_MODEL))
     text = gr.Textbox(label="Review", lines=4, placeholder="Type a movie review …")
@@ -105,6 +152,23 @@ def build(session: gr.State) -> SimpleNamespace:
     with gr.Row():
         baseline_words = gr.HighlightedText(label="Baseline: words by influence", elem_id="baseline-words")
         lora_words = gr.HighlightedText(label="LoRA: words by influence", elem_id="lora-words")
+
+    with gr.Accordion("Batch: label a CSV of reviews", open=False):
+        gr.Markdown(
+            f"Upload a CSV with a `text` column (up to {MAX_BATCH_ROWS:,} rows and {MAX_BATCH_BYTES // 2**20} MB); "
+            "you get it back with the baseline's and, once trained, the LoRA model's label and confidence."
+        )
+        with gr.Row():
+            upload = gr.File(label="CSV to label", file_types=[".csv"], elem_id="batch-upload")
+            labelled = gr.File(label="Labelled CSV", interactive=False, elem_id="batch-result")
+        label_file = gr.Button("Label the file")
+    label_file.click(
+        guard(classify_file),
+        inputs=[upload, session],
+        outputs=labelled,
+        api_visibility="private",
+        concurrency_id="train",
+    )
 
     gr.on(
         [go.click, text.submit],

@@ -38,6 +38,8 @@ class SessionData:
         self.train_result = None  # lora_demo.train.TrainResult
         self.history: list[dict] = []
         self.tuned_eval: dict | None = None  # data_version, metrics, predictions
+        self.export_dir: str | None = None  # this session's temporary folder for the adapter download
+        self.export_zip: str | None = None
         self.runs: list[dict] = []  # every finished run: name, settings, metrics, history (see ui.train.record_run)
         self.stop_event = threading.Event()
         self.worker: threading.Thread | None = None

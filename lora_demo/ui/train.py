@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 import queue
+import shutil
+import tempfile
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from types import SimpleNamespace
 
 import gradio as gr
@@ -260,6 +262,7 @@ def train(
     metrics, predictions = evaluate_model(
         tuned, session.splits.test, zero_shot=False, max_length=config.max_length, progress=report
     )
+    session.export_zip = export_run(session, box.pop("tuned"), lora, config, result, metrics)
     session.tuned, session.tuned_max_length, session.train_result, session.history = (
         tuned,
         config.max_length,
@@ -273,6 +276,28 @@ def train(
         result_markdown(spec.name, result, metrics, notes),
         run_details(result, metrics),
     )
+
+
+def export_run(session: SessionData, tuned, lora: LoraSettings, config: TrainConfig, result, metrics) -> str:
+    """Zip the run's adapter and report into the session's own temporary folder (the previous run's is removed)."""
+    from ..lora import export_adapter_zip
+    from ..pipeline import adapter_metadata, lora_summary
+
+    if session.export_dir:
+        shutil.rmtree(session.export_dir, ignore_errors=True)
+    session.export_dir = tempfile.mkdtemp(prefix="lora-demo-run-")
+    report = {
+        "model": tuned.spec.name,
+        "lora": lora_summary(lora, tuned),
+        "train_config": asdict(config),
+        **run_details(result, metrics),
+        "history": result.history,
+    }
+    return str(export_adapter_zip(tuned, session.export_dir, adapter_metadata(lora, config, tuned), report))
+
+
+def download_update(session: SessionData):
+    return gr.update(value=session.export_zip, visible=session.export_zip is not None)
 
 
 MAX_RUNS = 20  # per session: the oldest run is dropped beyond this
@@ -396,6 +421,9 @@ def build(session: gr.State, model: gr.Dropdown, demo: gr.Blocks) -> SimpleNames
         start = gr.Button("Start training", variant="primary", scale=3)
         stop = gr.Button("Stop", variant="stop", scale=1)
     stop_note = gr.Markdown(label="stop")
+    download = gr.DownloadButton(
+        "Download the adapter (zip: safetensors, adapter config, report)", visible=False, elem_id="download-adapter"
+    )
     loss_chart = gr.Plot(label="Loss", show_label=False, elem_id="loss-chart")
     status = gr.Markdown(label="result", value="Training results appear here.")
     with gr.Accordion("Run details (JSON)", open=False):
@@ -429,7 +457,7 @@ def build(session: gr.State, model: gr.Dropdown, demo: gr.Blocks) -> SimpleNames
         show_progress_on=[loss_chart],
         concurrency_limit=1,
         concurrency_id="train",
-    )
+    ).success(download_update, inputs=session, outputs=download, api_visibility="private", show_progress="hidden")
     # its own unlimited concurrency group: a stop never waits behind the run it stops
     stop.click(
         guard(stop_training),
