@@ -124,6 +124,7 @@ def cmd_train(args) -> int:
     report = run_study(args.model, splits, lora, config, output_dir=args.output, on_event=_log_event)
     if not is_main_process():  # torchrun: rank 0 reports
         return 0
+    report["resources"] = _measure_resources(args.model, lora, splits, config.seed)
     _write_json(args.report, report)
     train = report["train"]
     print(
@@ -134,6 +135,13 @@ def cmd_train(args) -> int:
     )
     print(comparison_table(report))
     print(report["comparison"]["verdict"])
+    lora_row, full_row = report["resources"]["lora"], report["resources"]["full"]
+    print(
+        f"LoRA vs full fine-tuning, measured on {report['resources']['batch']['reviews']} reviews: "
+        f"{lora_row['seconds_per_step']:.3f} s vs {full_row['seconds_per_step']:.3f} s per step, "
+        f"{lora_row['memory_growth_mb']:.0f} MB vs {full_row['memory_growth_mb']:.0f} MB memory growth, "
+        f"{lora_row['saved_mb'] * 1024:.0f} KB vs {full_row['saved_mb']:.1f} MB saved"
+    )
     for name in ("baseline", "finetuned"):
         if report[name].get("warning"):
             print(f"warning ({name}): {report[name]['warning']}")
@@ -213,6 +221,16 @@ def cmd_bench(args) -> int:
     print(bench_table(report))
     print(json.dumps({"ratios": report["ratios"], "tfidf": report["tfidf"], "scaling": report["scaling"]}, indent=2))
     return 0
+
+
+def _measure_resources(model: str, lora: LoraSettings, splits, seed: int) -> dict:
+    """A few measured steps of LoRA and of full fine-tuning (see `lora_demo.resources`), and trainable vs r."""
+    from .resources import measure, trainable_by_rank
+
+    return {
+        **measure(model, lora, splits.train.head(8), seed=seed),
+        "trainable_by_rank": trainable_by_rank(model, lora),
+    }
 
 
 def _check_model(name: str, lora: LoraSettings | None = None):

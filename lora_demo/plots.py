@@ -199,3 +199,23 @@ def runs_loss_figure(runs: list[Mapping]) -> go.Figure:
     if not runs:
         return empty_figure("No training runs yet", "Train loss of each run")
     return _layout(fig, "Train loss of each run", "epoch", "train loss")
+
+
+def trainable_by_rank_figure(rows: list[Mapping], chosen_r: int | None = None) -> go.Figure:
+    """Trainable parameters against the LoRA rank r, for the chosen target modules (log-2 x axis)."""
+    fig = go.Figure(
+        go.Scatter(
+            x=[row["r"] for row in rows],
+            y=[row["trainable"] for row in rows],
+            mode="lines+markers+text",
+            text=[f"{row['percent']:.2f}%" for row in rows],
+            textposition="top left",
+            name="trainable parameters",
+            line={"color": MODEL_COLORS["lora"]},
+        )
+    )
+    if chosen_r is not None:
+        fig.add_vline(x=chosen_r, line_dash="dash", line_color="#d62728")
+    fig.update_xaxes(type="log", tickvals=[row["r"] for row in rows], ticktext=[str(row["r"]) for row in rows])
+    fig.update_yaxes(range=[0, max((row["trainable"] for row in rows), default=1) * 1.15])  # room for the labels
+    return _layout(fig, "Trainable parameters vs rank r (labels: % of the model)", "rank r", "trainable parameters")

@@ -113,6 +113,10 @@ def test_click_through_every_tab(page):
     with page.expect_download() as info:
         download.click()
     assert info.value.suggested_filename == "lora-adapter.zip"
+    page.get_by_text("Why LoRA saves resources, measured").click()
+    page.get_by_role("button", name="Measure LoRA vs full fine-tuning on a batch of reviews").click()
+    page.locator("#resources").get_by_text("Time per step").wait_for()
+    assert plotly_points(page, "#by-rank") == [7]  # r from 1 to 64
     points = plotly_points(page, "#loss-chart")
     assert sum(points) >= 2, f"the loss chart should show at least two points, got {points}"
     screenshot(page, "3-train")

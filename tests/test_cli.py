@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lora_demo import lora, models, pipeline
+from lora_demo import lora, models, pipeline, resources
 from lora_demo.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -158,6 +158,7 @@ def test_train_then_predict_and_evaluate_with_the_adapter(capsys, tmp_path, toy_
     monkeypatch.setattr(models, "check_available", lambda spec: None)
     monkeypatch.setattr(pipeline, "load_bundle", lambda name, seed=42: tiny_t5_factory(0))
     monkeypatch.setattr(lora, "load_bundle", lambda name, seed=42: tiny_t5_factory(0))
+    monkeypatch.setattr(resources, "load_bundle", lambda name, seed=42: tiny_t5_factory(0))
     output, report_file = tmp_path / "adapter", tmp_path / "out" / "report.json"
     code, out, err = run_cli(
         capsys, "train", "--model", "t5-small", "--data", str(toy_csv), *TINY_TRAIN,
@@ -175,6 +176,11 @@ def test_train_then_predict_and_evaluate_with_the_adapter(capsys, tmp_path, toy_
     assert report["finetuned"]["accuracy"] >= 0.85
     assert report["train"]["steps"] == 40 and report["lora"]["target_modules"] == ["q", "k", "v", "o", "wi", "wo"]
     assert report["adapter"] == str(output.resolve())
+    measured = report["resources"]
+    assert measured["lora"]["trainable"] < measured["full"]["trainable"] == measured["full"]["total"]
+    assert measured["lora"]["saved_mb"] < measured["full"]["saved_mb"] and measured["full"]["seconds_per_step"] > 0
+    assert [row["r"] for row in measured["trainable_by_rank"]] == [1, 2, 4, 8, 16, 32, 64]
+    assert "LoRA vs full fine-tuning, measured on 8 reviews" in out
 
     code, out, err = run_cli(capsys, "predict", "--adapter", str(output), "the film was good", "bad plot")
     assert code == 0, err

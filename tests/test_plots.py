@@ -120,3 +120,12 @@ def test_runs_chart_overlays_each_runs_train_loss():
     assert fig.data[0].line.color != fig.data[1].line.color
     assert fig.layout.xaxis.title.text == "epoch" and fig.layout.yaxis.title.text == "train loss"
     assert plots.runs_loss_figure([]).layout.annotations[0].text == "No training runs yet"
+
+
+def test_trainable_by_rank_chart_marks_the_chosen_rank():
+    rows = [{"r": 4, "trainable": 100, "percent": 0.1}, {"r": 8, "trainable": 200, "percent": 0.2}]
+    fig = plots.trainable_by_rank_figure(rows, chosen_r=8)
+    assert list(fig.data[0].x) == [4, 8] and list(fig.data[0].y) == [100, 200]
+    assert list(fig.data[0].text) == ["0.10%", "0.20%"]
+    assert fig.layout.shapes[0].x0 == 8 and fig.layout.xaxis.type == "log"
+    assert fig.layout.xaxis.title.text == "rank r" and fig.layout.yaxis.title.text == "trainable parameters"

@@ -300,6 +300,48 @@ def download_update(session: SessionData):
     return gr.update(value=session.export_zip, visible=session.export_zip is not None)
 
 
+RESOURCE_REVIEWS = 8  # one batch of training reviews for the measured steps
+
+
+def measure_resources(
+    model_name, r, alpha, dropout, targets, top_layers, session: SessionData, progress=gr.Progress()
+):
+    """A few measured steps of LoRA and of full fine-tuning on the same batch, and trainable parameters vs r."""
+    from ..models import check_available
+    from ..plots import trainable_by_rank_figure
+    from ..resources import measure, trainable_by_rank
+
+    lora = lora_settings(r, alpha, dropout, targets, top_layers)
+    spec = get_model_spec(model_name)
+    lora.targets_for(spec)
+    lora.layers_for(spec)
+    check_available(spec)
+    if session.training:
+        raise UserError("a training run is going in this session: measure once it has finished")
+    ensure_splits(session, progress)
+    progress(0.1, desc="Measuring a few steps of LoRA and of full fine-tuning")
+    frame = session.splits.train.head(RESOURCE_REVIEWS)
+    result = measure(spec.name, lora, frame)
+    return resources_markdown(spec.name, result), trainable_by_rank_figure(trainable_by_rank(spec.name, lora), lora.r)
+
+
+def resources_markdown(name: str, result: dict) -> str:
+    lora, full, batch = result["lora"], result["full"], result["batch"]
+    return (
+        f"Measured on `{name}` with one batch of {batch['reviews']} training reviews ({batch['max_length']} tokens "
+        f"at most), AdamW, median of {batch['steps']} steps after a warm-up.\n\n"
+        "| | LoRA | Full fine-tuning |\n|---|---|---|\n"
+        f"| Trainable parameters | {lora['trainable']:,} ({lora['percent']:.3f}%) | {full['trainable']:,} (100%) |\n"
+        f"| Time per step | {lora['seconds_per_step']:.3f} s | {full['seconds_per_step']:.3f} s |\n"
+        f"| Memory growth during the steps | {lora['memory_growth_mb']:.0f} MB | {full['memory_growth_mb']:.0f} MB |\n"
+        f"| Saved to disk | {lora['saved_mb'] * 1024:.0f} KB (the adapter) "
+        f"| {full['saved_mb']:.1f} MB (the whole model) |\n\n"
+        f"LoRA's step is **{result['speedup']:.2f}x** as fast here and what it saves is "
+        f"**{result['size_ratio']:.0f}x** smaller: no gradients or optimizer state for the frozen weights, "
+        "and only the small matrices to store."
+    )
+
+
 MAX_RUNS = 20  # per session: the oldest run is dropped beyond this
 
 
@@ -421,6 +463,10 @@ def build(session: gr.State, model: gr.Dropdown, demo: gr.Blocks) -> SimpleNames
         start = gr.Button("Start training", variant="primary", scale=3)
         stop = gr.Button("Stop", variant="stop", scale=1)
     stop_note = gr.Markdown(label="stop")
+    with gr.Accordion("Why LoRA saves resources, measured", open=False):
+        measure_button = gr.Button("Measure LoRA vs full fine-tuning on a batch of reviews")
+        resources = gr.Markdown(elem_id="resources")
+        by_rank = gr.Plot(label="Trainable parameters vs r", show_label=False, elem_id="by-rank")
     download = gr.DownloadButton(
         "Download the adapter (zip: safetensors, adapter config, report)", visible=False, elem_id="download-adapter"
     )
@@ -458,6 +504,14 @@ def build(session: gr.State, model: gr.Dropdown, demo: gr.Blocks) -> SimpleNames
         concurrency_limit=1,
         concurrency_id="train",
     ).success(download_update, inputs=session, outputs=download, api_visibility="private", show_progress="hidden")
+    measure_button.click(
+        guard(measure_resources),
+        inputs=[model, *lora_controls, session],
+        outputs=[resources, by_rank],
+        api_visibility="private",
+        concurrency_limit=1,
+        concurrency_id="train",
+    )
     # its own unlimited concurrency group: a stop never waits behind the run it stops
     stop.click(
         guard(stop_training),
