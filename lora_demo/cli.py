@@ -126,6 +126,8 @@ def cmd_train(args) -> int:
         return 0
     report["resources"] = _measure_resources(args.model, lora, splits, config.seed)
     _write_json(args.report, report)
+    if report.get("adapter"):  # the app lists adapter folders by their report (lora_demo.runs)
+        _write_json(Path(report["adapter"]) / "report.json", report)
     train = report["train"]
     print(
         f"trained {train['steps']} steps in {train['seconds']:.1f} s: train loss {train['train_loss']:.4f}, "

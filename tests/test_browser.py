@@ -113,6 +113,7 @@ def test_click_through_every_tab(page):
     with page.expect_download() as info:
         download.click()
     assert info.value.suggested_filename == "lora-adapter.zip"
+    info.value.save_as(ARTIFACTS / "lora-adapter.zip")
     page.get_by_text("Why LoRA saves resources, measured").click()
     page.get_by_role("button", name="Measure LoRA vs full fine-tuning on a batch of reviews").click()
     page.locator("#resources").get_by_text("Time per step").wait_for()
@@ -178,3 +179,19 @@ def test_study_preset_sets_the_studys_configuration(page):
     open_tab(page, "1. Dataset")
     page.get_by_text("Loaded 95 / 38 / 19").wait_for()  # 500 / 200 / 100, shrunk in proportion to the sample
     screenshot(page, "6-study-preset")
+
+
+def test_a_downloaded_adapter_loads_back_as_a_saved_run(page, tmp_path, monkeypatch):
+    """Take it home, then bring it back: the zip from the Train tab, unpacked under LORA_DEMO_RUNS, is listed."""
+    import zipfile
+
+    with zipfile.ZipFile(ARTIFACTS / "lora-adapter.zip") as archive:
+        archive.extractall(tmp_path)
+    monkeypatch.setenv("LORA_DEMO_RUNS", str(tmp_path))
+    open_tab(page, "5. Classify")
+    page.get_by_text("Saved runs (from").filter(visible=True).first.click()
+    page.locator("#saved-runs-classify input").click()
+    page.get_by_role("option", name="lora-adapter (minilm", exact=False).click()
+    page.get_by_role("button", name="Load the run").filter(visible=True).first.click()
+    page.get_by_text("Loaded the saved run", exact=False).filter(visible=True).first.wait_for()
+    screenshot(page, "7-saved-run")

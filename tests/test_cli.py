@@ -176,6 +176,7 @@ def test_train_then_predict_and_evaluate_with_the_adapter(capsys, tmp_path, toy_
     assert report["finetuned"]["accuracy"] >= 0.85
     assert report["train"]["steps"] == 40 and report["lora"]["target_modules"] == ["q", "k", "v", "o", "wi", "wo"]
     assert report["adapter"] == str(output.resolve())
+    assert json.loads((output / "report.json").read_text())["comparison"] == report["comparison"]  # the app lists it
     measured = report["resources"]
     assert measured["lora"]["trainable"] < measured["full"]["trainable"] == measured["full"]["total"]
     assert measured["lora"]["saved_mb"] < measured["full"]["saved_mb"] and measured["full"]["seconds_per_step"] > 0

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..config import DEFAULT_MODEL, LABEL_NAMES, UserError
+from .runs import build_loader
 from .state import MODELS, SessionData, guard, model_markdown
 
 EXAMPLES = [
@@ -153,6 +154,7 @@ def build(session: gr.State) -> SimpleNamespace:
         baseline_words = gr.HighlightedText(label="Baseline: words by influence", elem_id="baseline-words")
         lora_words = gr.HighlightedText(label="LoRA: words by influence", elem_id="lora-words")
 
+    build_loader(session, "saved-runs-classify")
     with gr.Accordion("Batch: label a CSV of reviews", open=False):
         gr.Markdown(
             f"Upload a CSV with a `text` column (up to {MAX_BATCH_ROWS:,} rows and {MAX_BATCH_BYTES // 2**20} MB); "

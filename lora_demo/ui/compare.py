@@ -8,7 +8,8 @@ import gradio as gr
 
 from ..config import LABEL_NAMES
 from .baseline import baseline_for
-from .state import SessionData, guard, progress_callback
+from .runs import build_loader
+from .state import SessionData, ensure_splits, guard, progress_callback
 
 BEFORE_TRAINING = (
     "Nothing to compare yet. First train a LoRA adapter on the **Train LoRA** tab (loading data on **Dataset** "
@@ -107,6 +108,7 @@ def compare(session: SessionData, progress=gr.Progress()):
 
     if session.tuned is None:
         return BEFORE_TRAINING, gr.update(visible=False), *([None] * 9)
+    ensure_splits(session, progress)  # a saved run may be loaded before any data
     name = session.tuned.spec.name
     base = baseline_for(session, name, progress)
     baseline, before = base["metrics"], base["predictions"]
@@ -146,6 +148,7 @@ def compare(session: SessionData, progress=gr.Progress()):
 
 
 def build(session: gr.State, tab: gr.Tab) -> SimpleNamespace:
+    loaded_run = build_loader(session, "saved-runs-compare")
     summary = gr.Markdown(BEFORE_TRAINING)
     with gr.Column(visible=False) as results:
         bars = gr.Plot(label="Metrics", show_label=False)
@@ -172,8 +175,8 @@ def build(session: gr.State, tab: gr.Tab) -> SimpleNamespace:
         runs_chart = gr.Plot(label="Runs", show_label=False, elem_id="runs-chart")
         runs_table = gr.Dataframe(headers=RUN_HEADERS, label="Training runs", interactive=False, elem_id="runs")
 
-    tab.select(
-        guard(compare),
+    compare_args = dict(
+        fn=guard(compare),
         inputs=session,
         outputs=[
             summary,
@@ -190,4 +193,6 @@ def build(session: gr.State, tab: gr.Tab) -> SimpleNamespace:
         ],
         api_visibility="private",
     )
+    tab.select(**compare_args)
+    loaded_run.success(**compare_args)  # a saved run compared at once
     return SimpleNamespace(summary=summary)

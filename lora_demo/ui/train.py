@@ -282,6 +282,7 @@ def export_run(session: SessionData, tuned, lora: LoraSettings, config: TrainCon
     """Zip the run's adapter and report into the session's own temporary folder (the previous run's is removed)."""
     from ..lora import export_adapter_zip
     from ..pipeline import adapter_metadata, lora_summary
+    from ..runs import new_run_name, runs_root, saving_enabled
 
     if session.export_dir:
         shutil.rmtree(session.export_dir, ignore_errors=True)
@@ -291,9 +292,14 @@ def export_run(session: SessionData, tuned, lora: LoraSettings, config: TrainCon
         "lora": lora_summary(lora, tuned),
         "train_config": asdict(config),
         **run_details(result, metrics),
+        "finetuned": metrics,
         "history": result.history,
     }
-    return str(export_adapter_zip(tuned, session.export_dir, adapter_metadata(lora, config, tuned), report))
+    archive = export_adapter_zip(tuned, session.export_dir, adapter_metadata(lora, config, tuned), report)
+    if saving_enabled():  # the operator's choice; off by default, so a public Space never fills its disk
+        runs_root().mkdir(parents=True, exist_ok=True)
+        shutil.copytree(archive.parent / "lora-adapter", runs_root() / new_run_name())
+    return str(archive)
 
 
 def download_update(session: SessionData):
