@@ -232,7 +232,7 @@ class TrainConfig:
         for f in fields(self):
             low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
             value = getattr(self, f.name)
-            if low is None or (value is None and f.name == "model_dropout"):
+            if low is None or (value is None and "None" in str(f.type)):  # an optional field left unset
                 continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
                 raise UserError(f"`{f.name}` must be from {low:g} to {high:g}, got {value!r}")

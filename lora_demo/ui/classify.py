@@ -120,13 +120,9 @@ def classify_file(path, session: SessionData) -> str:
         for i, label, p in zip(keep, predictions.label_names(), predictions.confidence):
             labels[i], confidence[i] = label, round(p, 4)
         out[f"{name}_label"], out[f"{name}_confidence"] = labels, confidence
-    if session.export_dir is None:
-        import tempfile
-
-        session.export_dir = tempfile.mkdtemp(prefix="lora-demo-run-")
-    target = f"{session.export_dir}/labelled.csv"
+    target = session.scratch_dir() / "labelled.csv"
     out.to_csv(target, index=False)
-    return target
+    return str(target)
 
 
 def build(session: gr.State) -> SimpleNamespace:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import tempfile
 import threading
+from pathlib import Path
 
 import gradio as gr
 
@@ -38,8 +40,8 @@ class SessionData:
         self.train_result = None  # lora_demo.train.TrainResult
         self.history: list[dict] = []
         self.tuned_eval: dict | None = None  # data_version, metrics, predictions
-        self.export_dir: str | None = None  # this session's temporary folder for the adapter download
-        self.export_zip: str | None = None
+        self._scratch: str | None = None  # see scratch_dir()
+        self.export_zip: str | None = None  # the latest run's adapter zip, for the download button
         self.runs: list[dict] = []  # every finished run: name, settings, metrics, history (see ui.train.record_run)
         self.stop_event = threading.Event()
         self.worker: threading.Thread | None = None
@@ -47,6 +49,12 @@ class SessionData:
     def __deepcopy__(self, memo):
         # gradio deep-copies the initial state for each new session; a session starts empty, with its own flag
         return SessionData(model_name=self.model_name)
+
+    def scratch_dir(self) -> Path:
+        """This session's own temporary folder (adapter zips, labelled CSVs); made on first use."""
+        if self._scratch is None:
+            self._scratch = tempfile.mkdtemp(prefix="lora-demo-session-")
+        return Path(self._scratch)
 
     @property
     def training(self) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import queue
 import shutil
-import tempfile
 import threading
 import time
 from dataclasses import asdict, replace
@@ -279,14 +278,11 @@ def train(
 
 
 def export_run(session: SessionData, tuned, lora: LoraSettings, config: TrainConfig, result, metrics) -> str:
-    """Zip the run's adapter and report into the session's own temporary folder (the previous run's is removed)."""
+    """Zip the run's adapter and report into the session's own temporary folder, replacing the previous run's."""
     from ..lora import export_adapter_zip
     from ..pipeline import adapter_metadata, lora_summary
     from ..runs import new_run_name, runs_root, saving_enabled
 
-    if session.export_dir:
-        shutil.rmtree(session.export_dir, ignore_errors=True)
-    session.export_dir = tempfile.mkdtemp(prefix="lora-demo-run-")
     report = {
         "model": tuned.spec.name,
         "lora": lora_summary(lora, tuned),
@@ -295,7 +291,7 @@ def export_run(session: SessionData, tuned, lora: LoraSettings, config: TrainCon
         "finetuned": metrics,
         "history": result.history,
     }
-    archive = export_adapter_zip(tuned, session.export_dir, adapter_metadata(lora, config, tuned), report)
+    archive = export_adapter_zip(tuned, session.scratch_dir(), adapter_metadata(lora, config, tuned), report)
     if saving_enabled():  # the operator's choice; off by default, so a public Space never fills its disk
         runs_root().mkdir(parents=True, exist_ok=True)
         shutil.copytree(archive.parent / "lora-adapter", runs_root() / new_run_name())
