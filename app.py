@@ -7,7 +7,7 @@ from lora_demo.ui import LAUNCH_OPTIONS, build_demo
 demo = build_demo()
 
 if __name__ == "__main__":
-    demo.queue().launch(
+    demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         **LAUNCH_OPTIONS,

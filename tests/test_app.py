@@ -15,7 +15,7 @@ import time
 import pytest
 from conftest import REPO_ROOT, needs_minilm
 
-SIZES = ("builtin", 40, 20, 20, 42)
+SIZES = ("builtin", None, 40, 20, 20, 42)  # source, uploaded file, train / validation / test sizes, seed
 # r, alpha, dropout, targets, top layers, epochs, learning rate, batch size, max length
 RECIPE = (8, 32, 0.1, ["query", "value"], 0, 1, 1e-3, 8, 64)
 
@@ -30,7 +30,7 @@ def free_port() -> int:
 def app_url():
     from lora_demo.ui import LAUNCH_OPTIONS, build_demo
 
-    demo = build_demo().queue()
+    demo = build_demo()
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **LAUNCH_OPTIONS)
     yield f"http://127.0.0.1:{port}/"
@@ -110,19 +110,21 @@ def test_load_data_splits_the_sample_and_draws_it(trained):
 
 
 def test_load_data_with_too_many_reviews_is_a_clear_error(client):
-    message = app_error(lambda: client.predict("builtin", 400, 20, 20, 42, api_name="/load_data"))
+    message = app_error(lambda: client.predict("builtin", None, 400, 20, 20, 42, api_name="/load_data"))
     assert "holds only 160" in message
 
 
-def test_load_data_from_a_missing_folder_is_a_clear_error(client):
-    message = app_error(lambda: client.predict("/no/such/folder", 40, 20, 20, 42, api_name="/load_data"))
-    assert "does not exist" in message
+@pytest.mark.parametrize("source", ["/etc", "/no/such/folder", "../shared/data/imdb", "upload"])
+def test_load_data_never_reads_a_typed_path(client, source):
+    message = app_error(lambda: client.predict(source, None, 40, 20, 20, 42, api_name="/load_data"))
+    assert "builtin" in message or "upload a file first" in message
 
 
 @needs_minilm
 @pytest.mark.needs_data
-def test_load_data_reads_the_real_imdb_files(client, imdb_dir):
-    summary, rows, balance, _, _ = client.predict(str(imdb_dir), 40, 20, 20, 7, api_name="/load_data")
+def test_load_data_reads_the_servers_imdb_files(client, imdb_dir, monkeypatch):
+    monkeypatch.setenv("LORA_DEMO_DATA", str(imdb_dir))  # the operator's choice, never the user's
+    summary, rows, balance, _, _ = client.predict("default", None, 40, 20, 20, 7, api_name="/load_data")
     assert f"from `{imdb_dir}`" in summary and "40 / 20 / 20" in summary
     assert [trace["y"] for trace in plot_data(balance)["data"]] == [[20, 10, 10], [20, 10, 10]]
 
@@ -178,7 +180,7 @@ def test_classify_answers_with_both_models_after_training(trained):
 @needs_minilm
 def test_an_error_keeps_the_session(trained):
     client = trained["client"]
-    app_error(lambda: client.predict("builtin", 400, 20, 20, 42, api_name="/load_data"))
+    app_error(lambda: client.predict("builtin", None, 400, 20, 20, 42, api_name="/load_data"))
     _, lora, _ = client.predict("Terrible acting and a boring plot.", api_name="/classify")
     assert lora["label"] in ("positive", "negative"), "the trained model must survive a failed call"
 

@@ -7,8 +7,12 @@ process, with tiny sizes: 40 / 20 / 20 reviews of the built-in sample, 1 epoch o
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
 import shutil
 import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -36,32 +40,54 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def app_url():
+def app():
+    """The app on a free port, with a heartbeat every 0.5 s (gradio's default: 15 s): a closed tab is noticed soon."""
+    from types import SimpleNamespace
+
     from lora_demo.ui import LAUNCH_OPTIONS, build_demo
 
-    demo = build_demo().queue()
+    before = os.environ.get("GRADIO_HEARTBEAT_INTERVAL")
+    os.environ["GRADIO_HEARTBEAT_INTERVAL"] = "0.5"
+    demo = build_demo()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **LAUNCH_OPTIONS)
-    yield f"http://127.0.0.1:{port}/"
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", demo=demo)
     demo.close()
+    if before is None:
+        os.environ.pop("GRADIO_HEARTBEAT_INTERVAL", None)
+    else:
+        os.environ["GRADIO_HEARTBEAT_INTERVAL"] = before
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
+def browser():
     from playwright.sync_api import sync_playwright
 
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(app_url)
-        page.get_by_text("Active model").wait_for()
-        yield page
+        yield browser
         browser.close()
+
+
+def open_page(browser, url: str):
+    """A page in a browser context of its own: its own cookies and storage, so its own gradio session."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.get_by_text("Active model").wait_for()
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(app, browser):
+    page = open_page(browser, app.url)
+    yield page
+    page.context.close()
 
 
 def open_tab(page, name: str):
@@ -81,6 +107,11 @@ def plotly_points(page, selector: str) -> list[int]:
     )
 
 
+def choose_source(page, label: str):
+    page.locator("#data-source input").click()
+    page.get_by_role("option", name=re.compile("^" + re.escape(label))).click()
+
+
 def screenshot(page, name: str):
     page.wait_for_timeout(500)  # let plotly finish its transitions
     page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
@@ -88,7 +119,7 @@ def screenshot(page, name: str):
 
 def test_click_through_every_tab(page):
     open_tab(page, "1. Dataset")
-    page.get_by_label("Data source").fill("builtin")
+    choose_source(page, "The built-in sample")
     for label, value in (("Train reviews", 40), ("Validation reviews", 20), ("Test reviews", 20)):
         page.get_by_label(label).fill(str(value))
     page.get_by_role("button", name="Load data").click()
@@ -195,3 +226,72 @@ def test_a_downloaded_adapter_loads_back_as_a_saved_run(page, tmp_path, monkeypa
     page.get_by_role("button", name="Load the run").filter(visible=True).first.click()
     page.get_by_text("Loaded the saved run", exact=False).filter(visible=True).first.wait_for()
     screenshot(page, "7-saved-run")
+
+
+def load_builtin(page, train: int, val: int, test: int):
+    open_tab(page, "1. Dataset")
+    choose_source(page, "The built-in sample")
+    for label, value in (("Train reviews", train), ("Validation reviews", val), ("Test reviews", test)):
+        page.get_by_label(label).fill(str(value))
+    page.get_by_role("button", name="Load data").click()
+    page.get_by_text(f"Loaded {train} / {val} / {test}").wait_for()
+
+
+def start_training(page, epochs: int, batch_size: int):
+    open_tab(page, "3. Train LoRA")
+    page.get_by_text("Trainable parameters:").wait_for()
+    for label, value in (("Epochs", epochs), ("Batch size", batch_size), ("Max length (tokens)", 32)):
+        set_slider(page, label, value)
+    page.get_by_role("button", name="Start training").click()
+
+
+def training_threads() -> list[str]:
+    return [thread.name for thread in threading.enumerate() if thread.name.startswith("lora-train")]
+
+
+def wait_for(condition, timeout: float):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s"
+        time.sleep(0.2)
+
+
+def test_two_browser_sessions_training_at_once_stay_apart(app, browser):
+    pages = [open_page(browser, app.url) for _ in range(2)]
+    sizes = [(40, 20, 20), (64, 20, 30)]
+    for page, (train, val, test) in zip(pages, sizes):
+        load_builtin(page, train, val, test)
+    for page in pages:  # the second one waits for the first: one training at a time
+        start_training(page, epochs=1, batch_size=8)
+    for page, (train, _, test) in zip(pages, sizes):
+        status = page.locator("#train-status")
+        status.get_by_text("Done:").wait_for()
+        assert f"Done: {train // 8} steps" in status.inner_text()
+        assert f"on {test} test reviews" in status.inner_text()
+        open_tab(page, "1. Dataset")
+        assert page.get_by_text(f"Loaded {train} / 20 / {test}").is_visible()
+    for page, name in zip(pages, ("8-session-a", "8-session-b")):
+        open_tab(page, "3. Train LoRA")
+        screenshot(page, name)
+        page.context.close()
+
+
+def test_closing_the_tab_mid_run_ends_the_run_and_frees_the_session(app, browser):
+    from lora_demo.ui.state import SessionData
+
+    page = open_page(browser, app.url)
+    load_builtin(page, 40, 20, 20)
+    start_training(page, epochs=20, batch_size=1)  # 800 steps
+    page.locator("#train-status").get_by_text(re.compile(r"Training minilm: step \d+")).wait_for()
+    sessions = [
+        value
+        for values in app.demo.state_holder.session_data.values()
+        for value in values.state_data.values()
+        if isinstance(value, SessionData) and value.training
+    ]
+    assert len(sessions) == 1
+    session = sessions[0]
+    page.context.close()
+    wait_for(lambda: not training_threads(), timeout=30)
+    wait_for(lambda: session.closed and session._scratch is None, timeout=30)
+    assert session.splits is None and session.tuned is None and session.baseline is None

@@ -13,7 +13,7 @@ import gradio as gr
 
 from ..config import DEFAULT_MODEL, get_model_spec
 from . import baseline, classify, compare, dataset, train
-from .state import SessionData, guard, model_markdown
+from .state import SessionData, end_session, guard, model_markdown
 
 TITLE = "LoRA sentiment demo"
 STUDY = (
@@ -27,7 +27,15 @@ CSS = """
 .gradio-container { max-width: 1240px !important; margin: auto; }
 #header p { margin: 0.25em 0; }
 """
-LAUNCH_OPTIONS = {"theme": gr.themes.Soft(), "css": CSS, "max_file_size": classify.MAX_BATCH_BYTES}
+QUEUE_SIZE = 16  # events waiting at most, over all sessions; past it users are told the app is busy
+CACHE_HOURS = 1  # gradio's copies of uploads and downloads are deleted after this long
+LAUNCH_OPTIONS = {
+    "theme": gr.themes.Soft(),
+    "css": CSS,
+    "max_file_size": classify.MAX_BATCH_BYTES,  # every upload: a batch CSV or a data file
+    "allowed_paths": [],  # gradio serves only the files it copied into its cache from the app's outputs
+    "show_error": False,  # only gr.Error messages reach the browser; `guard` turns every other error into one
+}
 
 
 def header_markdown(model_name: str, source: str, builtin_note: str | None = None) -> str:
@@ -71,13 +79,23 @@ def page_load(session: SessionData) -> tuple:
     """
     from ..plots import loss_figure
 
-    return session_header(session), startup_source()[0], loss_figure(session.history)
+    choices = gr.update(choices=dataset.source_choices(startup_source()[0]))
+    return session_header(session), choices, loss_figure(session.history)
 
 
-def build_demo() -> gr.Blocks:
-    """Build the app; launch it with `demo.queue().launch(**LAUNCH_OPTIONS)`."""
-    with gr.Blocks(title=TITLE) as demo:
-        session = gr.State(SessionData())
+def queue_size() -> int:
+    value = os.environ.get("LORA_DEMO_QUEUE_SIZE", str(QUEUE_SIZE))
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"LORA_DEMO_QUEUE_SIZE must be a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
+def build_demo(max_queue: int | None = None) -> gr.Blocks:
+    """Build the app with its queue (`max_queue` waiting events at most); launch it with `launch(**LAUNCH_OPTIONS)`."""
+    hour = CACHE_HOURS * 3600
+    with gr.Blocks(title=TITLE, delete_cache=(hour, hour)) as demo:
+        # one SessionData per browser tab or API client; closed when the tab closes, and when gradio drops the state
+        session = gr.State(SessionData(), delete_callback=SessionData.close)
         header = gr.Markdown(header_markdown(DEFAULT_MODEL, "(checking …)"), elem_id="header")
         with gr.Tabs():
             with gr.Tab("1. Dataset"):
@@ -100,7 +118,7 @@ def build_demo() -> gr.Blocks:
         )
         # the header and the Classify tab follow the session once a load or a model choice has been applied
         train_tab.model_selected.then(
-            model_markdown,
+            guard(model_markdown),
             inputs=baseline_tab.model,
             outputs=classify_tab.model_info,
             api_visibility="private",
@@ -123,4 +141,5 @@ def build_demo() -> gr.Blocks:
             event.then(
                 guard(session_header), inputs=session, outputs=header, api_visibility="private", show_progress="hidden"
             )
-    return demo
+        demo.unload(guard(end_session(session)))
+    return demo.queue(max_size=max_queue or queue_size(), default_concurrency_limit=1)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..config import DEFAULT_MODEL, LABEL_NAMES, MODEL_REGISTRY
-from .state import MODELS, SessionData, ensure_splits, guard, progress_callback
+from .state import EVALUATE_SLOTS, MODELS, SessionData, ensure_splits, guard, progress_callback
 
 PER_CLASS_HEADERS = ["class", "precision", "recall", "F1", "support (true)", "predicted"]
 
@@ -103,5 +103,6 @@ def build(session: gr.State) -> SimpleNamespace:
         inputs=[model, session],
         outputs=[summary, per_class, confusion, details],
         api_name="evaluate_baseline",
+        **EVALUATE_SLOTS,
     )
     return SimpleNamespace(model=model)

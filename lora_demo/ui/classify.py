@@ -8,7 +8,7 @@ import gradio as gr
 
 from ..config import DEFAULT_MODEL, LABEL_NAMES, UserError
 from .runs import build_loader
-from .state import MODELS, SessionData, guard, model_markdown
+from .state import CLASSIFY_SLOTS, EVALUATE_SLOTS, MODELS, SessionData, guard, model_markdown
 
 EXAMPLES = [
     "This movie was amazing!",
@@ -19,7 +19,26 @@ EXAMPLES = [
     "Oh great, another two hours of my life I will never get back. Brilliant.",
     "The first half drags, yet the ending is so moving that it is worth the wait.",
 ]
-MAX_CHARS = 20_000
+MAX_BATCH_ROWS = 2_000
+MAX_BATCH_BYTES = 5 * 2**20  # also the app's `max_file_size`, so larger uploads never reach the server's disk
+MAX_CHARS = 20_000  # per review, documented in the README; the model reads at most its first and last tokens
+
+
+def review_text(text) -> str:
+    """The cleaned review, or a UserError that says what is wrong with it (shared by Classify and its explanation)."""
+    from ..data import clean_text
+
+    if text is not None and not isinstance(text, str):
+        raise UserError(
+            f"send one review as a string, not {type(text).__name__}: for many reviews use the batch CSV "
+            f"(up to {MAX_BATCH_ROWS:,} rows)"
+        )
+    text = clean_text(text or "")
+    if not text:
+        raise UserError("type or paste a review first (the text is empty)")
+    if len(text) > MAX_CHARS:
+        raise UserError(f"the review is {len(text):,} characters long: keep it under {MAX_CHARS:,}")
+    return text
 
 
 def confidences(label: int, confidence: float) -> dict[str, float]:
@@ -32,14 +51,9 @@ def confidences(label: int, confidence: float) -> dict[str, float]:
 def classify(text, session: SessionData):
     """The baseline's label and confidence and, once trained, the LoRA model's, for one review."""
     from ..baseline import zero_shot_predict
-    from ..data import clean_text
     from ..inference import classify_texts
 
-    text = clean_text(text or "")
-    if not text:
-        raise UserError("type or paste a review first (the text is empty)")
-    if len(text) > MAX_CHARS:
-        raise UserError(f"the review is {len(text):,} characters long: keep it under {MAX_CHARS:,}")
+    text = review_text(text)
     base = zero_shot_predict(MODELS.get(session.model_name), [text])
     baseline = confidences(base.labels[0], base.confidence[0])
     if session.tuned is None:
@@ -65,13 +79,10 @@ def highlighted(attributions: list[tuple[str, float]], scale: float) -> list[tup
 def explain(text, session: SessionData):
     """Occlusion attribution of the typed review for the baseline and, once trained, the LoRA model."""
     from ..baseline import zero_shot_predict
-    from ..data import clean_text
     from ..explain import word_attributions
     from ..inference import classify_texts
 
-    text = clean_text(text or "")
-    if not text or len(text) > MAX_CHARS:
-        return None, None  # classify has said what is wrong
+    text = review_text(text)  # classify has already said anything wrong with it
     base_model = MODELS.get(session.model_name)
     results = [word_attributions(lambda texts: zero_shot_predict(base_model, texts), text)]
     if session.tuned is not None:
@@ -80,10 +91,6 @@ def explain(text, session: SessionData):
     scale = max((abs(score) for result in results for _, score in result), default=0.0)
     values = [highlighted(result, scale) for result in results]
     return values[0], values[1] if len(values) > 1 else None
-
-
-MAX_BATCH_ROWS = 2_000
-MAX_BATCH_BYTES = 5 * 2**20  # also the app's `max_file_size`, so larger uploads never reach the server's disk
 
 
 def classify_file(path, session: SessionData) -> str:
@@ -165,7 +172,7 @@ def build(session: gr.State) -> SimpleNamespace:
         inputs=[upload, session],
         outputs=labelled,
         api_visibility="private",
-        concurrency_id="train",
+        **EVALUATE_SLOTS,
     )
 
     gr.on(
@@ -174,11 +181,14 @@ def build(session: gr.State) -> SimpleNamespace:
         inputs=[text, session],
         outputs=[baseline, lora, note],
         api_name="classify",
+        preprocess=False,  # the raw value, so that an API call sending a list is refused rather than stringified
+        **CLASSIFY_SLOTS,
     ).success(
         guard(explain),
         inputs=[text, session],
         outputs=[baseline_words, lora_words],
         api_visibility="private",
         show_progress="minimal",
+        **CLASSIFY_SLOTS,
     )
     return SimpleNamespace(model_info=model_info)

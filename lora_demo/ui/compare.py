@@ -9,7 +9,7 @@ import gradio as gr
 from ..config import LABEL_NAMES
 from .baseline import baseline_for
 from .runs import build_loader
-from .state import SessionData, ensure_splits, guard, progress_callback
+from .state import EVALUATE_SLOTS, SessionData, ensure_splits, guard, progress_callback
 
 BEFORE_TRAINING = (
     "Nothing to compare yet. First train a LoRA adapter on the **Train LoRA** tab (loading data on **Dataset** "
@@ -192,6 +192,7 @@ def build(session: gr.State, tab: gr.Tab) -> SimpleNamespace:
             runs_table,
         ],
         api_visibility="private",
+        **EVALUATE_SLOTS,
     )
     tab.select(**compare_args)
     loaded_run.success(**compare_args)  # a saved run compared at once

@@ -2,17 +2,51 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
 
-from ..config import DataConfig, TrainConfig, field_default, field_help, field_range
-from .state import SessionData, describe_splits, guard, whole_number
+from ..config import DataConfig, TrainConfig, UserError, field_default, field_help, field_range
+from .state import EVALUATE_SLOTS, SessionData, describe_splits, guard, whole_number
 
 SAMPLE_ROWS = 8
 SAMPLE_CHARS = 160
 SIZE_FIELDS = ("train_size", "val_size", "test_size")
+# The app never reads a path a user typed: the source is one of these names, and a user's own data comes as an upload
+# (into gradio's upload folder, limited to the app's `max_file_size`).
+SOURCES = {
+    "default": "The server's IMDb (its local copy, else the Hugging Face Hub, else the built-in sample)",
+    "hub": "IMDb from the Hugging Face Hub",
+    "builtin": "The built-in sample (160 reviews shipped with the app)",
+    "upload": "My own file: upload it below",
+}
+DATA_FILE_TYPES = [".csv", ".parquet", ".jsonl"]
+
+
+def source_choices(default_source: str) -> list[tuple[str, str]]:
+    """The source dropdown's choices, with what `default` means on this server (`default_source`, resolved)."""
+    where = {"hub": "the Hugging Face Hub", "builtin": "the built-in sample: no IMDb copy here and no Hub"}
+    default = f"The server's IMDb ({where.get(default_source, 'its local copy')})"
+    return [(default if name == "default" else label, name) for name, label in SOURCES.items()]
+
+
+def data_source(source, upload) -> tuple[str | None, str | None]:
+    """The `DataConfig.source` for a source name (and the uploaded file), and the name to show for an upload."""
+    if source not in SOURCES:
+        raise UserError(f"unknown data source {source!r}: choose one of {', '.join(SOURCES)}")
+    if source == "default":
+        return None, None
+    if source != "upload":
+        return source, None
+    if not upload:
+        raise UserError("upload a file first (a `text` and a `label` column; .csv, .parquet or .jsonl)")
+    path = Path(upload)
+    if path.suffix.lower() not in DATA_FILE_TYPES:
+        raise UserError(f"{path.name}: upload a .csv, .parquet or .jsonl file with a `text` and a `label` column")
+    return str(path), f"your file {path.name}"
 
 
 @lru_cache(maxsize=1)
@@ -46,15 +80,16 @@ def seq2seq_example(frame) -> str:
     )
 
 
-def load_data(source, train_size, val_size, test_size, seed, session: SessionData, progress=gr.Progress()):
+def load_data(source, upload, train_size, val_size, test_size, seed, session: SessionData, progress=gr.Progress()):
     """Load and split the reviews; returns the summary, sample rows, charts and the text-to-text example."""
     from ..data import load_splits
     from ..models import token_lengths
     from ..plots import label_balance_figure, length_histogram_figure
 
+    path, shown_as = data_source(source, upload)
     sizes = [whole_number(value, name) for value, name in zip((train_size, val_size, test_size), SIZE_FIELDS)]
     config = DataConfig(
-        source=(source or "").strip() or None,
+        source=path,
         train_size=sizes[0],
         val_size=sizes[1],
         test_size=sizes[2],
@@ -64,6 +99,8 @@ def load_data(source, train_size, val_size, test_size, seed, session: SessionDat
     untouched = all(size == field_default(DataConfig, name) for size, name in zip(sizes, SIZE_FIELDS))
     progress(0.1, desc="Loading reviews")
     splits = load_splits(config, fit_to_data=untouched)
+    if shown_as:  # an upload is known by its file name, not by where gradio keeps it
+        splits = replace(splits, source=shown_as)
     progress(0.6, desc="Counting tokens")
     texts = [*splits.train["text"], *splits.val["text"], *splits.test["text"]]
     max_length = field_default(TrainConfig, "max_length")
@@ -82,13 +119,17 @@ def load_data(source, train_size, val_size, test_size, seed, session: SessionDat
 
 def build(session: gr.State) -> SimpleNamespace:
     gr.Markdown(
-        "Load IMDb reviews and split them stratified into train / validation / test. The source is a folder "
-        "with train and test files (parquet, csv, jsonl), one such file, an `aclImdb` folder, `hub` or `builtin` "
-        "(the 160-review sample shipped with the app)."
+        "Load IMDb reviews and split them stratified into train / validation / test, or bring your own: a "
+        "`.csv`, `.parquet` or `.jsonl` file with a `text` and a `label` column (0/1 or negative/positive), "
+        "split the same way."
     )
     with gr.Row():
-        source = gr.Textbox(
-            label="Data source", placeholder="checking …", info=field_help(DataConfig, "source"), scale=3
+        source = gr.Dropdown(
+            [(label, name) for name, label in SOURCES.items()],
+            value="default",
+            label="Data source",
+            scale=3,
+            elem_id="data-source",
         )
         seed = gr.Number(
             label="Seed",
@@ -111,6 +152,12 @@ def build(session: gr.State) -> SimpleNamespace:
                     info=f"default {field_default(DataConfig, name)}",
                 )
             )
+    upload = gr.File(
+        label="Your own reviews (choose 'My own file'): .csv, .parquet or .jsonl, up to 5 MB",
+        file_types=DATA_FILE_TYPES,
+        height=120,
+        elem_id="data-upload",
+    )
     load = gr.Button("Load data", variant="primary")
     summary = gr.Markdown(
         label="summary",
@@ -130,9 +177,11 @@ def build(session: gr.State) -> SimpleNamespace:
 
     load_args = {
         "fn": guard(load_data),
-        "inputs": [source, *sizes, seed, session],
+        "inputs": [source, upload, *sizes, seed, session],
         "outputs": [summary, rows, balance, lengths, example],
+        **EVALUATE_SLOTS,
     }
     loaded = load.click(**load_args, api_name="load_data")
+    upload.upload(guard(lambda: "upload"), outputs=source, api_visibility="private", queue=False)
     # other tabs (the study preset) reload the data with the same handler
     return SimpleNamespace(loaded=loaded, source=source, sizes=sizes, load_args=load_args)

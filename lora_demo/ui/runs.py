@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .state import SessionData, guard
+from .state import EVALUATE_SLOTS, SessionData, guard
 
 
 def run_choices() -> list[tuple[str, str]]:
@@ -50,5 +50,7 @@ def build_loader(session: gr.State, elem_id: str):
             choice = gr.Dropdown(choices=[], label="Saved run", scale=3, elem_id=elem_id)
             load = gr.Button("Load the run", scale=1)
         note = gr.Markdown()
-    choice.focus(refresh_runs, outputs=choice, api_visibility="private", show_progress="hidden")
-    return load.click(guard(load_run), inputs=[choice, session], outputs=note, api_visibility="private")
+    choice.focus(guard(refresh_runs), outputs=choice, api_visibility="private", show_progress="hidden")
+    return load.click(
+        guard(load_run), inputs=[choice, session], outputs=note, api_visibility="private", **EVALUATE_SLOTS
+    )

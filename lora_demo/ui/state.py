@@ -6,11 +6,15 @@ untouched zero-shot models (`MODELS`), which nobody modifies.
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import gc
 import inspect
 import logging
+import shutil
 import tempfile
 import threading
+import traceback
 from pathlib import Path
 
 import gradio as gr
@@ -20,6 +24,17 @@ from ..config import DEFAULT_MODEL, UserError
 logger = logging.getLogger("lora_demo.ui")
 
 GENERIC_ERROR = "Something went wrong on the server (the details are in its log). Please try again."
+OUT_OF_MEMORY = (
+    "The server ran out of memory for this request. Try again with fewer reviews, a shorter max length or a "
+    "smaller batch size; if many people are using the demo, try again in a few minutes."
+)
+
+# The CPU budget shared by every session. Events of one group run at most `concurrency_limit` at a time and the
+# rest wait in gradio's queue, which shows each waiting user their place.
+TRAIN_SLOTS = {"concurrency_id": "train", "concurrency_limit": 1}  # training and the measured steps
+EVALUATE_SLOTS = {"concurrency_id": "evaluate", "concurrency_limit": 1}  # data loads, test-set scoring, batch files
+CLASSIFY_SLOTS = {"concurrency_id": "classify", "concurrency_limit": 2}  # one review: milliseconds, never waits long
+CLOSE_WAIT_SECONDS = 30  # how long closing a session waits for its training thread to finish its step
 
 
 class SessionData:
@@ -45,6 +60,7 @@ class SessionData:
         self.runs: list[dict] = []  # every finished run: name, settings, metrics, history (see ui.train.record_run)
         self.stop_event = threading.Event()
         self.worker: threading.Thread | None = None
+        self.closed = False
 
     def __deepcopy__(self, memo):
         # gradio deep-copies the initial state for each new session; a session starts empty, with its own flag
@@ -59,6 +75,53 @@ class SessionData:
     @property
     def training(self) -> bool:
         return self.worker is not None and self.worker.is_alive()
+
+    def close(self) -> None:
+        """End the session: stop its training run, drop its data and models, delete its temporary folder.
+
+        Called when the browser tab closes (`demo.unload`) and when gradio deletes the state; safe to call twice.
+        """
+        self.closed = True
+        self.stop_event.set()
+        if self.worker is not None and self.worker is not threading.current_thread():
+            self.worker.join(timeout=CLOSE_WAIT_SECONDS)  # it stops after its current step
+        self.worker = None
+        self.splits = self.baseline = self.tuned = self.train_result = self.tuned_eval = None
+        self.history, self.runs, self.export_zip = [], [], None
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+        release_memory()
+
+
+def release_memory() -> None:
+    """Collect the freed objects and hand the freed heap back to the operating system (glibc keeps it otherwise)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the memory is reused by the process instead
+        pass
+
+
+def end_session(state: gr.State):
+    """A `demo.unload` handler for `state`: when a tab closes (or an API client goes away), close its session.
+
+    Unload events get no inputs, so the session's `SessionData` is looked up in gradio's own per-session store by
+    the request's session hash. The value is then stored again, which starts gradio's countdown for closed sessions;
+    when it runs out gradio deletes the state and calls its `delete_callback`.
+    """
+
+    def unload(request: gr.Request):
+        sessions = request.app.state_holder.session_data
+        values = sessions.get(request.session_hash)
+        if values is None or state._id not in values.state_data:
+            return  # the session never used its state
+        session = values.state_data[state._id]
+        session.close()
+        values[state._id] = session
+        logger.info("session %s closed", request.session_hash[:8])
+
+    return unload
 
 
 class LazyModelCache:
@@ -97,6 +160,12 @@ def guard(fn):
         if isinstance(err, UserError):
             return gr.Error(str(err), print_exception=False)
         logger.exception("unexpected error in %s", getattr(fn, "__name__", fn))
+        # the traceback's frames hold the failed work's locals (a model being trained): let them go now, not
+        # whenever the last reference to the error (a log record, gradio's error message) disappears
+        traceback.clear_frames(err.__traceback__)
+        if out_of_memory(err):
+            release_memory()
+            return gr.Error(OUT_OF_MEMORY, print_exception=False)
         return gr.Error(GENERIC_ERROR, print_exception=False)
 
     if inspect.isgeneratorfunction(fn):
@@ -108,6 +177,7 @@ def guard(fn):
             except Exception as err:
                 raise translate(err) from None
 
+        generator.guarded = True
         return generator
 
     @functools.wraps(fn)
@@ -117,7 +187,15 @@ def guard(fn):
         except Exception as err:
             raise translate(err) from None
 
+    function.guarded = True
     return function
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Python's MemoryError, torch's OutOfMemoryError, or the CPU allocator's failure (a plain RuntimeError)."""
+    return (
+        isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(err)
+    )
 
 
 def progress_callback(progress, desc: str):

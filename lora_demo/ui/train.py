@@ -29,7 +29,15 @@ from ..config import (
     get_model_spec,
     recipe,
 )
-from .state import SessionData, ensure_splits, guard, model_markdown, progress_callback, whole_number
+from .state import (
+    TRAIN_SLOTS,
+    SessionData,
+    ensure_splits,
+    guard,
+    model_markdown,
+    progress_callback,
+    whole_number,
+)
 
 REDRAW_SECONDS = 0.5
 LOSS_POINTS = 20  # aim for this many train-loss points, so even a one-epoch run on a few reviews draws a curve
@@ -255,7 +263,9 @@ def train(
         if session.training:  # the client went away or the handler failed: end the run, do not orphan it
             session.stop_event.set()
     if "error" in box:
-        raise box["error"]
+        raise box.pop("error")
+    if session.closed:  # the tab closed while the run was ending: nobody is left to use the model
+        return
     tuned, result = serving_copy(box["tuned"]), box["result"]  # the app only predicts with it from here
     report = progress_callback(progress, "Scoring the LoRA model on the test reviews")
     metrics, predictions = evaluate_model(
@@ -473,7 +483,7 @@ def build(session: gr.State, model: gr.Dropdown, demo: gr.Blocks) -> SimpleNames
         "Download the adapter (zip: safetensors, adapter config, report)", visible=False, elem_id="download-adapter"
     )
     loss_chart = gr.Plot(label="Loss", show_label=False, elem_id="loss-chart")
-    status = gr.Markdown(label="result", value="Training results appear here.")
+    status = gr.Markdown(label="result", value="Training results appear here.", elem_id="train-status")
     with gr.Accordion("Run details (JSON)", open=False):
         details = gr.JSON(label="Training run")
 
@@ -496,32 +506,31 @@ def build(session: gr.State, model: gr.Dropdown, demo: gr.Blocks) -> SimpleNames
         show_progress="hidden",
         api_visibility="private",
     )
-    start.click(lambda: "", outputs=stop_note, queue=False, api_visibility="private", show_progress="hidden")
+    start.click(guard(lambda: ""), outputs=stop_note, queue=False, api_visibility="private", show_progress="hidden")
     start.click(
         guard(train),
         inputs=[*lora_controls, epochs, learning_rate, batch_size, max_length, recipe_name, session],
         outputs=[loss_chart, status, details],
         api_name="train_lora",
         show_progress_on=[loss_chart],
-        concurrency_limit=1,
-        concurrency_id="train",
-    ).success(download_update, inputs=session, outputs=download, api_visibility="private", show_progress="hidden")
+        **TRAIN_SLOTS,
+    ).success(
+        guard(download_update), inputs=session, outputs=download, api_visibility="private", show_progress="hidden"
+    )
     measure_button.click(
         guard(measure_resources),
         inputs=[model, *lora_controls, session],
         outputs=[resources, by_rank],
         api_visibility="private",
-        concurrency_limit=1,
-        concurrency_id="train",
+        **TRAIN_SLOTS,
     )
-    # its own unlimited concurrency group: a stop never waits behind the run it stops
+    # outside the queue: a stop never waits behind the run it stops, nor for a place in a full queue
     stop.click(
         guard(stop_training),
         inputs=session,
         outputs=stop_note,
         api_name="stop_training",
-        concurrency_limit=None,
-        concurrency_id="stop",
+        queue=False,  # answered at once, even when the queue is full
     )
     return SimpleNamespace(
         model_selected=model_selected,

@@ -1,0 +1,576 @@
+"""Issue 4: one app, many strangers at once. Sessions stay apart, the queue is bounded, Stop and closing a tab end
+a run, bad input gets a clear message, uploads and paths are fenced in, a crash leaves the app working.
+
+The app runs in this process with a queue of `QUEUE` waiting events and a fast heartbeat, so a client that goes
+away is noticed within a second; each gradio_client Client is one session, as one browser tab is.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+from conftest import IMDB_DIR, REPO_ROOT, needs_minilm
+
+QUEUE = 2
+SIZES = ("builtin", None, 40, 20, 20, 42)  # source, uploaded file, train / validation / test sizes, seed
+# r, alpha, dropout, targets, top layers, epochs, learning rate, batch size, max length
+SHORT_RUN = (8, 32, 0.0, ["query", "value"], 0, 1, 1e-3, 8, 32)
+LONG_RUN = (8, 32, 0.0, ["query", "value"], 0, 20, 1e-3, 1, 32)  # 800 steps: stopped by the tests
+
+pytestmark = needs_minilm
+
+
+@pytest.fixture(scope="module")
+def app():
+    """The app on a free port: `app.url`, `app.demo`; a heartbeat every 0.25 s (gradio's default is 15 s)."""
+    from types import SimpleNamespace
+
+    from lora_demo.ui import LAUNCH_OPTIONS, build_demo
+
+    before = os.environ.get("GRADIO_HEARTBEAT_INTERVAL")
+    os.environ["GRADIO_HEARTBEAT_INTERVAL"] = "0.25"
+    demo = build_demo(max_queue=QUEUE)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **LAUNCH_OPTIONS)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", demo=demo)
+    demo.close()
+    if before is None:
+        os.environ.pop("GRADIO_HEARTBEAT_INTERVAL", None)
+    else:
+        os.environ["GRADIO_HEARTBEAT_INTERVAL"] = before
+
+
+@pytest.fixture
+def connect(app):
+    """`connect()`: a new session (a gradio_client Client); every one is closed after the test."""
+    from gradio_client import Client
+
+    clients = []
+
+    def new():
+        clients.append(Client(app.url, verbose=False, download_files=False))
+        return clients[-1]
+
+    yield new
+    for client in clients:
+        client.close()
+    wait_for(lambda: not training_threads(), timeout=60)
+
+
+def server_session(app, client):
+    """The `SessionData` the server holds for a client's session."""
+    from lora_demo.ui.state import SessionData
+
+    values = app.demo.state_holder.session_data[client.session_hash].state_data.values()
+    return next(value for value in values if isinstance(value, SessionData))
+
+
+def released(session) -> bool:
+    """`session.close()` has run to its end: the flag is set first, the folder is deleted last."""
+    return session.closed and session._scratch is None
+
+
+def training_threads() -> list[str]:
+    return [thread.name for thread in threading.enumerate() if thread.name.startswith("lora-train")]
+
+
+def wait_for(condition, timeout: float, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {condition}")
+        time.sleep(every)
+
+
+def wait_until_running(job, timeout: float = 120):
+    """A training job has streamed its first update: it holds the training slot and its thread runs."""
+    wait_for(lambda: job.outputs() or job.done(), timeout)
+    assert not job.done(), job.result()
+
+
+def stop_as_the_browser_does(app, client) -> str:
+    """Press Stop the way the browser does: Stop is a `queue=False` event, which the page posts straight to
+    `/run/...` (gradio_client sends every call through the queue)."""
+    import httpx
+
+    body = {"data": [None], "session_hash": client.session_hash}  # the State input: the server fills it in
+    response = httpx.post(f"{app.url}gradio_api/run/stop_training", json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()["data"][0]
+
+
+def app_error(call) -> str:
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as info:
+        call()
+    message = str(info.value)
+    assert "Traceback" not in message and 'File "' not in message
+    return message
+
+
+def rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+# 1. Isolation
+
+
+def test_two_sessions_training_at_once_see_only_their_own_data_and_results(app, connect):
+    import zipfile
+
+    one, two = connect(), connect()
+    one.predict("builtin", None, 40, 20, 20, 1, api_name="/load_data")
+    two.predict("builtin", None, 64, 20, 30, 2, api_name="/load_data")
+    assert one.predict("minilm", api_name="/evaluate_baseline")[3]["n"] == 20
+    assert two.predict("minilm", api_name="/evaluate_baseline")[3]["n"] == 30
+    jobs = [one.submit(*SHORT_RUN, api_name="/train_lora"), two.submit(*SHORT_RUN, api_name="/train_lora")]
+    (_, result_one, details_one), (_, result_two, details_two) = (job.result(timeout=300) for job in jobs)
+    assert (details_one["max_steps"], details_one["test_metrics"]["n"]) == (5, 20)  # 40 reviews in batches of 8
+    assert (details_two["max_steps"], details_two["test_metrics"]["n"]) == (8, 30)  # 64 reviews
+    assert "on 20 test reviews" in result_one and "on 30 test reviews" in result_two
+
+    sessions = server_session(app, one), server_session(app, two)
+    assert sessions[0] is not sessions[1]
+    assert [len(s.splits.train) for s in sessions] == [40, 64]
+    assert sessions[0].history != sessions[1].history  # each its own loss curve
+    assert sessions[0].tuned is not sessions[1].tuned
+    assert sessions[0].scratch_dir() != sessions[1].scratch_dir()
+    for session, n in zip(sessions, (20, 30)):  # each its own adapter, in its own folder
+        assert Path(session.export_zip).parent == session.scratch_dir()
+        with zipfile.ZipFile(session.export_zip) as archive:
+            assert f'"n": {n}' in archive.read("lora-adapter/report.json").decode()
+    for client in (one, two):
+        assert client.predict("A wonderful film.", api_name="/classify")[1]["label"] in ("positive", "negative")
+
+
+# 2. Queueing
+
+
+def test_the_queue_shows_places_refuses_past_its_size_and_keeps_going(app, connect):
+    from gradio_client.utils import QueueError, Status
+
+    clients = [connect() for _ in range(4)]
+    for client in clients[:3]:
+        client.predict(*SIZES, api_name="/load_data")
+    running = clients[0].submit(*LONG_RUN, api_name="/train_lora")
+    wait_until_running(running)
+    waiting = []
+    for client in clients[1:3]:  # one training at a time: these wait, and are told where they are
+        waiting.append(client.submit(*SHORT_RUN, api_name="/train_lora"))
+        wait_for(lambda: waiting[-1].status().code == Status.IN_QUEUE, timeout=30)
+    assert [job.status().rank for job in waiting] == [0, 1]
+    with pytest.raises(QueueError, match="Queue is full"):  # the browser says "busy, please try again"
+        clients[3].predict("A fine film.", api_name="/classify")
+    assert "Stopping" in stop_as_the_browser_does(app, clients[0])  # Stop skips the full queue
+    assert running.result(timeout=120)[2]["stopped"] is True
+    for job in waiting:
+        assert job.result(timeout=300)[2]["stopped"] is False
+    assert clients[3].predict("A fine film.", api_name="/classify")[0]["label"] in ("positive", "negative")
+
+
+# 3. Stop really stops (the exact step is checked in test_train.test_stop_flag_ends_training_early)
+
+
+def test_stop_ends_the_thread_and_keeps_a_usable_adapter(app, connect):
+    from lora_demo.lora import load_adapter
+
+    client = connect()
+    client.predict(*SIZES, api_name="/load_data")
+    job = client.submit(*LONG_RUN, api_name="/train_lora")
+    wait_until_running(job)
+    assert training_threads()
+    assert "Stopping" in client.predict(api_name="/stop_training")
+    _, result, details = job.result(timeout=120)
+    assert details["stopped"] is True and details["steps"] < details["max_steps"] == 800
+    assert "Stopped" in result
+    wait_for(lambda: not training_threads(), timeout=10)
+    updates = len(job.outputs())
+    time.sleep(1)
+    assert len(job.outputs()) == updates, "the loss chart stops updating"
+    session = server_session(app, client)
+    assert not session.training
+    import zipfile
+
+    with zipfile.ZipFile(session.export_zip) as archive:
+        archive.extractall(session.scratch_dir() / "unzipped")
+    tuned, metadata = load_adapter(session.scratch_dir() / "unzipped" / "lora-adapter")
+    assert metadata["model"] == "minilm"
+    _, lora, _ = client.predict("What a great film.", api_name="/classify")
+    assert lora["label"] in ("positive", "negative"), "the partly trained model answers"
+
+
+# 4. Disconnect: the run ends and the session's memory is freed
+
+
+def test_a_client_that_goes_away_mid_run_ends_it_and_frees_the_session(app, connect):
+    client = connect()
+    client.predict(*SIZES, api_name="/load_data")
+    client.predict("A fine film.", api_name="/classify")
+    job = client.submit(*LONG_RUN, api_name="/train_lora")
+    wait_until_running(job)
+    session = server_session(app, client)
+    scratch = session.scratch_dir()
+    client.close()  # the heartbeat stops, as when a tab closes
+    wait_for(lambda: released(session) and not training_threads(), timeout=30)
+    assert session.splits is None and session.tuned is None and session.baseline is None
+    assert not scratch.exists()
+
+
+# 5. Responsive during training
+
+
+def test_classify_answers_while_another_session_trains(app, connect):
+    from lora_demo.ui.train import REDRAW_SECONDS
+
+    trainer, reader = connect(), connect()
+    trainer.predict(*SIZES, api_name="/load_data")
+    reader.predict("Nice.", api_name="/classify")  # the shared zero-shot model is loaded
+    submitted = time.monotonic()
+    job = trainer.submit(*LONG_RUN, api_name="/train_lora")
+    wait_until_running(job)
+    latencies = []
+    for text in ("A wonderful film.", "Dull and far too long.", "Not bad at all.", "I loved it.", "Awful."):
+        begin = time.monotonic()
+        baseline, _, _ = reader.predict(text, api_name="/classify")
+        latencies.append(time.monotonic() - begin)
+        assert baseline["label"] in ("positive", "negative")
+    assert not job.done(), "the training run was still going while Classify answered"
+    assert max(latencies) < 5, latencies
+    trainer.predict(api_name="/stop_training")
+    job.result(timeout=120)
+    # the chart is redrawn at most every REDRAW_SECONDS, however fast the steps are
+    assert len(job.outputs()) <= (time.monotonic() - submitted) / REDRAW_SECONDS + 2, len(job.outputs())
+
+
+# 6. Bad text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "empty"),
+        ("   \n\t ", "empty"),
+        (None, "empty"),
+        ("x", None),
+        ("word " * 3_900, None),  # 19,500 characters: the tokenizer keeps the head and the tail
+        ("x" * 100_000, "keep it under 20,000"),
+        ("<script>alert('hi')</script><b>Great</b> film, <i>loved</i> it &amp; more", None),
+        ("😍🔥🎬 best film ever 👏👏", None),
+        ("C'était un film magnifique, je l'ai adoré.", None),
+        ("この映画は本当に素晴らしかった。", None),
+        ("\x00\x01\x02\x7f\ufffd\u200b \xff\xfe binary-looking", None),
+        (["a review"] * 10_000, "send one review as a string"),
+        ({"text": "a review"}, "send one review as a string"),
+    ],
+    ids=[
+        "empty",
+        "whitespace",
+        "none",
+        "one-char",
+        "long",
+        "100k",
+        "html",
+        "emoji",
+        "french",
+        "japanese",
+        "binary",
+        "list-of-10k",
+        "dict",
+    ],
+)
+def test_any_text_gets_a_label_or_a_clear_message(app, connect, text, expected):
+    client = connect()
+    if expected is None:
+        baseline, _, _ = client.predict(text, api_name="/classify")
+        assert baseline["label"] in ("positive", "negative")
+    else:
+        assert expected in app_error(lambda: client.predict(text, api_name="/classify"))
+
+
+# 7. Bad settings
+
+
+@pytest.mark.parametrize(
+    ("recipe", "expected"),
+    [
+        ((0, 32, 0.0, ["query"], 0, 1, 1e-3, 8, 32), "minimum value 1"),  # r = 0
+        ((8, 32, 0.0, ["query"], 0, 1, -1e-3, 8, 32), "-0.001"),  # negative learning rate
+        ((8, 32, 0.0, ["query"], 0, 1, 100.0, 8, 32), "100"),  # absurd learning rate
+        ((8, 32, 1.5, ["query"], 0, 1, 1e-3, 8, 32), "1.5"),  # dropout 1.5
+        ((8, 32, 0.0, ["nonexistent"], 0, 1, 1e-3, 8, 32), "nonexistent"),  # no such module
+        ((8, 32, 0.0, [], 0, 1, 1e-3, 8, 32), "target_modules"),
+        ((8, 32, 0.0, ["query"], 9, 1, 1e-3, 8, 32), "maximum value 6"),  # minilm has 6 layers
+    ],
+    ids=["r-0", "negative-lr", "absurd-lr", "dropout-1.5", "unknown-module", "no-module", "too-many-layers"],
+)
+def test_bad_training_settings_are_clear_messages(app, connect, recipe, expected):
+    client = connect()
+    assert expected in app_error(lambda: client.predict(*recipe, api_name="/train_lora"))
+    assert not training_threads()
+
+
+def test_sizes_larger_than_the_data_are_a_clear_message(app, connect):
+    client = connect()
+    assert "holds only 160" in app_error(
+        lambda: client.predict("builtin", None, 400, 20, 20, 1, api_name="/load_data")
+    )
+
+
+# 8. Uploads
+
+
+def upload(app, path: Path):
+    import httpx
+
+    with path.open("rb") as handle:
+        return httpx.post(f"{app.url}gradio_api/upload", files={"files": (path.name, handle)}, timeout=60)
+
+
+def test_uploads_over_the_size_limit_never_reach_the_disk(app, tmp_path):
+    from gradio.utils import get_upload_folder
+
+    from lora_demo.ui.classify import MAX_BATCH_BYTES
+
+    big = tmp_path / "big.csv"
+    big.write_bytes(b"text\n" + b"x" * (MAX_BATCH_BYTES + 1))
+    response = upload(app, big)
+    assert response.status_code == 413 and "exceeded maximum allowed size" in response.text
+    assert not list(Path(get_upload_folder()).rglob("big.csv"))
+
+
+def reviews_csv(path: Path, rows: int = 120, encoding: str = "utf-8") -> Path:
+    import pandas as pd
+
+    frame = pd.DataFrame({"text": [f"review {i}: a {'good' if i % 2 else 'bad'} film" for i in range(rows)]})
+    frame["label"] = [i % 2 for i in range(rows)]
+    frame.to_csv(path, index=False, encoding=encoding)
+    return path
+
+
+def test_your_own_data_file_loads(app, connect, tmp_path):
+    from gradio_client import handle_file
+
+    client = connect()
+    data = reviews_csv(tmp_path / "my reviews.csv")
+    summary = client.predict("upload", handle_file(str(data)), 40, 20, 20, 1, api_name="/load_data")[0]
+    assert "40 / 20 / 20" in summary and "your file my reviews.csv" in summary
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("page.html", b"<html><script>alert(1)</script></html>", "Invalid file type"),
+        ("image.svg", b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>", "Invalid file type"),
+        ("broken.parquet", b"PAR1 this is not parquet", "could not be read as parquet"),
+        ("broken.jsonl", b'{"text": "unterminated', "could not be read as jsonl"),
+        ("columns.csv", b"review,stars\nnice,9\n", "has no text or label column"),
+        ("labels.csv", b"text,label\nnice,maybe\nbad,no\n", "labels must be 0/1 or negative/positive"),
+        ("latin1.csv", "text,label\ncaf\xe9 cr\xe8me film,1\n".encode("latin-1"), "could not be read as csv"),
+        ("empty.csv", b"", "is empty"),
+    ],
+)
+def test_bad_data_files_are_clear_messages(app, connect, tmp_path, name, content, expected):
+    from gradio_client import handle_file
+
+    client = connect()
+    path = tmp_path / name
+    path.write_bytes(content)
+    message = app_error(lambda: client.predict("upload", handle_file(str(path)), 40, 20, 20, 1, api_name="/load_data"))
+    assert expected in message
+
+
+def test_a_file_path_the_server_did_not_receive_is_refused(app, connect):
+    """An API client may name a file by path; gradio only accepts files in its own upload folder."""
+    client = connect()
+    fake = {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}, "orig_name": "passwd.csv"}
+    message = app_error(lambda: client.predict("upload", fake, 40, 20, 20, 1, api_name="/load_data"))
+    assert "root:" not in message
+
+
+def test_batch_output_is_written_only_to_the_sessions_folder(tmp_path):
+    from lora_demo.ui.classify import classify_file
+    from lora_demo.ui.state import SessionData
+
+    session = SessionData()
+    data = reviews_csv(tmp_path / "batch.csv", rows=6, encoding="latin-1")
+    labelled = Path(classify_file(str(data), session))
+    assert labelled.parent == session.scratch_dir() and labelled.is_file()
+    assert not (tmp_path / "labelled.csv").exists()
+    session.close()
+    assert not labelled.parent.exists(), "the session's folder goes with the session"
+
+
+# 9. Paths
+
+
+def test_files_outside_the_apps_own_outputs_are_never_served(app, tmp_path):
+    import httpx
+
+    from lora_demo.ui.classify import classify_file
+    from lora_demo.ui.state import SessionData
+
+    session = SessionData()
+    scratch_file = classify_file(str(reviews_csv(tmp_path / "batch.csv", rows=4)), session)
+    probes = [
+        "/etc/passwd",
+        "../../../../../../etc/passwd",
+        "..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+        str(REPO_ROOT / "app.py"),
+        str(REPO_ROOT / "lora_demo" / "ui" / "state.py"),
+        str(IMDB_DIR / "train.parquet"),
+        scratch_file,  # a session's own folder: downloads are served from gradio's cached copy only
+    ]
+    for probe in probes:
+        for route in ("gradio_api/file=", "file="):
+            response = httpx.get(f"{app.url}{route}{probe}", timeout=30)
+            assert response.status_code in (403, 404), (route, probe, response.status_code)
+            assert "root:" not in response.text and "import" not in response.text
+    session.close()
+
+
+@pytest.mark.parametrize("model", ["gpt2", "../../etc/passwd", "/work/models/minilm"])
+def test_models_come_only_from_the_registry(app, connect, model):
+    client = connect()
+    message = app_error(lambda: client.predict(model, api_name="/evaluate_baseline"))
+    assert "minilm" in message  # the choices are listed
+
+
+def test_the_app_serves_no_extra_folders():
+    from lora_demo.ui import LAUNCH_OPTIONS
+
+    assert LAUNCH_OPTIONS["allowed_paths"] == []
+
+
+# 10. Safe artefacts (atomic safetensors-only adapters and the pickle refusal: tests/test_lora.py)
+
+
+def test_remote_code_is_never_trusted():
+    sources = [path for path in (REPO_ROOT / "lora_demo").rglob("*.py")] + [REPO_ROOT / "app.py"]
+    offenders = [str(path) for path in sources if "trust_remote_code=True" in path.read_text(encoding="utf-8")]
+    assert offenders == []
+
+
+def test_gradio_is_pinned_past_the_known_advisories():
+    import gradio
+    from packaging.version import Version
+
+    pins = [line for line in (REPO_ROOT / "requirements.txt").read_text().splitlines() if line.startswith("gradio==")]
+    assert len(pins) == 1 and Version(pins[0].split("==")[1]) >= Version("6.25")
+    assert Version(gradio.__version__) >= Version("6.25")
+
+
+# 11. Crash recovery
+
+
+def test_a_crash_in_training_is_reported_frees_its_slot_and_memory_and_the_next_run_works(app, connect, monkeypatch):
+    from gradio_client.utils import Status
+
+    import lora_demo.train
+    from lora_demo.ui.state import GENERIC_ERROR, OUT_OF_MEMORY
+
+    real_train = lora_demo.train.train_lora
+    plan = [RuntimeError("internal detail"), None, MemoryError(), None]  # None: train for real
+    crashed_models = []
+
+    def sometimes_crashing(bundle, *args, on_event, **kwargs):
+        error = plan.pop(0)
+        if error is None:
+            return real_train(bundle, *args, on_event=on_event, **kwargs)
+        crashed_models.append(weakref.ref(bundle.model))
+        on_event({"type": "progress", "step": 1, "max_steps": 5, "epoch": 0.2})
+        time.sleep(1)  # long enough for another session's run to queue behind this one
+        raise error
+
+    monkeypatch.setattr(lora_demo.train, "train_lora", sometimes_crashing)
+    crashed, queued = connect(), connect()
+    for client in (crashed, queued):
+        client.predict(*SIZES, api_name="/load_data")
+    failing = crashed.submit(*SHORT_RUN, api_name="/train_lora")
+    wait_until_running(failing)
+    behind = queued.submit(*SHORT_RUN, api_name="/train_lora")
+    wait_for(lambda: behind.status().code == Status.IN_QUEUE, timeout=30)
+    message = app_error(lambda: failing.result(timeout=60))
+    assert GENERIC_ERROR in message and "internal detail" not in message
+    assert behind.result(timeout=300)[2]["stopped"] is False, "a failed run never blocks the next one"
+
+    out_of_memory = crashed.submit(*SHORT_RUN, api_name="/train_lora")
+    assert OUT_OF_MEMORY in app_error(lambda: out_of_memory.result(timeout=60))
+    wait_for(lambda: not training_threads(), timeout=10)
+    gc.collect()
+    assert len(crashed_models) == 2 and all(ref() is None for ref in crashed_models), "a crashed run's model is freed"
+    _, result, details = crashed.predict(*SHORT_RUN, api_name="/train_lora")  # the same session trains again
+    assert details["stopped"] is False and "Done" in result
+
+
+# 12. Memory: 50 sessions, one after another
+
+
+@pytest.mark.slow
+def test_fifty_sessions_leave_memory_where_the_first_left_it(app):
+    """Each session loads data, classifies, trains a little and goes away; the server's memory must not grow with
+    the number of sessions it has seen. (Clients are dropped at once: the test process is also the server.)"""
+    from gradio_client import Client
+
+    sessions = 50
+    readings = []
+    for i in range(sessions):
+        client = Client(app.url, verbose=False, download_files=False)
+        client.predict("builtin", None, 24, 8, 8, i, api_name="/load_data")
+        client.predict("A wonderful film.", api_name="/classify")
+        client.predict(8, 32, 0.0, ["query", "value"], 0, 1, 1e-3, 8, 32, api_name="/train_lora")
+        session = server_session(app, client)
+        scratch = session.scratch_dir()
+        assert session.tuned is not None and scratch.exists()
+        client.close()
+        del client
+        wait_for(lambda session=session: released(session), timeout=30)
+        assert session.tuned is None and session.splits is None and not scratch.exists()
+        wait_for(lambda: not app.demo.server_app.iterators, timeout=10)  # gradio has dropped the finished events
+        time.sleep(0.5)
+        gc.collect()
+        readings.append(rss_mb())
+    first, last = readings[0], readings[-1]
+    print(
+        f"\nRSS after session 1: {first:.0f} MB, after session {sessions}: {last:.0f} MB, peak {max(readings):.0f} MB"
+    )
+    print([round(mb) for mb in readings])
+    assert last <= first * 1.2, [round(mb) for mb in readings]
+
+
+# 13. Errors never leak internals
+
+
+def test_every_event_handler_turns_errors_into_messages():
+    from lora_demo.ui import build_demo
+
+    handlers = [fn for fn in build_demo().fns.values() if fn.fn is not None and fn.name != "load_example"]
+    assert len(handlers) > 20
+    assert [fn.name for fn in handlers if not getattr(fn.fn, "guarded", False)] == []
+
+
+def test_an_unexpected_error_shows_a_generic_message_and_logs_the_traceback(app, connect, monkeypatch, caplog):
+    import lora_demo.baseline
+    from lora_demo.ui.state import GENERIC_ERROR
+
+    def broken(*args, **kwargs):
+        raise KeyError("/srv/secret/path internal detail")
+
+    monkeypatch.setattr(lora_demo.baseline, "zero_shot_predict", broken)
+    client = connect()
+    with caplog.at_level("ERROR", logger="lora_demo.ui"):
+        message = app_error(lambda: client.predict("Fine film.", api_name="/classify"))
+    assert GENERIC_ERROR in message and "secret" not in message and "KeyError" not in message
+    logged = "\n".join(record.getMessage() + str(record.exc_info) for record in caplog.records)
+    assert "unexpected error in classify" in logged and "/srv/secret/path" in logged
