@@ -116,8 +116,16 @@ def test_load_data_with_too_many_reviews_is_a_clear_error(client):
 
 @pytest.mark.parametrize("source", ["/etc", "/no/such/folder", "../shared/data/imdb", "upload"])
 def test_load_data_never_reads_a_typed_path(client, source):
+    from lora_demo.config import UserError
+    from lora_demo.ui.dataset import data_source
+
     message = app_error(lambda: client.predict(source, None, 40, 20, 20, 42, api_name="/load_data"))
-    assert "builtin" in message or "upload a file first" in message
+    if source == "upload":
+        assert "upload a file first" in message
+    else:  # gradio's dropdown refuses it first; the handler would too
+        assert "not in the list of choices" in message
+        with pytest.raises(UserError, match="unknown data source"):
+            data_source(source, None)
 
 
 @needs_minilm

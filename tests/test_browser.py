@@ -261,12 +261,16 @@ def test_two_browser_sessions_training_at_once_stay_apart(app, browser):
     sizes = [(40, 20, 20), (64, 20, 30)]
     for page, (train, val, test) in zip(pages, sizes):
         load_builtin(page, train, val, test)
-    for page in pages:  # the second one waits for the first: one training at a time
-        start_training(page, epochs=1, batch_size=8)
-    for page, (train, _, test) in zip(pages, sizes):
+    epochs = (5, 1)
+    start_training(pages[0], epochs=epochs[0], batch_size=8)
+    pages[0].locator("#train-status").get_by_text(re.compile(r"Training minilm: step \d+")).wait_for()
+    start_training(pages[1], epochs=epochs[1], batch_size=8)
+    # one training at a time: the second waits, and the page says where it is in the queue
+    pages[1].get_by_text(re.compile(r"queue: \d+/\d+")).first.wait_for()
+    for page, (train, _, test), n in zip(pages, sizes, epochs):
         status = page.locator("#train-status")
         status.get_by_text("Done:").wait_for()
-        assert f"Done: {train // 8} steps" in status.inner_text()
+        assert f"Done: {n * train // 8} steps" in status.inner_text()
         assert f"on {test} test reviews" in status.inner_text()
         open_tab(page, "1. Dataset")
         assert page.get_by_text(f"Loaded {train} / 20 / {test}").is_visible()

@@ -574,3 +574,14 @@ def test_an_unexpected_error_shows_a_generic_message_and_logs_the_traceback(app,
     assert GENERIC_ERROR in message and "secret" not in message and "KeyError" not in message
     logged = "\n".join(record.getMessage() + str(record.exc_info) for record in caplog.records)
     assert "unexpected error in classify" in logged and "/srv/secret/path" in logged
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_a_bad_queue_size_stops_the_app_with_a_message(monkeypatch, value):
+    from lora_demo.ui import queue_size
+
+    monkeypatch.setenv("LORA_DEMO_QUEUE_SIZE", value)
+    with pytest.raises(SystemExit, match="LORA_DEMO_QUEUE_SIZE must be a whole number of at least 1"):
+        queue_size()
+    monkeypatch.setenv("LORA_DEMO_QUEUE_SIZE", "40")
+    assert queue_size() == 40

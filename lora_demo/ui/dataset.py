@@ -153,7 +153,7 @@ def build(session: gr.State) -> SimpleNamespace:
                 )
             )
     upload = gr.File(
-        label="Your own reviews (choose 'My own file'): .csv, .parquet or .jsonl, up to 5 MB",
+        label="Your own reviews: .csv, .parquet or .jsonl, up to 5 MB",
         file_types=DATA_FILE_TYPES,
         height=120,
         elem_id="data-upload",
