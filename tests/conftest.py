@@ -10,10 +10,13 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import contextlib  # noqa: E402
 import importlib.util  # noqa: E402
 import random  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
@@ -262,3 +265,40 @@ def _one_torch_thread():
     torch.set_num_threads(int(os.environ.get("LORA_DEMO_TEST_THREADS", "1")))
     yield
     torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def running_app(heartbeat_seconds: float | None = None, **build_options):
+    """The app served from this process on a free port: yields `url` and `demo`.
+
+    `heartbeat_seconds` shortens gradio's heartbeat (15 s by default), so a closed client is noticed within it.
+    """
+    from lora_demo.ui import LAUNCH_OPTIONS, build_demo
+
+    before = os.environ.get("GRADIO_HEARTBEAT_INTERVAL")
+    if heartbeat_seconds is not None:
+        os.environ["GRADIO_HEARTBEAT_INTERVAL"] = str(heartbeat_seconds)
+    demo = build_demo(**build_options)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **LAUNCH_OPTIONS)
+    try:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", demo=demo)
+    finally:
+        demo.close()
+        if before is None:
+            os.environ.pop("GRADIO_HEARTBEAT_INTERVAL", None)
+        else:
+            os.environ["GRADIO_HEARTBEAT_INTERVAL"] = before
+
+
+def app_error(call) -> str:
+    """Run an API call that must fail with a message for the user; return the message (never a traceback)."""
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as info:
+        call()
+    message = str(info.value)
+    assert "Traceback" not in message and 'File "' not in message
+    return message

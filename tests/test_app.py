@@ -7,34 +7,22 @@ runs in about a minute on two CPU cores.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import REPO_ROOT, needs_minilm
+from conftest import REPO_ROOT, app_error, needs_minilm, running_app
 
 SIZES = ("builtin", None, 40, 20, 20, 42)  # source, uploaded file, train / validation / test sizes, seed
 # r, alpha, dropout, targets, top layers, epochs, learning rate, batch size, max length
 RECIPE = (8, 32, 0.1, ["query", "value"], 0, 1, 1e-3, 8, 64)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url():
-    from lora_demo.ui import LAUNCH_OPTIONS, build_demo
-
-    demo = build_demo()
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **LAUNCH_OPTIONS)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    with running_app() as app:
+        yield app.url
 
 
 def new_client(url):
@@ -63,17 +51,6 @@ def trained(app_url):
 def plot_data(plot: dict) -> dict:
     assert plot["type"] == "plotly"
     return json.loads(plot["plot"])
-
-
-def app_error(call) -> str:
-    """Run a call that must fail with a user-facing message; return the message."""
-    from gradio_client.exceptions import AppError
-
-    with pytest.raises(AppError) as info:
-        call()
-    message = str(info.value)
-    assert "Traceback" not in message and 'File "' not in message
-    return message
 
 
 def assert_metrics_in_range(metrics: dict, n: int):

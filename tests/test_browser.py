@@ -7,16 +7,14 @@ process, with tiny sizes: 40 / 20 / 20 reviews of the built-in sample, 1 epoch o
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, needs_minilm
+from conftest import REPO_ROOT, needs_minilm, running_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -41,24 +39,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def app():
-    """The app on a free port, with a heartbeat every 0.5 s (gradio's default: 15 s): a closed tab is noticed soon."""
-    from types import SimpleNamespace
-
-    from lora_demo.ui import LAUNCH_OPTIONS, build_demo
-
-    before = os.environ.get("GRADIO_HEARTBEAT_INTERVAL")
-    os.environ["GRADIO_HEARTBEAT_INTERVAL"] = "0.5"
-    demo = build_demo()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **LAUNCH_OPTIONS)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", demo=demo)
-    demo.close()
-    if before is None:
-        os.environ.pop("GRADIO_HEARTBEAT_INTERVAL", None)
-    else:
-        os.environ["GRADIO_HEARTBEAT_INTERVAL"] = before
+    with running_app(heartbeat_seconds=0.5) as app:  # a closed tab is noticed within a second
+        yield app
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,13 @@ away is noticed within a second; each gradio_client Client is one session, as on
 from __future__ import annotations
 
 import gc
-import os
-import socket
 import threading
 import time
 import weakref
 from pathlib import Path
 
 import pytest
-from conftest import IMDB_DIR, REPO_ROOT, needs_minilm
+from conftest import IMDB_DIR, REPO_ROOT, app_error, needs_minilm, running_app
 
 QUEUE = 2
 SIZES = ("builtin", None, 40, 20, 20, 42)  # source, uploaded file, train / validation / test sizes, seed
@@ -29,24 +27,8 @@ pytestmark = needs_minilm
 
 @pytest.fixture(scope="module")
 def app():
-    """The app on a free port: `app.url`, `app.demo`; a heartbeat every 0.25 s (gradio's default is 15 s)."""
-    from types import SimpleNamespace
-
-    from lora_demo.ui import LAUNCH_OPTIONS, build_demo
-
-    before = os.environ.get("GRADIO_HEARTBEAT_INTERVAL")
-    os.environ["GRADIO_HEARTBEAT_INTERVAL"] = "0.25"
-    demo = build_demo(max_queue=QUEUE)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **LAUNCH_OPTIONS)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", demo=demo)
-    demo.close()
-    if before is None:
-        os.environ.pop("GRADIO_HEARTBEAT_INTERVAL", None)
-    else:
-        os.environ["GRADIO_HEARTBEAT_INTERVAL"] = before
+    with running_app(heartbeat_seconds=0.25, max_queue=QUEUE) as app:
+        yield app
 
 
 @pytest.fixture
@@ -106,16 +88,6 @@ def stop_as_the_browser_does(app, client) -> str:
     response = httpx.post(f"{app.url}gradio_api/run/stop_training", json=body, timeout=30)
     response.raise_for_status()
     return response.json()["data"][0]
-
-
-def app_error(call) -> str:
-    from gradio_client.exceptions import AppError
-
-    with pytest.raises(AppError) as info:
-        call()
-    message = str(info.value)
-    assert "Traceback" not in message and 'File "' not in message
-    return message
 
 
 def rss_mb() -> float:
