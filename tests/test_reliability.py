@@ -557,3 +557,23 @@ def test_a_bad_queue_size_stops_the_app_with_a_message(monkeypatch, value):
         queue_size()
     monkeypatch.setenv("LORA_DEMO_QUEUE_SIZE", "40")
     assert queue_size() == 40
+
+
+def test_sessions_that_never_say_goodbye_are_closed_when_idle(tmp_path):
+    """A client of the plain HTTP API has no heartbeat, so no unload: its session is closed after IDLE_SECONDS."""
+    import copy
+
+    from lora_demo.ui.classify import classify_file
+    from lora_demo.ui.state import IDLE_SECONDS, OPEN_SESSIONS, SessionData, close_idle_sessions, guard
+
+    template = SessionData()
+    idle, busy = copy.deepcopy(template), copy.deepcopy(template)  # as gradio makes each session's state
+    assert {idle, busy} <= set(OPEN_SESSIONS)
+    labelled = Path(guard(classify_file)(str(reviews_csv(tmp_path / "batch.csv", rows=4)), idle))
+    for session in (idle, busy):
+        session.last_used -= IDLE_SECONDS + 1  # two hours pass
+    guard(classify_file)(str(tmp_path / "batch.csv"), busy)  # every event marks its session as used
+    assert close_idle_sessions() == [idle]
+    assert idle.closed and not labelled.exists()
+    assert not busy.closed and busy.scratch_dir().exists()
+    busy.close()

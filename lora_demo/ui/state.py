@@ -14,7 +14,9 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 import traceback
+import weakref
 from pathlib import Path
 
 import gradio as gr
@@ -61,10 +63,14 @@ class SessionData:
         self.stop_event = threading.Event()
         self.worker: threading.Thread | None = None
         self.closed = False
+        self.last_used = time.monotonic()  # set by `guard` at every event of the session
 
     def __deepcopy__(self, memo):
         # gradio deep-copies the initial state for each new session; a session starts empty, with its own flag
-        return SessionData(model_name=self.model_name)
+        close_idle_sessions()
+        session = SessionData(model_name=self.model_name)
+        OPEN_SESSIONS.add(session)
+        return session
 
     def scratch_dir(self) -> Path:
         """This session's own temporary folder (adapter zips, labelled CSVs); made on first use."""
@@ -92,6 +98,23 @@ class SessionData:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
         release_memory()
+
+
+OPEN_SESSIONS: weakref.WeakSet[SessionData] = weakref.WeakSet()  # every session gradio has made
+IDLE_SECONDS = 2 * 3600
+
+
+def close_idle_sessions(idle_seconds: float = IDLE_SECONDS) -> list[SessionData]:
+    """Close the sessions nobody has used for `idle_seconds` and that are not training; returns them.
+
+    Browsers and gradio_client announce when they leave (`demo.unload`); a client that calls the HTTP API without
+    gradio's heartbeat never does, so what its session holds is freed here, when a new session arrives.
+    """
+    cutoff = time.monotonic() - idle_seconds
+    idle = [s for s in list(OPEN_SESSIONS) if not s.closed and not s.training and s.last_used < cutoff]
+    for session in idle:
+        session.close()
+    return idle
 
 
 def release_memory() -> None:
@@ -168,10 +191,16 @@ def guard(fn):
             return gr.Error(OUT_OF_MEMORY, print_exception=False)
         return gr.Error(GENERIC_ERROR, print_exception=False)
 
+    def touch(args):
+        for arg in args:
+            if isinstance(arg, SessionData):
+                arg.last_used = time.monotonic()
+
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def generator(*args, **kwargs):
+            touch(args)
             try:
                 yield from fn(*args, **kwargs)
             except Exception as err:
@@ -182,6 +211,7 @@ def guard(fn):
 
     @functools.wraps(fn)
     def function(*args, **kwargs):
+        touch(args)
         try:
             return fn(*args, **kwargs)
         except Exception as err:

@@ -258,6 +258,7 @@ def train(
     started = time.monotonic()
     try:
         for new_loss, step in stream_events(events, history, progress):
+            session.last_used = time.monotonic()  # a long run is not an idle session
             chart = loss_figure(history, config.epochs) if new_loss else gr.skip()
             yield chart, running_markdown(spec.name, step, started), gr.skip()
     finally:
