@@ -63,7 +63,7 @@ class SessionData:
         self.stop_event = threading.Event()
         self.worker: threading.Thread | None = None
         self.closed = False
-        self.last_used = time.monotonic()  # set by `guard` at every event of the session
+        self.last_used = time.monotonic()  # set by `guard` at every event of the session, which also reopens it
 
     def __deepcopy__(self, memo):
         # gradio deep-copies the initial state for each new session; a session starts empty, with its own flag
@@ -192,9 +192,10 @@ def guard(fn):
         return gr.Error(GENERIC_ERROR, print_exception=False)
 
     def touch(args):
+        # an event of the session: it is in use, and open again if it had been reported gone (a dropped connection)
         for arg in args:
             if isinstance(arg, SessionData):
-                arg.last_used = time.monotonic()
+                arg.last_used, arg.closed = time.monotonic(), False
 
     if inspect.isgeneratorfunction(fn):
 

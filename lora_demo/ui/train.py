@@ -241,7 +241,6 @@ def train(
     check_available(spec)
     if session.training:
         raise UserError("a training run is already going in this session: wait for it or press Stop")
-    session.closed = False  # a client reported gone that comes back (a dropped connection) is in use again
     notes = ensure_splits(session, progress)
     config = train_config(
         epochs,
