@@ -86,11 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fields(train, TrainConfig, rename={"learning_rate": "lr"}, skip=("seed",))
     train.add_argument("--output", help="folder to save the adapter in")
     train.add_argument("--report", help="file to write the JSON report to")
+    _add_force(train)
 
     evaluate = with_model(with_data(commands.add_parser("evaluate", help="score the baseline or an adapter")))
     evaluate.add_argument("--adapter", help="adapter folder from `train --output`; default: the zero-shot baseline")
     evaluate.add_argument("--max-length", type=int, default=None, help="tokens kept per review")
     evaluate.add_argument("--report", help="file to write the JSON metrics to")
+    _add_force(evaluate)
 
     predict = with_model(commands.add_parser("predict", help="label free text"))
     predict.add_argument("--adapter", help="adapter folder; default: the zero-shot baseline of --model")
@@ -104,7 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=42, help="seed of the split and of training")
     bench.add_argument("--quick", action="store_true", help="small sizes: about 2 minutes instead of about 15")
     bench.add_argument("--report", help="file to write bench.json to")
+    _add_force(bench)
     return parser
+
+
+def _add_force(parser):
+    parser.add_argument(
+        "--force", action="store_true", help="let --report overwrite a file that is not a lora_demo report"
+    )
+
+
+def _check_targets(args):
+    """Refuse, before any slow work, an --output or --report that would overwrite what the user owns."""
+    from .files import check_report_target
+
+    check_report_target(args.report, args.force)
+    if getattr(args, "output", None):
+        from .lora import check_adapter_target
+
+        check_adapter_target(args.output)
 
 
 def cmd_train(args) -> int:
@@ -119,15 +139,16 @@ def cmd_train(args) -> int:
         TrainConfig, args, replace(recipe(args.recipe, get_model_spec(args.model))[1], seed=data_config.seed)
     )
     _check_model(args.model, lora)
+    _check_targets(args)
     splits = load_splits(data_config, fit_to_data=_sizes_not_given(args))
     _print_notes(splits.notes)
     report = run_study(args.model, splits, lora, config, output_dir=args.output, on_event=_log_event)
     if not is_main_process():  # torchrun: rank 0 reports
         return 0
     report["resources"] = _measure_resources(args.model, lora, splits, config.seed)
-    _write_json(args.report, report)
+    _write_json(args.report, report, args.force)
     if report.get("adapter"):  # the app lists adapter folders by their report (lora_demo.runs)
-        _write_json(Path(report["adapter"]) / "report.json", report)
+        _write_json(Path(report["adapter"]) / "report.json", report, force=True)  # the folder we just wrote
     train = report["train"]
     print(
         f"trained {train['steps']} steps in {train['seconds']:.1f} s: train loss {train['train_loss']:.4f}, "
@@ -158,6 +179,7 @@ def cmd_evaluate(args) -> int:
     from .pipeline import evaluate_model
 
     _check_model(read_adapter_metadata(args.adapter)["model"] if args.adapter else args.model)
+    _check_targets(args)
     splits = load_splits(_data_config(args), fit_to_data=_sizes_not_given(args))
     _print_notes(splits.notes)
     if args.adapter:
@@ -167,7 +189,7 @@ def cmd_evaluate(args) -> int:
         bundle, max_length = load_bundle(args.model), args.max_length or 256
     metrics, _ = evaluate_model(serving_copy(bundle), splits.test, zero_shot=not args.adapter, max_length=max_length)
     result = {"model": bundle.spec.name, "adapter": args.adapter, "data": splits.summary(), "metrics": metrics}
-    _write_json(args.report, result)
+    _write_json(args.report, result, args.force)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -216,10 +238,11 @@ def cmd_data(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import bench_table, run_bench
 
+    _check_targets(args)
     report = run_bench(
         args.source, quick=args.quick, seed=args.seed, log=lambda line: print(line, file=sys.stderr, flush=True)
     )
-    _write_json(args.report, report)
+    _write_json(args.report, report, args.force)
     print(bench_table(report))
     print(json.dumps({"ratios": report["ratios"], "tfidf": report["tfidf"], "scaling": report["scaling"]}, indent=2))
     return 0
@@ -279,10 +302,10 @@ def _print_notes(notes):
         print(f"note: {note}", file=sys.stderr)
 
 
-def _write_json(path, payload):
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(payload, indent=2))
+def _write_json(path, payload, force: bool = False):
+    from .files import write_report
+
+    write_report(path, payload, force)
 
 
 COMMANDS = {
