@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,3 +74,135 @@ def test_reports_of_ours_are_replaced_and_others_only_with_force(tmp_path):
     with pytest.raises(UserError, match="is a folder"):
         check_report_target(tmp_path, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json", "r.json"]  # no temporary left
+
+
+# 2. No data file can exhaust memory: rows and text are counted before a file is read whole
+
+
+def bomb_parquet(path: Path, rows: int, texts=("a dull film", "a fine film"), seed: int = 0) -> Path:
+    """`rows` reviews drawn from a few texts, dictionary-encoded: millions of rows in about a megabyte."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    text = pa.DictionaryArray.from_arrays(pa.array(rng.integers(0, len(texts), rows, dtype=np.int32)), pa.array(texts))
+    label = pa.array(rng.integers(0, 2, rows, dtype=np.int8))
+    pq.write_table(pa.table({"text": text, "label": label}), path, compression="zstd")
+    return path
+
+
+def peak_rss_of(argv: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    """Run a command; return it and its peak RSS in MB (measured by a parent of its own, so no other child counts)."""
+    wrapper = (
+        "import resource, subprocess, sys\n"
+        "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "sys.stdout.write(done.stdout); sys.stderr.write(done.stderr)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+        "sys.exit(done.returncode)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, env=env, timeout=120)
+    *stderr, peak_kb = done.stderr.strip().splitlines()
+    done.stderr = "\n".join(stderr)
+    return done, int(peak_kb) / 1024
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory) -> Path:
+    path = bomb_parquet(tmp_path_factory.mktemp("bomb") / "bomb.parquet", 3_000_000)
+    assert 0.5 * 2**20 < path.stat().st_size < 1.5 * 2**20  # about a megabyte
+    return path
+
+
+def test_a_parquet_bomb_is_refused_by_the_cli_in_seconds_and_little_memory(bomb):
+    started = time.monotonic()
+    done, peak_mb = peak_rss_of([sys.executable, "-m", "lora_demo", "data", "--data", str(bomb)])
+    seconds = time.monotonic() - started
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        "error: bomb.parquet holds at least 3,000,000 reviews, more than the limit of 100,000 per split "
+        "(IMDb's splits hold 25,000): use a smaller file"
+    )
+    print(f"bomb refused in {seconds:.1f} s, peak RSS {peak_mb:.0f} MB")
+    assert seconds < 30 and peak_mb < 1500
+
+
+def test_caps_hold_in_every_format(tmp_path):
+    from lora_demo.config import UserError
+    from lora_demo.data import MAX_ROWS, load_reviews
+
+    rows = MAX_ROWS + 1
+    (tmp_path / "many.jsonl").write_text('{"text": "a fine film", "label": 1}\n' * rows)
+    (tmp_path / "many.csv").write_text("text,label\n" + "a fine film,1\n" * rows)
+    for name in ("many.jsonl", "many.csv"):
+        with pytest.raises(UserError, match=f"{name} holds at least 10[0-9],[0-9]{{3}} reviews, more than the limit"):
+            load_reviews(str(tmp_path / name))
+    long_review = "great " * 20_000  # 120,000 characters, where IMDb's longest review has about 14,000
+    (tmp_path / "long.csv").write_text(f"text,label\n{long_review},1\nok,0\n")
+    with pytest.raises(UserError, match="long.csv has a review of 120,000 characters: the limit is 100,000"):
+        load_reviews(str(tmp_path / "long.csv"))
+    # a few long texts repeated: tiny on disk, 180 million characters once decoded
+    repeated = bomb_parquet(tmp_path / "wide.parquet", 90_000, texts=("x" * 2_000, "y" * 2_000))
+    assert repeated.stat().st_size < 2**20
+    with pytest.raises(UserError, match="wide.parquet holds more than 100,000,000 characters of text"):
+        load_reviews(str(repeated))
+    giant = bomb_parquet(tmp_path / "giant.parquet", 1_000, texts=("z" * 1_000_000,))
+    with pytest.raises(UserError, match="giant.parquet has a review of 1,000,000 characters"):
+        load_reviews(str(giant))
+
+
+def test_a_full_imdb_sized_file_is_within_the_caps(tmp_path):
+    from lora_demo.data import load_reviews
+
+    path = bomb_parquet(tmp_path / "imdb-sized.parquet", 25_000, texts=("a fine film " * 100, "a dull film " * 100))
+    assert len(load_reviews(str(path))["all"]) == 25_000
+
+
+# 8. A split sharded into several files is read whole, or refused
+
+
+def shard(folder: Path, name: str, reviews) -> None:
+    reviews.to_parquet(folder / name)
+
+
+def test_every_shard_of_a_split_is_loaded(tmp_path, make_reviews):
+    from lora_demo.data import load_reviews
+
+    parts = [make_reviews(30, seed=1), make_reviews(50, seed=2), make_reviews(20, seed=3)]
+    for i, part in enumerate(parts):
+        shard(tmp_path, f"train-{i:05d}-of-00003.parquet", part.assign(text=part["text"] + f" shard{i}"))
+    shard(tmp_path, "test.parquet", make_reviews(40, seed=4))
+    reviews = load_reviews(str(tmp_path))
+    assert len(reviews["train"]) == 100 and len(reviews["test"]) == 40
+    assert reviews["train"]["text"].str.extract(r"shard(\d)")[0].value_counts().to_dict() == {
+        "1": 50,
+        "0": 30,
+        "2": 20,
+    }
+
+
+def test_missing_or_ambiguous_shards_are_refused(tmp_path, make_reviews):
+    from lora_demo.config import UserError
+    from lora_demo.data import load_reviews
+
+    shard(tmp_path, "train-00000-of-00003.parquet", make_reviews(30, seed=1))
+    shard(tmp_path, "train-00002-of-00003.parquet", make_reviews(30, seed=2))
+    shard(tmp_path, "test.parquet", make_reviews(40, seed=4))
+    with pytest.raises(UserError, match="the train split is sharded but incomplete"):
+        load_reviews(str(tmp_path))
+    shard(tmp_path, "train-00001-of-00003.parquet", make_reviews(30, seed=3))
+    shard(tmp_path, "train.parquet", make_reviews(30, seed=5))
+    with pytest.raises(UserError, match="several files could be the train split"):
+        load_reviews(str(tmp_path))
+
+
+def test_the_caps_count_all_shards_together(tmp_path):
+    from lora_demo.config import UserError
+    from lora_demo.data import load_reviews
+
+    for i in range(2):
+        bomb_parquet(tmp_path / f"train-{i:05d}-of-00002.parquet", 60_000, seed=i)  # each under the cap of 100,000
+    bomb_parquet(tmp_path / "test.parquet", 100)
+    with pytest.raises(UserError, match="and 1 more shards holds at least 120,000 reviews"):
+        load_reviews(str(tmp_path))
