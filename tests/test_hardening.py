@@ -10,8 +10,48 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import app_error, needs_minilm, running_app
 
 from lora_demo.cli import main
+
+# r, alpha, dropout, targets, top layers, epochs, learning rate, batch size, max length
+SHORT_RUN = (8, 32, 0.0, ["query", "value"], 0, 1, 1e-3, 8, 32)
+
+
+@pytest.fixture(scope="module")
+def app():
+    with running_app(heartbeat_seconds=0.25) as app:
+        yield app
+
+
+@pytest.fixture
+def connect(app):
+    """`connect()`: a new session (a gradio_client Client); every one is closed after the test."""
+    from gradio_client import Client
+
+    clients = []
+
+    def new():
+        clients.append(Client(app.url, verbose=False, download_files=False))
+        return clients[-1]
+
+    yield new
+    for client in clients:
+        client.close()
+
+
+def server_session(app, client):
+    """The `SessionData` the server holds for a client's session."""
+    from lora_demo.ui.state import SessionData
+
+    values = app.demo.state_holder.session_data[client.session_hash].state_data.values()
+    return next(value for value in values if isinstance(value, SessionData))
+
+
+def rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def run_cli(capsys, *argv):
@@ -128,6 +168,36 @@ def test_a_parquet_bomb_is_refused_by_the_cli_in_seconds_and_little_memory(bomb)
     assert seconds < 30 and peak_mb < 1500
 
 
+@needs_minilm
+def test_a_parquet_bomb_uploaded_to_the_app_is_refused_in_seconds_and_little_memory(app, connect, bomb):
+    import threading
+
+    from gradio_client import handle_file
+
+    client = connect()
+    before, peak, done = rss_mb(), [0.0], threading.Event()
+
+    def sample():  # the server runs in this process: its memory is ours
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mb())
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    try:
+        message = app_error(
+            lambda: client.predict("upload", handle_file(str(bomb)), 40, 20, 20, 1, api_name="/load_data")
+        )
+    finally:
+        done.set()
+        sampler.join()
+    seconds = time.monotonic() - started
+    assert "bomb.parquet holds at least 3,000,000 reviews, more than the limit of 100,000 per split" in message
+    print(f"upload refused in {seconds:.1f} s; server RSS {before:.0f} MB before, peak {peak[0]:.0f} MB")
+    assert seconds < 30 and peak[0] - before < 300 and peak[0] < 1500
+
+
 def test_caps_hold_in_every_format(tmp_path):
     from lora_demo.config import UserError
     from lora_demo.data import MAX_ROWS, load_reviews
@@ -206,3 +276,51 @@ def test_the_caps_count_all_shards_together(tmp_path):
     bomb_parquet(tmp_path / "test.parquet", 100)
     with pytest.raises(UserError, match="and 1 more shards holds at least 120,000 reviews"):
         load_reviews(str(tmp_path))
+
+
+# 5. Runs the app saves belong to the session that trained them
+
+
+def test_session_runs_are_listed_only_with_their_key(tmp_path, make_reviews):
+    from test_runs import make_run
+
+    from lora_demo.config import UserError
+    from lora_demo.runs import list_runs, run_folder, session_runs_root
+
+    mine, theirs = "a" * 32, "b" * 32
+    make_run(tmp_path, "operator-run", mtime=1_000)
+    make_run(session_runs_root(mine, tmp_path), "app-mine", mtime=2_000)
+    make_run(session_runs_root(theirs, tmp_path), "app-theirs", mtime=3_000)
+    assert [run["name"] for run in list_runs(tmp_path)] == ["operator-run"]
+    assert [run["name"] for run in list_runs(tmp_path, session_key=mine)] == ["app-mine", "operator-run"]
+    assert run_folder("app-mine", tmp_path, session_key=mine) == tmp_path / "sessions" / mine / "app-mine"
+    for name, key in (("app-theirs", mine), ("app-mine", None), ("sessions", mine)):
+        with pytest.raises(UserError, match="no saved run called"):
+            run_folder(name, tmp_path, session_key=key)
+    with pytest.raises(ValueError, match="32 hexadecimal"):
+        session_runs_root("../" + "a" * 29, tmp_path)
+
+
+@needs_minilm
+def test_an_app_saved_run_is_seen_and_loaded_only_by_its_session(app, connect, tmp_path, monkeypatch):
+    from test_runs import make_run
+
+    from lora_demo.config import UserError
+    from lora_demo.ui.runs import load_run, run_choices
+
+    monkeypatch.setenv("LORA_DEMO_RUNS", str(tmp_path))
+    monkeypatch.setenv("LORA_DEMO_SAVE_RUNS", "1")
+    make_run(tmp_path, "operator-run")  # written by the CLI: everyone's
+    trainer, visitor = connect(), connect()
+    for client in (trainer, visitor):
+        client.predict("builtin", None, 40, 20, 20, 1, api_name="/load_data")
+    trainer.predict(*SHORT_RUN, api_name="/train_lora")
+    sessions = server_session(app, trainer), server_session(app, visitor)
+    saved = [name for _, name in run_choices(sessions[0]) if name != "operator-run"]
+    assert len(saved) == 1 and saved[0].startswith("app-")
+    assert [name for _, name in run_choices(sessions[1])] == ["operator-run"]
+    assert [name for _, name in run_choices()] == ["operator-run"]
+    assert (tmp_path / "sessions" / sessions[0].runs_key / saved[0] / "adapter_model.safetensors").is_file()
+    with pytest.raises(UserError, match="no saved run called"):
+        load_run(saved[0], sessions[1])
+    assert "Loaded the saved run" in load_run(saved[0], sessions[0])

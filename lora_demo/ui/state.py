@@ -11,6 +11,7 @@ import functools
 import gc
 import inspect
 import logging
+import secrets
 import shutil
 import tempfile
 import threading
@@ -60,6 +61,7 @@ class SessionData:
         self._scratch: str | None = None  # see scratch_dir()
         self.export_zip: str | None = None  # the latest run's adapter zip, for the download button
         self.runs: list[dict] = []  # every finished run: name, settings, metrics, history (see ui.train.record_run)
+        self.runs_key = secrets.token_hex(16)  # names this session's folder of app-saved runs (lora_demo.runs)
         self.stop_event = threading.Event()
         self.worker: threading.Thread | None = None
         self.closed = False

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import queue
-import shutil
 import threading
 import time
 from dataclasses import asdict, replace
@@ -292,7 +291,7 @@ def export_run(session: SessionData, tuned, lora: LoraSettings, config: TrainCon
     """Zip the run's adapter and report into the session's own temporary folder, replacing the previous run's."""
     from ..lora import export_adapter_zip
     from ..pipeline import adapter_metadata, lora_summary
-    from ..runs import new_run_name, runs_root, saving_enabled
+    from ..runs import save_session_run, saving_enabled
 
     report = {
         "model": tuned.spec.name,
@@ -304,8 +303,7 @@ def export_run(session: SessionData, tuned, lora: LoraSettings, config: TrainCon
     }
     archive = export_adapter_zip(tuned, session.scratch_dir(), adapter_metadata(lora, config, tuned), report)
     if saving_enabled():  # the operator's choice; off by default, so a public Space never fills its disk
-        runs_root().mkdir(parents=True, exist_ok=True)
-        shutil.copytree(archive.parent / "lora-adapter", runs_root() / new_run_name())
+        save_session_run(archive.parent / "lora-adapter", session.runs_key)  # listed to this session only
     return str(archive)
 
 
