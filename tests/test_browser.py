@@ -6,17 +6,14 @@ process, with tiny sizes: 40 / 20 / 20 reviews of the built-in sample, 1 epoch o
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, needs_minilm, running_app
+from conftest import CHROMIUM, REPO_ROOT, needs_minilm, running_app
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 CHROMIUM_ARGS = [
     "--headless",
@@ -29,12 +26,7 @@ CHROMIUM_ARGS = [
 ]
 TIMEOUT_MS = 120_000
 
-pytestmark = [
-    pytest.mark.browser,
-    needs_minilm,
-    pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
-    pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright is not installed"),
-]
+pytestmark = [pytest.mark.browser, needs_minilm]  # without Chromium or playwright: skipped, or failed in CI
 
 
 @pytest.fixture(scope="module")

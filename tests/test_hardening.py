@@ -8,9 +8,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from conftest import app_error, needs_minilm, running_app
+from conftest import REPO_ROOT, app_error, needs_minilm, running_app
 
 from lora_demo.cli import main
 
@@ -324,3 +325,73 @@ def test_an_app_saved_run_is_seen_and_loaded_only_by_its_session(app, connect, t
     with pytest.raises(UserError, match="no saved run called"):
         load_run(saved[0], sessions[1])
     assert "Loaded the saved run" in load_run(saved[0], sessions[0])
+
+
+# 3. In CI a missing prerequisite fails the run; locally it skips with the reason
+
+
+def run_pytest(test: str, **env) -> subprocess.CompletedProcess:
+    environment = {key: value for key, value in os.environ.items() if key not in ("CI", "LORA_DEMO_DATA")}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfs", test],
+        cwd=REPO_ROOT,
+        env={**environment, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def outcome_of(call) -> tuple[type, str]:
+    """Which of pytest's outcomes `call` raised (a skip escaping `pytest.raises` would skip the test itself)."""
+    try:
+        call()
+    except (pytest.fail.Exception, pytest.skip.Exception) as outcome:
+        return type(outcome), str(outcome)
+    raise AssertionError("neither skipped nor failed")
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_missing_real_data_fails_in_ci_and_skips_locally(tmp_path, monkeypatch, ci):
+    import conftest
+
+    gone = tmp_path / "moved-away"
+    monkeypatch.setattr(conftest, "DATA_FROM_ENV", str(gone))  # LORA_DEMO_DATA as the tests were started
+    monkeypatch.setenv("CI", ci)
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    assert outcome_of(conftest.locate_real_data) == (
+        outcome,
+        f"real IMDb (train.parquet and test.parquet) not found at {gone}: set LORA_DEMO_DATA"
+        + ("; CI=true, so a missing prerequisite fails instead of skipping" if ci else ""),
+    )
+    monkeypatch.setattr(conftest, "DATA_FROM_ENV", None)
+    monkeypatch.setattr(conftest, "IMDB_DIR", gone)  # ../shared/data/imdb moved away
+    assert outcome_of(conftest.locate_real_data)[0] is outcome
+
+
+def test_the_real_data_tests_use_lora_demo_data(tmp_path, make_reviews):
+    """End to end: a pytest run started with LORA_DEMO_DATA reads that folder (here one too small: it fails)."""
+    folder = tmp_path / "imdb"
+    folder.mkdir()
+    for split in ("train", "test"):
+        make_reviews(20, seed=1).to_parquet(folder / f"{split}.parquet")
+    done = run_pytest("tests/test_data.py::test_real_imdb_parquet", CI="true", LORA_DEMO_DATA=str(folder))
+    assert done.returncode == 1, done.stdout
+    assert "asked for 40 train + 20 validation reviews but the train split holds only 20" in done.stdout
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_a_missing_model_or_browser_fails_in_ci_and_skips_locally(monkeypatch, ci):
+    import conftest
+
+    monkeypatch.setenv("CI", ci)
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    minilm_test = SimpleNamespace(get_closest_marker=lambda name: name == "needs_minilm" or None)
+    browser_test = SimpleNamespace(get_closest_marker=lambda name: name == "browser" or None)
+    monkeypatch.setattr(conftest, "has_minilm", False)
+    kind, message = outcome_of(lambda: conftest.pytest_runtest_setup(minilm_test))
+    assert kind is outcome and "bundled MiniLM not installed" in message
+    conftest.pytest_runtest_setup(browser_test)  # Chromium and playwright are here
+    monkeypatch.setattr(conftest, "CHROMIUM", Path("/no/such/chromium"))
+    kind, message = outcome_of(lambda: conftest.pytest_runtest_setup(browser_test))
+    assert kind is outcome and "no Chromium at /no/such/chromium" in message
