@@ -395,3 +395,28 @@ def test_a_missing_model_or_browser_fails_in_ci_and_skips_locally(monkeypatch, c
     monkeypatch.setattr(conftest, "CHROMIUM", Path("/no/such/chromium"))
     kind, message = outcome_of(lambda: conftest.pytest_runtest_setup(browser_test))
     assert kind is outcome and "no Chromium at /no/such/chromium" in message
+
+
+# 6. The README and the Space card say what is true
+
+
+def test_the_space_card_names_the_python_tested_and_the_readme_the_cpu_torch():
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    card = readme.split("---\n")[1]
+    assert f'python_version: "{sys.version_info.major}.{sys.version_info.minor}"' in card.splitlines()
+    pin = next(
+        line for line in (REPO_ROOT / "requirements.txt").read_text().splitlines() if line.startswith("torch==")
+    )
+    cpu = f"pip install {pin} --index-url https://download.pytorch.org/whl/cpu"
+    assert cpu in readme and cpu in (REPO_ROOT / "requirements.txt").read_text()
+    assert "CPU build of `torch" not in readme  # the pin alone gives the CUDA build
+
+
+def test_no_prose_says_the_model_reads_first_and_last_n_tokens():
+    """It reads max_length tokens in all, head and tail together, not that many from each end."""
+    import re
+
+    sources = [REPO_ROOT / "README.md", *(REPO_ROOT / "lora_demo").rglob("*.py")]
+    pattern = re.compile(r"first\s+and\s+(the\s+)?last\s+\d+\s+tokens")
+    offenders = [str(path) for path in sources if pattern.search(path.read_text(encoding="utf-8"))]
+    assert offenders == []
