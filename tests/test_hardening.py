@@ -74,8 +74,19 @@ def one_line_error(code, err) -> str:
 # 1. --output and --report never destroy what the user owns
 
 
+@pytest.fixture
+def no_work(monkeypatch):
+    """Loading data fails the test: a refused --output or --report must be refused before any work."""
+    from lora_demo import data
+
+    def load_splits(*args, **kwargs):
+        raise AssertionError("the data was loaded before the output was checked")
+
+    monkeypatch.setattr(data, "load_splits", load_splits)
+
+
 @pytest.mark.parametrize("command", ["train", "evaluate"])
-def test_report_never_overwrites_a_file_of_the_users(tmp_path, capsys, command):
+def test_report_never_overwrites_a_file_of_the_users(tmp_path, capsys, no_work, command):
     notes = tmp_path / "notes.json"
     notes.write_text('{"shopping": ["milk"]}')
     code, _, err = run_cli(capsys, command, "--data", "builtin", "--report", str(notes))
@@ -83,7 +94,7 @@ def test_report_never_overwrites_a_file_of_the_users(tmp_path, capsys, command):
     assert notes.read_text() == '{"shopping": ["milk"]}'
 
 
-def test_train_output_never_replaces_a_folder_of_the_users(tmp_path, capsys, monkeypatch):
+def test_train_output_never_replaces_a_folder_of_the_users(tmp_path, capsys, monkeypatch, no_work):
     home = tmp_path / "home"
     home.mkdir()
     (home / "thesis.tex").write_text("years of work")
