@@ -243,7 +243,7 @@ def read_split(files: list[Path]) -> pd.DataFrame:
     Raises:
         UserError: an unreadable or empty file, missing columns, bad labels, or more than the caps allow.
     """
-    name = files[0].name if len(files) == 1 else f"{files[0].name} and {len(files) - 1} more shards"
+    name = files[0].name if len(files) == 1 else f"{_SHARD.match(files[0].stem)['split']} ({len(files)} shards)"
     budget = ReadBudget(name)
     frames = [_read_table(path, budget) for path in files]
     return normalise_frame(pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0], name)
