@@ -113,7 +113,8 @@ class DataConfig:
         default=None,
         metadata=_help(
             "a folder with train/test files (parquet, csv, jsonl), one such file, an aclImdb folder, "
-            "'hub' or 'builtin'; default: $LORA_DEMO_DATA, else the Hub if reachable, else 'builtin'"
+            "'hub', 'sample' (real IMDb shipped with the demo) or 'builtin' (160 short reviews); "
+            "default: $LORA_DEMO_DATA, else the Hub if reachable, else 'sample'"
         ),
     )
     train_size: int = field(default=500, metadata=_help("training reviews", minimum=2, maximum=25_000))
