@@ -227,6 +227,15 @@ class TrainConfig:
         default=None,
         metadata=_help("train under bfloat16 autocast; default: where the hardware runs bf16 natively"),
     )
+    short_windows: float = field(
+        default=0.0,
+        metadata=_help(
+            "extra training examples per training review, each 1-3 consecutive sentences of a training review "
+            "with its label, drawn once with the seed: IMDb reviews are long, the reviews people type are short",
+            minimum=0.0,
+            maximum=2.0,
+        ),
+    )
     seed: int = field(default=42, metadata=_help("seed of the head's initialisation and of the shuffling"))
 
     def __post_init__(self):

@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from . import inference
+from .augment import add_sentence_windows
 from .baseline import SIMILARITY_SCALE, label_prototypes
 from .config import LoraSettings, TrainConfig, UserError
 from .data import format_seq2seq, label_word
@@ -309,6 +310,7 @@ def train_lora(
         set_dropout(bundle.model.encoder if bundle.spec.kind == "encoder" else bundle.model, config.model_dropout)
     if bundle.spec.kind == "encoder":
         bundle.model.init_head(label_prototypes(bundle), SIMILARITY_SCALE)
+    train_frame = add_sentence_windows(train_frame, config.short_windows, config.seed)
     train_set, val_set, collator = prepare_data(bundle, train_frame, val_frame, lora, config.max_length)
     tuned = apply_lora(bundle, lora)
     seq2seq = bundle.spec.kind == "seq2seq"
