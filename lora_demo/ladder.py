@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .augment import add_sentence_windows
 from .baseline import SIMILARITY_SCALE, embed_texts, label_prototypes
 from .config import TrainConfig
 from .data import format_seq2seq
@@ -116,13 +117,16 @@ def train_head_only(
         bundle: an untouched registry model (no LoRA); it is not changed (encoders: the returned model is
             a copy with the trained head, so LoRA can still adapt `bundle` in place afterwards).
         train, val: the LoRA run's training and validation reviews.
-        config: the LoRA run's settings: epochs, batch size, learning rate, warm-up, max length, seed.
+        config: the LoRA run's settings: epochs, batch size, learning rate, warm-up, max length, sentence
+            windows (`short_windows`), seed.
         on_event: receives a `log` event per epoch and an `eval` event (val_loss, val_accuracy) per epoch.
 
     Returns:
         The model and the run's figures.
     """
     started = time.perf_counter()
+    # the same training examples as the LoRA run, sentence windows included, so the rungs differ only in what trains
+    train = add_sentence_windows(train, config.short_windows, config.seed)
     if bundle.spec.kind == "seq2seq":
         model, result = _fit_t5_probe(bundle, train, val, config)
     else:

@@ -78,6 +78,12 @@ def test_head_only_follows_the_learning_rate_schedule(tiny_encoder, toy_reviews,
     assert rates[:peak] == sorted(rates[:peak]) and rates[peak:] == sorted(rates[peak:], reverse=True)
 
 
+def test_head_only_trains_on_the_same_sentence_windows_as_lora(tiny_encoder, toy_reviews):
+    train, val, _ = toy_reviews
+    _, result = train_head_only(tiny_encoder, train, val, TrainConfig(**{**vars(CONFIG), "short_windows": 0.5}))
+    assert result.steps == 36  # 64 reviews + 32 windows, batches of 8, 3 epochs
+
+
 def test_head_only_is_seeded(tiny_encoder_factory, toy_reviews):
     train, val, test = toy_reviews
     runs = [
