@@ -115,7 +115,8 @@ class DataConfig:
         default=None,
         metadata=_help(
             "a folder with train/test files (parquet, csv, jsonl), one such file, an aclImdb folder, "
-            "'hub' or 'builtin'; default: $LORA_DEMO_DATA, else the Hub if reachable, else 'builtin'"
+            "'hub', 'sample' (real IMDb shipped with the demo) or 'builtin' (160 short reviews); "
+            "default: $LORA_DEMO_DATA, else the Hub if reachable, else 'sample'"
         ),
     )
     train_size: int = field(default=500, metadata=_help("training reviews", minimum=2, maximum=25_000))
@@ -227,6 +228,15 @@ class TrainConfig:
     bf16: bool | None = field(
         default=None,
         metadata=_help("train under bfloat16 autocast; default: where the hardware runs bf16 natively"),
+    )
+    short_windows: float = field(
+        default=0.0,
+        metadata=_help(
+            "extra training examples per training review, each 1-3 consecutive sentences of a training review "
+            "with its label, drawn once with the seed: IMDb reviews are long, the reviews people type are short",
+            minimum=0.0,
+            maximum=2.0,
+        ),
     )
     seed: int = field(default=42, metadata=_help("seed of the head's initialisation and of the shuffling"))
 

@@ -136,12 +136,14 @@ def test_data_with_explicit_sizes(capsys):
     assert summary["seed"] == 1 and summary["notes"] == []
 
 
-def test_data_falls_back_to_builtin_offline(capsys):
+def test_data_falls_back_to_the_imdb_sample_offline(capsys):
     code, out, _ = run_cli(capsys, "data")
     assert code == 0
     summary = json.loads(out)
-    assert summary["source"] == "builtin"
-    assert any("built-in sample" in note for note in summary["notes"])
+    assert summary["source"] == "sample"
+    assert any("sample of real IMDb" in note for note in summary["notes"])
+    # the study's sizes fit the sample: nothing is cut down
+    assert summary["sizes"]["train"] == 500 and summary["sizes"]["val"] == 200 and summary["sizes"]["test"] >= 100
 
 
 @pytest.fixture
