@@ -161,7 +161,7 @@ def _choose(args, models, loads_weights: bool = True) -> Choice:
 
 
 def cmd_train(args, models=None) -> int:
-    from .report import comparison_table, head_only_sentence, resources_line, short_reviews_line, train_line
+    from .report import comparison_table, resources_line, short_reviews_line, train_line
     from .study import Study
     from .train import is_main_process
 
@@ -183,7 +183,7 @@ def cmd_train(args, models=None) -> int:
     summary = report.to_dict()
     print(train_line(summary))
     print(comparison_table(summary))
-    print(summary["comparison"]["verdict"] + head_only_sentence(summary))
+    print(summary["comparison"]["verdict"])
     for line in (short_reviews_line(summary), resources_line(summary)):
         if line:
             print(line)

@@ -121,7 +121,7 @@ def resolve_source(source: str | None) -> tuple[str, list[str]]:
         f"assets/imdb-sample): no data was given and the Hugging Face Hub is not reachable. "
         f"Point at the full data set with --data PATH or {DATA_ENV}=PATH."
     )
-    logger.warning(note)
+    logger.info(note)  # callers show the note to the user
     return "sample", [note]
 
 

@@ -292,9 +292,9 @@ def test_fit_sizes_shrinks_to_a_small_source():
     reviews = {"all": unique_reviews(160)}
     fitted, notes = fit_sizes(DataConfig(), reviews)
     assert fitted.train_size + fitted.val_size + fitted.test_size <= 160
-    assert (fitted.train_size, fitted.val_size, fitted.test_size) == (95, 38, 19)
-    assert len(notes) == 1 and "95 / 38 / 19" in notes[0]
-    big = {"train": unique_reviews(1000), "test": unique_reviews(200)}
+    assert (fitted.train_size, fitted.val_size, fitted.test_size) == (44, 17, 89)  # 500 / 200 / 1000, scaled
+    assert len(notes) == 1 and "44 / 17 / 89" in notes[0]
+    big = {"train": unique_reviews(1000), "test": unique_reviews(1000)}
     assert fit_sizes(DataConfig(), big) == (DataConfig(), [])
 
 
@@ -309,8 +309,8 @@ def test_fit_sizes_when_the_test_split_is_the_small_one():
 def test_load_splits_fit_to_data_on_builtin():
     splits = load_splits(DataConfig(source="builtin"), fit_to_data=True)
     assert splits.source == "builtin"
-    assert splits.sizes() == {"train": 95, "val": 38, "test": 19}
-    assert splits.config.train_size == 95 and splits.config.source == "builtin"
+    assert splits.sizes() == {"train": 44, "val": 17, "test": 89}
+    assert splits.config.train_size == 44 and splits.config.source == "builtin"
     assert any("fewer reviews" in note for note in splits.notes)
     with pytest.raises(UserError, match="holds only 160"):
         load_splits(DataConfig(source="builtin"), fit_to_data=False)
