@@ -60,7 +60,7 @@ def write_report(path: str | Path | None, payload: dict, force: bool = False) ->
     handle, staging = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(payload, out, indent=2)
+            json.dump(payload, out, indent=2, default=str)
         os.chmod(staging, 0o644)  # mkstemp makes it private; a report is an ordinary file
         os.replace(staging, target)
     except BaseException:

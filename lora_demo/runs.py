@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
-from .config import UserError
-from .lora import METADATA_FILE
+from .config import METADATA_FILE, UserError
 
 REPORT_FILE = "report.json"
 SESSIONS_DIR = "sessions"  # under the runs root: one folder of app-saved runs per session
@@ -93,13 +91,6 @@ def run_folder(name: str, root: Path | None = None, session_key: str | None = No
         if run["name"] == name:
             return run["path"]
     raise UserError(f"no saved run called {name!r} under {str(root)!r}")
-
-
-def save_session_run(adapter_folder: Path, session_key: str, root: Path | None = None) -> Path:
-    """Copy an adapter folder the app wrote into the session's own runs folder, under a fresh name."""
-    folder = session_runs_root(session_key, root)
-    folder.mkdir(parents=True, exist_ok=True)
-    return Path(shutil.copytree(adapter_folder, folder / new_run_name()))
 
 
 def new_run_name(prefix: str = "app") -> str:

@@ -43,7 +43,7 @@ def connect(app):
 
 def server_session(app, client):
     """The `SessionData` the server holds for a client's session."""
-    from lora_demo.ui.state import SessionData
+    from lora_demo.ui.session import SessionData
 
     values = app.demo.state_holder.session_data[client.session_hash].state_data.values()
     return next(value for value in values if isinstance(value, SessionData))
@@ -326,7 +326,7 @@ def test_an_app_saved_run_is_seen_and_loaded_only_by_its_session(app, connect, t
     trainer, visitor = connect(), connect()
     for client in (trainer, visitor):
         client.predict("builtin", None, 40, 20, 20, 1, api_name="/load_data")
-    trainer.predict(*SHORT_RUN, api_name="/train_lora")
+    trainer.predict(*SHORT_RUN, api_name="/train")
     sessions = server_session(app, trainer), server_session(app, visitor)
     saved = [name for _, name in run_choices(sessions[0]) if name != "operator-run"]
     assert len(saved) == 1 and saved[0].startswith("app-")
