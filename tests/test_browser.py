@@ -188,12 +188,12 @@ def check_verdict(text: str, fixed_label: str, n: int):
 
 def test_study_preset_sets_the_studys_configuration(page):
     open_tab(page, "1. Dataset")
-    choose_source(page, "The built-in sample")  # what the preset reloads with its sizes
+    choose_source(page, "The server's IMDb")  # what the preset reloads with its sizes: here the shipped sample
     open_tab(page, "3. Train LoRA")
     page.get_by_role("button", name="Original study preset").click()
     note = page.locator("#preset-note")
     note.get_by_text("T5-small cannot be loaded here").wait_for()  # the tests run offline
-    assert "The study's settings are set on the bundled minilm instead" in note.inner_text()  # markdown, rendered
+    assert "the study preset runs on the bundled minilm instead." in note.inner_text()
     page.wait_for_function("() => document.querySelector('[aria-label=\"number input for Epochs\"]').value === '1'")
     assert page.get_by_label("number input for LoRA dropout").input_value() == "0.1"
     assert page.get_by_label("number input for Top layers to adapt (encoder models; 0 = all)").input_value() == "0"
