@@ -281,7 +281,11 @@ def _log_event(event):
     if event.type == "log":
         print(f"step {event.step:>4}  epoch {event.epoch:.2f}  train loss {event.loss:.4f}", flush=True)
     elif event.type == "eval":
-        print(f"step {event.step:>4}  epoch {event.epoch:.2f}  validation loss {event.val_loss:.4f}", flush=True)
+        accuracy = "" if event.val_accuracy is None else f", accuracy {event.val_accuracy:.3f}"
+        print(
+            f"step {event.step:>4}  epoch {event.epoch:.2f}  validation loss {event.val_loss:.4f}{accuracy}",
+            flush=True,
+        )
 
 
 def _print_notes(notes):
