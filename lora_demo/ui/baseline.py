@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..config import DEFAULT_MODEL, LABEL_NAMES, MODEL_REGISTRY
-from .state import EVALUATE_SLOTS, MODELS, SessionData, ensure_splits, guard, progress_callback
+from .state import EVALUATE_SLOTS, MODELS, SessionData, download_progress, ensure_splits, guard, progress_callback
 
 PER_CLASS_HEADERS = ["class", "precision", "recall", "F1", "support (true)", "predicted"]
 
@@ -64,10 +64,12 @@ def per_class_rows(metrics: dict) -> list[list]:
 def evaluate_baseline(model_name, session: SessionData, progress=gr.Progress()):
     """Evaluate the untouched model on the test reviews; it becomes the session's model."""
     from ..config import get_model_spec
+    from ..models import download_model
     from ..plots import confusion_figure
 
     spec = get_model_spec(model_name)
     notes = ensure_splits(session, progress)
+    download_model(spec.name, download_progress(progress, f"Downloading {spec.name} from the Hugging Face Hub"))
     progress(0, desc=f"Loading {spec.name}")
     result = baseline_for(session, spec.name, progress)
     session.model_name = spec.name

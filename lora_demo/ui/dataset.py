@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..config import DataConfig, TrainConfig, UserError, field_default, field_help, field_range
-from .state import EVALUATE_SLOTS, SessionData, describe_splits, guard, whole_number
+from .state import EVALUATE_SLOTS, SessionData, describe_splits, download_progress, guard, whole_number
 
 SAMPLE_ROWS = 8
 SAMPLE_CHARS = 160
@@ -98,7 +98,8 @@ def load_data(source, upload, train_size, val_size, test_size, seed, session: Se
     # sizes left at their defaults shrink to fit a small source, as in the CLI; chosen sizes never do
     untouched = all(size == field_default(DataConfig, name) for size, name in zip(sizes, SIZE_FIELDS))
     progress(0.1, desc="Loading reviews")
-    splits = load_splits(config, fit_to_data=untouched)
+    downloading = download_progress(progress, "Downloading IMDb from the Hugging Face Hub")
+    splits = load_splits(config, fit_to_data=untouched, progress=downloading)
     if shown_as:  # an upload is known by its file name, not by where gradio keeps it
         splits = replace(splits, source=shown_as)
     progress(0.6, desc="Counting tokens")

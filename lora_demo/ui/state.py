@@ -234,6 +234,11 @@ def progress_callback(progress, desc: str):
     return lambda done, total: progress((done, total), desc=desc, unit="reviews")
 
 
+def download_progress(progress, desc: str):
+    """Adapt `gr.Progress` to a download's byte counts, shown in MB."""
+    return lambda done, total: progress((round(done / 1e6, 1), round(total / 1e6, 1)), desc=desc, unit="MB")
+
+
 def ensure_splits(session: SessionData, progress=None) -> list[str]:
     """Load the default data when the session has none yet; returns notes to show the user."""
     if session.splits is not None:
@@ -241,9 +246,11 @@ def ensure_splits(session: SessionData, progress=None) -> list[str]:
     from ..config import DataConfig
     from ..data import load_splits
 
+    downloading = None
     if progress:
         progress(0, desc="Loading the default data")
-    set_splits(session, load_splits(DataConfig(), fit_to_data=True))
+        downloading = download_progress(progress, "Downloading IMDb from the Hugging Face Hub")
+    set_splits(session, load_splits(DataConfig(), fit_to_data=True, progress=downloading))
     return [
         "No data was loaded yet, so the default data was loaded: "
         + describe_splits(session.splits)

@@ -32,6 +32,7 @@ from ..config import (
 from .state import (
     TRAIN_SLOTS,
     SessionData,
+    download_progress,
     ensure_splits,
     guard,
     model_markdown,
@@ -229,7 +230,7 @@ def train(
 ):
     """Train LoRA on the session's data and model, streaming the loss; then score the tuned model on the test set."""
     from ..inference import serving_copy
-    from ..models import check_available
+    from ..models import check_available, download_model
     from ..pipeline import evaluate_model
     from ..plots import loss_figure
 
@@ -251,6 +252,7 @@ def train(
         session.splits.config.seed,
         recipe(recipe_name or "fast", spec)[1],
     )
+    download_model(spec.name, download_progress(progress, f"Downloading {spec.name} from the Hugging Face Hub"))
     events, history = queue.Queue(), []
     progress(0, desc=f"Loading {spec.name}")
     box = start_worker(session, lora, config, events)
