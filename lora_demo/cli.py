@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fields(train, TrainConfig, rename={"learning_rate": "lr"}, skip=("seed",))
     train.add_argument("--output", help="folder to save the adapter in")
     train.add_argument("--report", help="file to write the JSON report to")
+    train.add_argument(
+        "--no-resources",
+        dest="resources",
+        action="store_false",
+        help="skip measuring LoRA against full fine-tuning on a batch (loads the model twice more)",
+    )
 
     evaluate = with_model(with_data(commands.add_parser("evaluate", help="score the baseline or an adapter")))
     evaluate.add_argument("--adapter", help="adapter folder from `train --output`; default: the zero-shot baseline")
@@ -107,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_resources(resources: dict) -> None:
+    lora_row, full_row = resources["lora"], resources["full"]
+    print(
+        f"LoRA vs full fine-tuning, measured on {resources['batch']['reviews']} reviews: "
+        f"{lora_row['seconds_per_step']:.3f} s vs {full_row['seconds_per_step']:.3f} s per step, "
+        f"{lora_row['memory_growth_mb']:.0f} MB vs {full_row['memory_growth_mb']:.0f} MB memory growth, "
+        f"{lora_row['saved_mb'] * 1024:.0f} KB vs {full_row['saved_mb']:.1f} MB saved"
+    )
+
+
 def cmd_train(args) -> int:
     from .data import load_splits
     from .pipeline import comparison_table, run_study
@@ -124,7 +140,8 @@ def cmd_train(args) -> int:
     report = run_study(args.model, splits, lora, config, output_dir=args.output, on_event=_log_event)
     if not is_main_process():  # torchrun: rank 0 reports
         return 0
-    report["resources"] = _measure_resources(args.model, lora, splits, config.seed)
+    if args.resources:
+        report["resources"] = _measure_resources(args.model, lora, splits, config.seed)
     _write_json(args.report, report)
     if report.get("adapter"):  # the app lists adapter folders by their report (lora_demo.runs)
         _write_json(Path(report["adapter"]) / "report.json", report)
@@ -137,13 +154,8 @@ def cmd_train(args) -> int:
     )
     print(comparison_table(report))
     print(report["comparison"]["verdict"])
-    lora_row, full_row = report["resources"]["lora"], report["resources"]["full"]
-    print(
-        f"LoRA vs full fine-tuning, measured on {report['resources']['batch']['reviews']} reviews: "
-        f"{lora_row['seconds_per_step']:.3f} s vs {full_row['seconds_per_step']:.3f} s per step, "
-        f"{lora_row['memory_growth_mb']:.0f} MB vs {full_row['memory_growth_mb']:.0f} MB memory growth, "
-        f"{lora_row['saved_mb'] * 1024:.0f} KB vs {full_row['saved_mb']:.1f} MB saved"
-    )
+    if args.resources:
+        _print_resources(report["resources"])
     for name in ("baseline", "finetuned"):
         if report[name].get("warning"):
             print(f"warning ({name}): {report[name]['warning']}")

@@ -113,20 +113,29 @@ def _matches(path: Path, folder: Path, patterns: tuple[str, ...]) -> bool:
 
 def describe_failure(repo_id: str, err: Exception) -> str:
     """One line for a failed download: what the Hub answered, and that it is safe to try again."""
-    status = getattr(getattr(err, "response", None), "status_code", None)
-    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+    causes = _causes(err)
+    status = next((c.response.status_code for c in causes if getattr(c, "response", None) is not None), None)
+    root = causes[-1]
     if status == 404:
-        what = f"a file is missing (HTTP 404: {first_line})"
+        what = "a file is missing (HTTP 404)"
     elif status is not None:
         what = f"the Hub answered HTTP {status}"
-    elif "Consistency check failed" in str(err):
+    elif any("Consistency check failed" in str(c) for c in causes):
         what = "a file arrived incomplete"
     else:
-        what = f"the connection failed ({type(err).__name__}: {first_line})"
+        what = f"the connection failed ({type(root).__name__}: {(str(root).strip().splitlines() or [''])[0][:100]})"
     return (
         f"could not download {repo_id} from the Hugging Face Hub ({hub_endpoint()}): {what}. Nothing partial is "
         "used; try again in a minute (an interrupted download resumes where it stopped)"
     )
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    """The error and what caused it, outermost first (the Hub client wraps HTTP errors in cache errors)."""
+    chain = [err]
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and cause not in chain:
+        chain.append(cause)
+    return chain
 
 
 def _progress_bar(progress: Progress | None):
