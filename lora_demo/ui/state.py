@@ -6,6 +6,7 @@ untouched zero-shot models (`MODELS`), which nobody modifies.
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import functools
 import gc
@@ -235,8 +236,17 @@ def progress_callback(progress, desc: str):
 
 
 def download_progress(progress, desc: str):
-    """Adapt `gr.Progress` to a download's byte counts, shown in MB."""
-    return lambda done, total: progress((round(done / 1e6, 1), round(total / 1e6, 1)), desc=desc, unit="MB")
+    """Adapt `gr.Progress` to a download's byte counts, shown in MB.
+
+    The Hub client counts bytes in its own threads, and `gr.Progress` finds its event through context variables:
+    each report runs in a copy of the handler's context.
+    """
+    context = contextvars.copy_context()
+
+    def report(done: int, total: int):
+        context.copy().run(progress, (round(done / 1e6, 1), round(total / 1e6, 1)), desc=desc, unit="MB")
+
+    return report
 
 
 def ensure_splits(session: SessionData, progress=None) -> list[str]:
