@@ -50,14 +50,18 @@ LARGE_SUFFIXES = (".safetensors", ".parquet")  # stored with Git LFS on the Hub
 # ---------------------------------------------------------------- building the repositories
 
 
-def build_repos(cache: Path = DEFAULT_CACHE) -> Path:
-    """Build the three repositories under `cache/v{BUILD_VERSION}` unless they are there; returns that folder."""
-    root = cache / f"v{BUILD_VERSION}"
+def build_repos(cache: Path = DEFAULT_CACHE, full_imdb: bool = False) -> Path:
+    """Build the three repositories under `cache/v{BUILD_VERSION}` unless they are there; returns that folder.
+
+    `full_imdb`: all 25,000 + 25,000 reviews of `../shared/data/imdb` (the real repository's train and test
+    sizes; its unsupervised split is the train reviews again), to time a first start with real sizes.
+    """
+    root = cache / f"v{BUILD_VERSION}{'-full' if full_imdb else ''}"
     if (root / "built.json").is_file():
         return root
-    staging = cache / f"v{BUILD_VERSION}.building-{os.getpid()}"
+    staging = root.with_name(f"{root.name}.building-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    reviews = _sample_reviews()
+    reviews = _full_reviews() if full_imdb else _sample_reviews()
     tokenizer = _train_tokenizer(reviews["train"]["text"].tolist() + reviews["unsupervised"]["text"].tolist())
     for repo, config_file in MODELS.items():
         _build_model(staging / "models" / repo, REPO_ROOT / "assets" / "models" / config_file, tokenizer)
@@ -87,6 +91,17 @@ def _sample_reviews() -> dict:
         "test": _balanced(test, sizes["test"], seed=1),
         "unsupervised": unsupervised.reset_index(drop=True),
     }
+
+
+def _full_reviews() -> dict:
+    import pandas as pd
+
+    train, test = (pd.read_parquet(IMDB_DIR / f"{split}.parquet") for split in ("train", "test"))
+    shuffled = {
+        name: frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
+        for name, frame in (("train", train), ("test", test))
+    }
+    return {**shuffled, "unsupervised": shuffled["train"].assign(label=-1)}
 
 
 def _balanced(frame, n: int, seed: int):
@@ -441,9 +456,10 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the repositories are built")
     parser.add_argument("--throttle", type=float, default=0.0, help="MB/s for file bodies (0: unlimited)")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before every answer")
+    parser.add_argument("--full-imdb", action="store_true", help="serve all 25,000 + 25,000 reviews of IMDb")
     args = parser.parse_args()
     faults = Faults(delay=args.delay, throttle=int(args.throttle * 1_000_000))
-    server = HubServer(args.port, load_repos(build_repos(args.cache)), faults)
+    server = HubServer(args.port, load_repos(build_repos(args.cache, args.full_imdb)), faults)
     print("ready", flush=True)
     try:
         server.serve_forever()

@@ -69,6 +69,12 @@ def run_cli(env: dict, *args: str, timeout: float = 600) -> subprocess.Completed
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def fetch_t5(env: dict) -> subprocess.CompletedProcess:
+    """Download T5-small through the package, as the app does before training, and nothing more."""
+    code = "from lora_demo.models import download_model; download_model('t5-small')"
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+
+
 def one_line_error(result: subprocess.CompletedProcess) -> str:
     """The CLI's answer to a failure: exit 2 and one line, never a traceback."""
     assert result.returncode == 2, result.stderr[-3000:]
@@ -94,16 +100,7 @@ def served(hub, repo_type: str, repo_id: str, filename: str):
 
 def test_cli_loads_imdb_from_the_hub(hub, tmp_path):
     result = run_cli(
-        space_env(tmp_path / "hf", hub.url),
-        "data",
-        "--data",
-        "hub",
-        "--train-size",
-        "40",
-        "--val-size",
-        "20",
-        "--test-size",
-        "20",
+        space_env(tmp_path / "hf", hub.url), *"data --data hub --train-size 40 --val-size 20 --test-size 20".split()
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
@@ -121,17 +118,7 @@ def test_cli_trains_t5_small_from_the_hub(hub, tmp_path):
     report_file = tmp_path / "report.json"
     result = run_cli(
         space_env(tmp_path / "hf", hub.url),
-        "train",
-        "--model",
-        "t5-small",
-        "--data",
-        "hub",
-        "--train-size",
-        "32",
-        "--val-size",
-        "16",
-        "--test-size",
-        "16",
+        *"train --model t5-small --data hub --train-size 32 --val-size 16 --test-size 16".split(),
         *TINY_TRAIN,
         "--report",
         str(report_file),
@@ -151,40 +138,16 @@ def test_offline_uses_the_cache_once_the_hub_is_gone(tmp_path):
     home = tmp_path / "hf"
     server = start_stub()
     try:
-        first = run_cli(
-            space_env(home, server.url),
-            "evaluate",
-            "--model",
-            "t5-small",
-            "--data",
-            "hub",
-            "--train-size",
-            "4",
-            "--val-size",
-            "2",
-            "--test-size",
-            "4",
-            "--max-length",
-            "16",
-        )
-        assert first.returncode == 0, first.stderr[-3000:]
+        online = space_env(home, server.url)
+        for first in (fetch_t5(online), run_cli(online, "data", "--data", "hub")):
+            assert first.returncode == 0, first.stderr[-3000:]
     finally:
         server.shutdown()
         server.server_close()
     report_file = tmp_path / "report.json"
     offline = run_cli(
         space_env(home, server.url, offline=True),
-        "train",
-        "--model",
-        "t5-small",
-        "--data",
-        "hub",
-        "--train-size",
-        "16",
-        "--val-size",
-        "4",
-        "--test-size",
-        "4",
+        *"train --model t5-small --data hub --train-size 16 --val-size 4 --test-size 4".split(),
         *TINY_TRAIN,
         "--report",
         str(report_file),
@@ -216,7 +179,7 @@ def test_a_download_cut_half_way_is_refused_never_used_and_resumed(hub, tmp_path
     assert cached_file(home, "model", T5, "model.safetensors") is None  # the half file is not in the snapshot
     weights = served(hub, "model", T5, "model.safetensors")
     hub.faults.cut = []
-    result = run_cli(env, *evaluate)
+    result = fetch_t5(env)
     assert result.returncode == 0, result.stderr[-3000:]
     ranges = [
         byte_range
