@@ -43,6 +43,7 @@ MODELS = {"google-t5/t5-small": "t5-small.json", "google/flan-t5-small": "flan-t
 DATASET = "stanfordnlp/imdb"
 REVIEWS_PER_SPLIT = {"train": 800, "test": 300, "unsupervised": 300}
 TOKENIZER_VOCAB = 4000
+TOKENIZER_TEXTS = 1100  # reviews the tokenizer learns from: seconds, not minutes
 CHUNK = 1 << 20
 LARGE_SUFFIXES = (".safetensors", ".parquet")  # stored with Git LFS on the Hub
 
@@ -62,7 +63,8 @@ def build_repos(cache: Path = DEFAULT_CACHE, full_imdb: bool = False) -> Path:
     staging = root.with_name(f"{root.name}.building-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     reviews = _full_reviews() if full_imdb else _sample_reviews()
-    tokenizer = _train_tokenizer(reviews["train"]["text"].tolist() + reviews["unsupervised"]["text"].tolist())
+    texts = reviews["train"]["text"].tolist() + reviews["unsupervised"]["text"].tolist()
+    tokenizer = _train_tokenizer(texts[:TOKENIZER_TEXTS])
     for repo, config_file in MODELS.items():
         _build_model(staging / "models" / repo, REPO_ROOT / "assets" / "models" / config_file, tokenizer)
     _build_dataset(staging / "datasets" / DATASET, reviews)
