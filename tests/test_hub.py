@@ -249,6 +249,8 @@ def test_space_app_stays_usable_while_the_hub_misbehaves_and_recovers(hub, tmp_p
     home = tmp_path / "hf"
     with space_app(space_env(home, hub.url), tmp_path / "app.log") as url:
         client = new_client(url)
+        # the first request imports torch and transformers (seconds on a busy machine): not the Hub's time
+        assert "from `builtin`" in load_data(client, "builtin")
         # a Hub that answers after 10 s: refused once the 3 s probe gives up
         hub.faults.delay = 10
         started = time.monotonic()
