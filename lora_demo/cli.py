@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fields(train, TrainConfig, rename={"learning_rate": "lr"}, skip=("seed",))
     train.add_argument("--output", help="folder to save the adapter in")
     train.add_argument("--report", help="file to write the JSON report to")
+    train.add_argument(
+        "--no-resources",
+        dest="resources",
+        action="store_false",
+        help="skip measuring LoRA against full fine-tuning on a batch (loads the model twice more)",
+    )
 
     evaluate = with_model(with_data(commands.add_parser("evaluate", help="score the baseline or an adapter")))
     evaluate.add_argument("--adapter", help="adapter folder from `train --output`; default: the zero-shot baseline")
@@ -175,8 +181,9 @@ def cmd_train(args, models=None) -> int:
     report = study.run(choice.lora, config, choice.recipe, on_event=_log_event)
     if not is_main_process():  # torchrun: rank 0 reports
         return 0
-    study.measure_resources(choice.lora, seed=config.seed)
-    report.resources = study.resources
+    if args.resources:
+        study.measure_resources(choice.lora, seed=config.seed)
+        report.resources = study.resources
     if args.output:
         study.save(args.output, report)
     _write_json(args.report, report.to_dict())
