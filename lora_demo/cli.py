@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output", help="folder to save the adapter in")
     train.add_argument("--report", help="file to write the JSON report to")
     _add_force(train)
+    train.add_argument(
+        "--no-resources",
+        dest="resources",
+        action="store_false",
+        help="skip measuring LoRA against full fine-tuning on a batch (loads the model twice more)",
+    )
 
     evaluate = with_model(with_data(commands.add_parser("evaluate", help="score the baseline or an adapter")))
     evaluate.add_argument("--adapter", help="adapter folder from `train --output`; default: the zero-shot baseline")
@@ -195,8 +201,9 @@ def cmd_train(args, models=None) -> int:
     report = study.run(choice.lora, config, choice.recipe, on_event=_log_event)
     if not is_main_process():  # torchrun: rank 0 reports
         return 0
-    study.measure_resources(choice.lora, seed=config.seed)
-    report.resources = study.resources
+    if args.resources:
+        study.measure_resources(choice.lora, seed=config.seed)
+        report.resources = study.resources
     if args.output:
         study.save(args.output, report)
     _write_json(args.report, report.to_dict(), args.force)
@@ -303,7 +310,11 @@ def _log_event(event):
     if event.type == "log":
         print(f"step {event.step:>4}  epoch {event.epoch:.2f}  train loss {event.loss:.4f}", flush=True)
     elif event.type == "eval":
-        print(f"step {event.step:>4}  epoch {event.epoch:.2f}  validation loss {event.val_loss:.4f}", flush=True)
+        accuracy = "" if event.val_accuracy is None else f", accuracy {event.val_accuracy:.3f}"
+        print(
+            f"step {event.step:>4}  epoch {event.epoch:.2f}  validation loss {event.val_loss:.4f}{accuracy}",
+            flush=True,
+        )
 
 
 def _print_notes(notes):

@@ -128,6 +128,8 @@ class Models:
         zero_shot: cache of untouched serving copies, shared read-only (the app shares one between sessions).
         loader: loads a fresh registry model by name and seed (`models.load_bundle`; tests give tiny models).
         check: raises the UserError loading a model would raise, without loading it (`models.check_available`).
+        fetch: downloads a model's files ahead of loading, reporting bytes (`models.download_model`); with a
+            loader of one's own, nothing by default.
     """
 
     def __init__(
@@ -135,12 +137,14 @@ class Models:
         zero_shot: ModelCache | None = None,
         loader: Callable[..., ModelBundle] = load_bundle,
         check: Callable[[ModelSpec], None] | None = None,
+        fetch: Callable[..., None] | None = None,
     ):
-        from .models import check_available
+        from .models import check_available, download_model
 
         self.loader = loader
         self.cache = zero_shot or ModelCache(loader=lambda name: loader(name))
         self.check = check or check_available
+        self.fetch = fetch or (download_model if loader is load_bundle else (lambda name, progress=None: None))
 
     def zero_shot(self, name: str) -> ModelBundle:
         return self.cache.get(name)
@@ -173,13 +177,20 @@ class Study:
     def training(self) -> bool:
         return self._job is not None and self._job.running
 
-    def load_data(self, config: DataConfig, fit_to_data: bool = False, shown_as: str | None = None) -> Splits:
+    def load_data(
+        self,
+        config: DataConfig,
+        fit_to_data: bool = False,
+        shown_as: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Splits:
         """Load and split the reviews; the study's models are scored on the new test reviews from now on.
 
         Args:
             config: source, sizes and seed.
             fit_to_data: shrink sizes left at their defaults to what a small source holds.
             shown_as: how to name the source to the user (an upload is known by its file name).
+            progress: called with (bytes done, bytes in all) while the Hub's IMDb downloads.
 
         Raises:
             UserError: while a training run of this study is going (it trains on the current split), or for any
@@ -187,15 +198,15 @@ class Study:
         """
         if self.training:
             raise UserError("a training run is going on this data: wait for it to finish or press Stop, then load")
-        splits = load_splits(config, fit_to_data=fit_to_data)
+        splits = load_splits(config, fit_to_data=fit_to_data, progress=progress)
         self.splits = replace(splits, source=shown_as) if shown_as else splits
         return self.splits
 
-    def ensure_data(self) -> list[str]:
+    def ensure_data(self, progress: Callable[[int, int], None] | None = None) -> list[str]:
         """Load the default data if none is loaded yet; returns notes worth showing the user."""
         if self.splits is not None:
             return []
-        splits = self.load_data(DataConfig(), fit_to_data=True)
+        splits = self.load_data(DataConfig(), fit_to_data=True, progress=progress)
         sizes = splits.sizes()
         return [
             f"No data was loaded yet, so the default data was loaded: {sizes['train']} / {sizes['val']} / "
@@ -209,6 +220,17 @@ class Study:
     @property
     def spec(self) -> ModelSpec:
         return get_model_spec(self.model_name)
+
+    def download_model(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Fetch the study's model into the Hugging Face cache before it loads (nothing for the bundled model).
+
+        Args:
+            progress: called with (bytes done, bytes in all) while downloading.
+
+        Raises:
+            UserError: the Hub failed, or is unreachable and the model is not cached.
+        """
+        self.models.fetch(self.model_name, progress)
 
     def check_model(self) -> None:
         """Raise the UserError loading the study's model would raise (a Hub model with no Hub), loading nothing."""

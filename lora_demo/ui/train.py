@@ -29,7 +29,7 @@ from ..config import (
 )
 from .errors import guard
 from .session import TRAIN_SLOTS, SessionData
-from .widgets import notes_markdown, slider, study_progress, whole_number
+from .widgets import download_progress, notes_markdown, slider, study_progress, whole_number
 
 REDRAW_SECONDS = 0.5
 LOSS_POINTS = 20  # aim for this many train-loss points, so even a one-epoch run on a few reviews draws a curve
@@ -175,7 +175,8 @@ def train(
     lora = lora_settings(r, alpha, dropout, targets, top_layers)
     lora.targets_for(study.spec)  # refuse a bad recipe before loading anything
     study.check_model()
-    notes = study.ensure_data()
+    notes = study.ensure_data(download_progress(progress, "Downloading IMDb from the Hugging Face Hub"))
+    study.download_model(download_progress(progress, f"Downloading {study.model_name} from the Hugging Face Hub"))
     base = recipe(recipe_name, study.spec)[1]
     splits = study.splits
     config = train_config(epochs, learning_rate, batch_size, max_length, len(splits.train), splits.config.seed, base)
