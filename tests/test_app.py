@@ -326,3 +326,24 @@ def test_batch_csv_gets_label_and_confidence_columns(tmp_path):
     pd.DataFrame({"text": ["ok"] * (MAX_BATCH_ROWS + 1)}).to_csv(tmp_path / "big.csv", index=False)
     assert f"more than {MAX_BATCH_ROWS:,} rows" in error(tmp_path / "big.csv")
     assert "upload a CSV file" in error(None)
+
+
+@needs_minilm
+def test_reloading_a_file_with_another_seed_refuses_the_comparison():
+    """The app reload case: the built-in file split again shares reviews with what the session's model trained on."""
+    from lora_demo.config import UserError
+    from lora_demo.ui.compare import compare
+    from lora_demo.ui.dataset import load_data
+    from lora_demo.ui.session import SessionData
+    from lora_demo.ui.train import train
+
+    def quiet(*args, **kwargs):
+        return None
+
+    session = SessionData()
+    load_data("builtin", None, 40, 20, 40, 1, session, progress=quiet)
+    list(train(8, 32, 0.0, ["query", "value"], 0, 1, 1e-3, 8, 32, "fast", session, progress=quiet))
+    assert "0." in compare(session, progress=quiet)[0]  # the split it trained on compares
+    load_data("builtin", None, 40, 20, 40, 2, session, progress=quiet)
+    with pytest.raises(UserError, match=r"of the test reviews are among the 60 reviews this model trained"):
+        compare(session, progress=quiet)
