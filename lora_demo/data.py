@@ -464,8 +464,7 @@ def _load_hub(progress: Callable[[int, int], None] | None = None) -> dict[str, p
         shards = sorted(folder.glob(f"plain_text/{split}-*.parquet"))
         if not shards:
             raise UserError(f"{HUB_DATASET} on the Hub has no plain_text/{split}-*.parquet file")
-        frame = pd.concat([pd.read_parquet(shard) for shard in shards], ignore_index=True)
-        reviews[split] = normalise_frame(frame, f"{HUB_DATASET}[{split}]")
+        reviews[split] = read_split(shards)  # within the same caps as a local file
     return reviews
 
 
