@@ -29,6 +29,7 @@ from ..config import (
     get_model_spec,
     recipe,
 )
+from .pictures import build_lora_picture, wire_lora_picture
 from .state import (
     TRAIN_SLOTS,
     SessionData,
@@ -458,6 +459,7 @@ def build(session: gr.State, model: gr.Dropdown, demo: gr.Blocks) -> SimpleNames
                 label="Top layers to adapt (encoder models; 0 = all)",
                 info=field_help(LoraSettings, "top_layers"),
             )
+            picture = build_lora_picture()
         with gr.Column():
             epochs = _control(TrainConfig, "epochs", "Epochs", 0.1)
             low, high = field_range(TrainConfig, "learning_rate")
@@ -507,6 +509,7 @@ def build(session: gr.State, model: gr.Dropdown, demo: gr.Blocks) -> SimpleNames
         show_progress="hidden",
         api_visibility="private",
     )
+    wire_lora_picture(picture, demo, model, lora_controls)
     start.click(guard(lambda: ""), outputs=stop_note, queue=False, api_visibility="private", show_progress="hidden")
     start.click(
         guard(train),
