@@ -66,3 +66,62 @@ def wire_lora_picture(picture: SimpleNamespace, demo: gr.Blocks, model, lora_con
         show_progress="hidden",
         api_visibility="private",
     )
+
+
+def build_result_sentence() -> gr.Markdown:
+    """The study's result in one sentence, for the top of the Compare tab."""
+    return gr.Markdown(elem_id="result-sentence")
+
+
+def build_change_pictures() -> SimpleNamespace:
+    """Where LoRA changed the model (heatmap) and how the test reviews moved (2-D map), each with its reading."""
+    with gr.Accordion("Where LoRA changed the model", open=True):
+        norms_text = gr.Markdown(elem_id="norms-reading")
+        norms_plot = gr.Plot(show_label=False, elem_id="norms-heatmap")
+    with gr.Accordion("How the test reviews moved", open=True):
+        map_text = gr.Markdown(elem_id="map-reading")
+        map_plot = gr.Plot(show_label=False, elem_id="review-map")
+    return SimpleNamespace(norms_text=norms_text, norms_plot=norms_plot, map_text=map_text, map_plot=map_plot)
+
+
+NORMS_HELP = (
+    " Each cell is one adapted weight matrix: the size of LoRA's update (alpha / r)·B·A next to the size of the "
+    "frozen weights W it is added to (Frobenius norms, in percent). Hover a column for what that part of the model "
+    "does."
+)
+
+
+def compare_pictures(report: dict, labels, baseline_predicted, finetuned_predicted, texts=None) -> tuple:
+    """The sentence, the heatmap and the map with their readings, from a study's report and the test answers.
+
+    Args:
+        report: the study's report as a dict (`update_norms` and `projection` may be absent: a run saved without
+            them shows why instead).
+        labels: the test reviews' true labels, in the report's order; the two models' answers likewise.
+        texts: the test reviews, for the map's hovers.
+
+    Returns:
+        (sentence, norms reading, heatmap, map reading, map), in the order of `result_outputs`.
+    """
+    from ..anatomy import norms_reading, result_sentence
+    from ..pictures import projection_caption, projection_figure, update_norms_figure
+    from ..plots import empty_figure
+
+    norms, projection = report.get("update_norms"), report.get("projection")
+    if norms:
+        norms_out = (norms_reading(norms) + NORMS_HELP, update_norms_figure(norms))
+    else:
+        norms_out = ("This run's report has no update sizes.", update_norms_figure([]))
+    if projection and len(projection["baseline"]) == len(labels):
+        map_out = (
+            projection_caption(projection, labels),
+            projection_figure(projection, labels, baseline_predicted, finetuned_predicted, texts),
+        )
+    else:
+        map_out = ("This run's report has no map of the test reviews.", empty_figure("No map for this run"))
+    return f"**In one sentence:** {result_sentence(report)}", *norms_out, *map_out
+
+
+def result_outputs(sentence: gr.Markdown, pictures: SimpleNamespace) -> list:
+    """The components `compare_pictures` fills, in its order."""
+    return [sentence, pictures.norms_text, pictures.norms_plot, pictures.map_text, pictures.map_plot]
