@@ -245,3 +245,21 @@ def test_bundled_minilm_norms_and_vectors(toy_reviews):
     assert len(projection["baseline"]) == len(projection["finetuned"]) == 8 and before.shape == (8, 384)
     shapes = anatomy.lora_shapes(tuned.spec, settings)
     assert shapes.lora_total == sum(p.numel() for n, p in tuned.model.named_parameters() if "lora_" in n)
+
+
+def test_measure_changes_gives_the_reports_two_keys(tiny_encoder_factory, toy_reviews):
+    from lora_demo.inference import serving_copy
+
+    train, val, test = toy_reviews
+    texts = test["text"].tolist()
+    tuned, _ = train_lora(tiny_encoder_factory(), train, val, ENCODER_ALL, FEW_STEPS)
+    calls = []
+    changes = anatomy.measure_changes(
+        tiny_encoder_factory(), tuned, texts, 32, serving=serving_copy(tuned), progress=lambda *a: calls.append(a)
+    )
+    assert len(changes["update_norms"]) == 12 and all(row["relative_norm"] > 0 for row in changes["update_norms"])
+    projection = changes["projection"]
+    assert len(projection["baseline"]) == len(projection["finetuned"]) == len(texts)
+    assert calls[-1] == (2 * len(texts), 2 * len(texts)) and calls == sorted(calls)
+    # the "after" vectors are the tuned model's: its map differs from the untouched model's
+    assert projection["baseline"] != projection["finetuned"]
