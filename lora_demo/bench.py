@@ -24,6 +24,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 from .config import DEFAULT_MODEL, DataConfig, LoraSettings, TrainConfig, UserError
 from .data import Splits
 from .inference import classify_texts, serving_copy
+from .ladder import tfidf_predictions
 from .lora import apply_lora
 from .metrics import evaluate_predictions
 from .models import ModelBundle, load_bundle
@@ -198,18 +199,11 @@ def _figures(train_reviews, train_seconds, eval_reviews, eval_seconds, p50, p95,
 
 
 def run_tfidf(splits: Splits) -> dict:
-    """TF-IDF over 1-2 grams with logistic regression, trained on the same train reviews."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
+    """TF-IDF + logistic regression (`ladder.tfidf_predictions`), trained on the same train reviews."""
     started = time.perf_counter()
-    model = make_pipeline(
-        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1), LogisticRegression(max_iter=1000, C=10.0)
-    )
-    model.fit(splits.train["text"], splits.train["label"])
+    predictions = tfidf_predictions(splits.train, splits.test["text"].tolist(), seed=splits.config.seed)
     seconds = time.perf_counter() - started
-    metrics = evaluate_predictions(splits.test["label"].tolist(), model.predict(splits.test["text"]).tolist())
+    metrics = evaluate_predictions(splits.test["label"].tolist(), predictions.labels)
     return {
         "accuracy": round(metrics["accuracy"], 4),
         "f1": round(metrics["f1"], 4),

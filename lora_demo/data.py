@@ -1,12 +1,15 @@
 """Load IMDb-style reviews from wherever they are, clean them and split them stratified.
 
 A source is a folder of train/test files, a single file, an original `aclImdb/` folder, the Hugging Face
-Hub, or the built-in sample shipped in `assets/`. Every loader returns the same shape: a dict of pandas
-frames with a cleaned `text` column and an integer `label` column (0 negative, 1 positive).
+Hub, the sample of real IMDb shipped in `assets/imdb-sample/` (`sample`, the offline default) or the 160
+hand-written short reviews of `assets/reviews.jsonl` (`builtin`, also the short-review test set). Every
+loader returns the same shape: a dict of pandas frames with a cleaned `text` column and an integer `label`
+column (0 negative, 1 positive).
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import logging
 import os
@@ -26,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 HUB_DATASET = "stanfordnlp/imdb"
 BUILTIN_FILE = ASSETS_DIR / "reviews.jsonl"
+SAMPLE_DIR = ASSETS_DIR / "imdb-sample"  # written by scripts/make_imdb_sample.py
 DATA_ENV = "LORA_DEMO_DATA"
 SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
 _LABEL_WORDS = {"negative": 0, "neg": 0, "positive": 1, "pos": 1, "0": 0, "1": 1}
@@ -99,8 +103,11 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def resolve_source(source: str | None) -> tuple[str, list[str]]:
     """Decide which source to use when the user named none.
 
+    With no data given, no `$LORA_DEMO_DATA` and no Hub, the shipped sample of real IMDb (`sample`) is the
+    default, so an offline first run shows the study on real reviews; `builtin` is only used when named.
+
     Returns:
-        The source (a path, `hub` or `builtin`) and notes worth showing the user.
+        The source (a path, `hub` or `sample`) and notes worth showing the user.
     """
     if source:
         return source, []
@@ -108,12 +115,31 @@ def resolve_source(source: str | None) -> tuple[str, list[str]]:
         return os.environ[DATA_ENV], []
     if hub_reachable():
         return "hub", []
+    train, test = count_sample()
     note = (
-        f"Using the built-in sample of {count_builtin()} reviews: no data was given and the Hugging Face Hub "
-        f"is not reachable. Point at real IMDb with --data PATH or {DATA_ENV}=PATH."
+        f"Using the shipped sample of real IMDb ({train:,} training and {test:,} test reviews, "
+        f"assets/imdb-sample): no data was given and the Hugging Face Hub is not reachable. "
+        f"Point at the full data set with --data PATH or {DATA_ENV}=PATH."
     )
     logger.warning(note)
-    return "builtin", [note]
+    return "sample", [note]
+
+
+@lru_cache(maxsize=1)
+def count_sample() -> tuple[int, int]:
+    """Reviews in the shipped IMDb sample: (train, test)."""
+    import pyarrow.parquet as pq
+
+    return tuple(pq.read_metadata(SAMPLE_DIR / f"{split}.parquet").num_rows for split in ("train", "test"))
+
+
+def load_short_reviews() -> pd.DataFrame:
+    """The 160 hand-written short reviews of `assets/reviews.jsonl`: the out-of-domain test set.
+
+    They are shorter and plainer than IMDb's (a median of 25 words), like the reviews people type in the
+    app, and none of them is in IMDb; every one is a test review, none is ever trained on by default.
+    """
+    return _read_table(BUILTIN_FILE)
 
 
 @lru_cache(maxsize=1)
@@ -126,7 +152,7 @@ def load_reviews(source: str) -> dict[str, pd.DataFrame]:
 
     Args:
         source: a folder with `train.*` and `test.*` files, a single file, an `aclImdb` folder,
-            `hub` or `builtin`.
+            `hub`, `sample` (real IMDb shipped in `assets/imdb-sample`) or `builtin` (the short reviews).
 
     Returns:
         `{"train": frame, "test": frame}` for sources with both splits, `{"all": frame}` for a single file.
@@ -136,11 +162,13 @@ def load_reviews(source: str) -> dict[str, pd.DataFrame]:
     """
     if source == "builtin":
         return {"all": _read_table(BUILTIN_FILE)}
+    if source == "sample":
+        return {split: _read_table(SAMPLE_DIR / f"{split}.parquet") for split in ("train", "test")}
     if source == "hub":
         return _load_hub()
     path = Path(source).expanduser()
     if not path.exists():
-        raise UserError(f"data source {source!r} does not exist: give a folder, a file, 'hub' or 'builtin'")
+        raise UserError(f"data source {source!r} does not exist: give a folder, a file, 'hub', 'sample' or 'builtin'")
     if path.is_file():
         return {"all": _read_table(path)}
     imdb_root = path / "aclImdb" if (path / "aclImdb").is_dir() else path
@@ -214,7 +242,7 @@ def _read_aclimdb(folder: Path) -> pd.DataFrame:
 
 def _load_hub() -> dict[str, pd.DataFrame]:
     if not hub_reachable():
-        raise UserError("the Hugging Face Hub is not reachable: use --data PATH (a local IMDb copy) or 'builtin'")
+        raise UserError("the Hugging Face Hub is not reachable: use --data PATH (a local IMDb copy) or 'sample'")
     import datasets  # imported here: only the hub source needs it
 
     loaded = datasets.load_dataset(HUB_DATASET)
@@ -308,3 +336,66 @@ def load_splits(config: DataConfig, fit_to_data: bool = False) -> Splits:
         notes += more
     train, val, test = split_reviews(reviews, config)
     return Splits(train=train, val=val, test=test, source=source, config=replace(config, source=source), notes=notes)
+
+
+def review_hash(text: str) -> str:
+    """A short, stable name for one cleaned review (16 hex digits of its SHA-1), to find shared reviews."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SplitRecord:
+    """What a model trained and validated on: the source, seed and sizes, and a hash of every review.
+
+    Kept with every trained model (in memory, in `lora_demo.json`, in saved runs), so that scoring it on reviews
+    it has seen is refused instead of reported as a test result.
+    """
+
+    source: str
+    seed: int
+    sizes: dict[str, int]
+    review_hashes: frozenset[str]
+
+    @property
+    def fingerprint(self) -> str:
+        """One hash of all the reviews, the same for the same reviews in any order."""
+        return hashlib.sha1("".join(sorted(self.review_hashes)).encode()).hexdigest()[:16]
+
+    def overlap(self, texts) -> int:
+        """How many of `texts` are reviews this record's model trained or validated on."""
+        return sum(1 for text in texts if review_hash(text) in self.review_hashes)
+
+    def check_unseen(self, texts, what: str = "the test reviews") -> None:
+        """Raise a UserError saying how many of `texts` the model has seen, and what to do, if any.
+
+        Raises:
+            UserError: when `texts` share reviews with the training or validation reviews.
+        """
+        shared = self.overlap(texts)
+        if shared:
+            raise UserError(
+                f"{shared} of {what} are among the {len(self.review_hashes)} reviews this model trained and "
+                f"validated on ({self.source}, seed {self.seed}): scores on them would not be a test. Load the data "
+                f"with seed {self.seed} and the sizes it was trained with ({self.sizes['train']} / "
+                f"{self.sizes['val']}), or score it on a source with its own test split"
+            )
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "seed": self.seed,
+            "sizes": dict(self.sizes),
+            "fingerprint": self.fingerprint,
+            "review_hashes": sorted(self.review_hashes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SplitRecord:
+        return cls(data["source"], int(data["seed"]), dict(data["sizes"]), frozenset(data["review_hashes"]))
+
+
+def trained_on(splits: Splits) -> SplitRecord:
+    """The record of what a model trained on `splits` sees: its training and validation reviews."""
+    texts = [*splits.train["text"], *splits.val["text"]]
+    sizes = {"train": len(splits.train), "val": len(splits.val)}
+    return SplitRecord(splits.source, splits.config.seed, sizes, frozenset(review_hash(t) for t in texts))

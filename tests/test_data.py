@@ -130,6 +130,33 @@ def test_builtin_sample_is_balanced():
     assert not frame["text"].str.contains("<br").any()
 
 
+def test_shipped_imdb_sample_is_real_balanced_and_disjoint():
+    reviews = load_reviews("sample")
+    assert set(reviews) == {"train", "test"}
+    assert len(reviews["train"]) == len(reviews["test"]) == 1000
+    for frame in reviews.values():
+        assert frame["label"].value_counts().to_dict() == {0: 500, 1: 500}
+        assert not frame["text"].str.contains("<br").any()  # cleaned on the way in
+        assert frame["text"].str.split().str.len().median() > 100  # IMDb's long reviews, not the short ones
+    assert not set(reviews["train"]["text"]) & set(reviews["test"]["text"])
+    assert data.count_sample() == (1000, 1000)
+
+
+def test_offline_default_runs_the_study_sizes_on_the_sample():
+    splits = load_splits(DataConfig(test_size=1000), fit_to_data=True)
+    assert splits.source == "sample" and splits.sizes() == {"train": 500, "val": 200, "test": 1000}
+    assert any("sample of real IMDb" in note for note in splits.notes)
+    assert not any("fewer reviews" in note for note in splits.notes)
+
+
+def test_short_reviews_are_every_hand_written_review():
+    short = data.load_short_reviews()
+    assert len(short) == data.count_builtin() == 160
+    assert short["label"].value_counts().to_dict() == {0: 80, 1: 80}
+    assert short["text"].str.split().str.len().median() < 40
+    assert not set(short["text"]) & set(load_reviews("sample")["train"]["text"])
+
+
 def test_missing_source():
     with pytest.raises(UserError, match="does not exist"):
         load_reviews("/nonexistent/reviews.csv")
@@ -305,7 +332,7 @@ def test_explicit_source_beats_environment_beats_hub(monkeypatch, tmp_path):
     assert resolve_source("builtin") == ("builtin", [])
 
 
-def test_offline_falls_back_to_builtin_without_waiting(monkeypatch):
+def test_offline_falls_back_to_the_imdb_sample_without_waiting(monkeypatch):
     monkeypatch.setattr(data.socket, "create_connection", lambda *a, **k: pytest.fail("tried the network offline"))
     started = time.perf_counter()
     reachable = hub_reachable()
@@ -313,8 +340,9 @@ def test_offline_falls_back_to_builtin_without_waiting(monkeypatch):
     assert reachable is False
     assert elapsed < 1.0  # the offline flag is read, the network is never tried
     source, notes = resolve_source(None)
-    assert source == "builtin"
-    assert len(notes) == 1 and "built-in sample of 160 reviews" in notes[0] and "LORA_DEMO_DATA" in notes[0]
+    assert source == "sample"
+    assert len(notes) == 1 and "sample of real IMDb (1,000 training and 1,000 test" in notes[0]
+    assert "LORA_DEMO_DATA" in notes[0]
 
 
 @pytest.mark.parametrize(
@@ -358,7 +386,7 @@ def test_hub_unreachable_when_the_connection_fails(monkeypatch):
 
     monkeypatch.setattr(data.socket, "create_connection", refuse)
     assert hub_reachable() is False
-    assert resolve_source(None)[0] == "builtin"
+    assert resolve_source(None)[0] == "sample"
 
 
 def test_hub_source_offline_is_a_user_error():

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..config import UserError, get_model_spec
-from .state import guard
+from .errors import guard
 
 
 def build_lora_picture() -> SimpleNamespace:
