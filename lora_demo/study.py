@@ -161,7 +161,7 @@ class Study:
         self.tuned: TunedModel | None = None
         self.runs: list[RunRecord] = []
         self.resources: dict | None = None
-        self._scores: dict[tuple, Evaluation] = {}  # keyed by (what, model, max_length, reviews): computed once
+        self._scores: dict[tuple, Evaluation | dict] = {}  # keyed by (what, model, max_length, reviews): computed once
         self._job = None  # the running TrainingJob, if any
 
     # --- data -------------------------------------------------------------------------------------------------
@@ -371,6 +371,7 @@ class Study:
         comparison = compare_models(test["label"], before.predictions.labels, after.predictions.labels, seed=seed)
         saved = tuned.saved_report or {}
         result = tuned.result
+        changes = self.changes(progress)
         return Report(
             model=tuned.name,
             model_kind=tuned.adapter.spec.kind,
@@ -384,7 +385,28 @@ class Study:
             comparison=comparison,
             trained_on={k: v for k, v in tuned.trained_on.to_dict().items() if k != "review_hashes"},
             resources=self.resources,
+            update_norms=changes["update_norms"],
+            projection=changes["projection"],
         )
+
+    def changes(self, progress: Progress | None = None) -> dict:
+        """Where the LoRA model's adapter changed the model, and the test reviews before / after on one 2-D map
+        (`anatomy.measure_changes`: two more passes over the test reviews), computed once per model and test set.
+        """
+        from .anatomy import measure_changes
+
+        tuned, test = self._require_tuned(), self._test_frame()
+        key = ("finetuned", "changes", id(tuned), tuned.config.max_length, texts_fingerprint(test["text"]))
+        if key not in self._scores:  # "finetuned" first: forgotten with the model's scores when it is replaced
+            self._scores[key] = measure_changes(
+                self.models.zero_shot(tuned.name),
+                tuned.adapter,
+                test["text"].tolist(),
+                tuned.config.max_length,
+                serving=tuned.serving,
+                progress=_reporter(progress, f"Measuring how the {len(test)} test reviews moved"),
+            )
+        return self._scores[key]
 
     def save(self, output_dir: str | Path, report: Report | None = None) -> Path:
         """Write the LoRA model's adapter (safetensors), its metadata and, if given, the report beside it."""

@@ -3,13 +3,15 @@ result sentence."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from conftest import needs_minilm
 
 from lora_demo import anatomy
-from lora_demo.config import LoraSettings, TrainConfig, UserError, get_model_spec, recipe
+from lora_demo.config import DataConfig, LoraSettings, TrainConfig, UserError, get_model_spec, recipe
 from lora_demo.lora import apply_lora, count_parameters_offline
 from lora_demo.train import train_lora
 
@@ -263,3 +265,64 @@ def test_measure_changes_gives_the_reports_two_keys(tiny_encoder_factory, toy_re
     assert calls[-1] == (2 * len(texts), 2 * len(texts)) and calls == sorted(calls)
     # the "after" vectors are the tuned model's: its map differs from the untouched model's
     assert projection["baseline"] != projection["finetuned"]
+
+
+@pytest.fixture
+def toy_csv(tmp_path, make_reviews):
+    path = tmp_path / "toy.csv"
+    make_reviews(120, seed=11).to_csv(path, index=False)
+    return path
+
+
+TOY_SIZES = ["--train-size", "48", "--val-size", "16", "--test-size", "32"]
+
+
+@pytest.mark.parametrize(
+    ("factory", "settings", "adapted"),
+    [
+        ("tiny_encoder_factory", LoraSettings(r=4, target_modules=("query", "value"), top_layers=0), 4),
+        ("tiny_t5_factory", T5_QV, 12),
+    ],
+)
+def test_the_studys_report_holds_update_norms_and_projection(request, toy_csv, factory, settings, adapted):
+    from lora_demo.study import Models, Study
+
+    build = request.getfixturevalue(factory)
+    model = "t5-small" if factory == "tiny_t5_factory" else "minilm"
+    study = Study(model, models=Models(loader=lambda name, seed=42: build(0), check=lambda spec: None))
+    study.load_data(DataConfig(source=str(toy_csv), train_size=48, val_size=16, test_size=32, seed=1))
+    report = study.run(settings, FEW_STEPS).to_dict()
+    norms, projection = report["update_norms"], report["projection"]
+    assert len(norms) == adapted and all(row["relative_norm"] > 0 for row in norms)
+    assert len(projection["baseline"]) == len(projection["finetuned"]) == 32
+    assert study.changes() is study.changes()  # measured once per model and test set, not on every report
+    assert json.loads(json.dumps(report))["update_norms"] == norms  # plain JSON
+
+
+def test_cli_train_report_holds_update_norms_and_projection(tiny_encoder_factory, toy_csv, tmp_path, capsys):
+    from lora_demo.cli import main
+    from lora_demo.study import Models
+
+    models = Models(loader=lambda name, seed=42: tiny_encoder_factory(0), check=lambda spec: None)
+    report_file = tmp_path / "report.json"
+    argv = ["train", "--data", str(toy_csv), *TOY_SIZES, "--epochs", "1", "--max-length", "32"]
+    assert main([*argv, "--report", str(report_file)], models=models) == 0, capsys.readouterr().err
+    report = json.loads(report_file.read_text())
+    assert {(row["layer"], row["module"]) for row in report["update_norms"]} == {
+        (1, m) for m in ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
+    }  # the default recipe: all four target names of the top layer (of the tiny model's two)
+    assert len(report["projection"]["finetuned"]) == report["baseline"]["n"] == 32
+
+
+@needs_minilm
+@pytest.mark.slow
+def test_cli_train_report_on_the_bundled_model(toy_csv, tmp_path, capsys):
+    from lora_demo.cli import main
+
+    report_file = tmp_path / "report.json"
+    argv = ["train", "--data", str(toy_csv), *TOY_SIZES, "--epochs", "1", "--max-length", "32", "--batch-size", "16"]
+    assert main([*argv, "--report", str(report_file)]) == 0, capsys.readouterr().err
+    report = json.loads(report_file.read_text())
+    assert len(report["update_norms"]) == 3 * 6 and all(row["relative_norm"] > 0 for row in report["update_norms"])
+    assert len(report["projection"]["baseline"]) == len(report["projection"]["finetuned"]) == 32
+    assert anatomy.result_sentence(report).startswith("LoRA trained 0.73% of the weights")
