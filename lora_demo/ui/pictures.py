@@ -122,6 +122,9 @@ def compare_pictures(report: dict, labels, baseline_predicted, finetuned_predict
     return f"**In one sentence:** {result_sentence(report)}", *norms_out, *map_out
 
 
+NO_PICTURES = (None,) * 5  # what `compare_pictures` fills, left empty before any training
+
+
 def result_outputs(sentence: gr.Markdown, pictures: SimpleNamespace) -> list:
     """The components `compare_pictures` fills, in its order."""
     return [sentence, pictures.norms_text, pictures.norms_plot, pictures.map_text, pictures.map_plot]
