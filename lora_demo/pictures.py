@@ -199,15 +199,15 @@ def update_norms_figure(norms: Sequence[dict]) -> go.Figure:
             ygap=2,
         )
     )
-    fig.update_xaxes(type="category", tickangle=0)
+    fig.update_xaxes(type="category", tickangle=0, tickfont={"size": 11})
     fig.update_yaxes(type="category")
     return _layout(
         fig,
         "Where LoRA changed the model",
-        "adapted module (hover for what it does)",
+        "adapted module",
         "layer (0 = nearest the input)",
         PICTURE_HEIGHT,
-    )
+    ).update_layout(margin={"l": 60, "r": 10, "t": 60, "b": 70})
 
 
 def _answer_trace(points, labels, predicted, texts, label: int, right: bool, panel: int) -> go.Scatter:
@@ -261,7 +261,7 @@ def projection_figure(
         cols=2,
         shared_xaxes=True,
         shared_yaxes=True,
-        horizontal_spacing=0.04,
+        horizontal_spacing=0.06,
         subplot_titles=("Before: zero-shot", "After: LoRA"),
     )
     for panel, (key, predicted) in enumerate(
@@ -277,13 +277,15 @@ def projection_figure(
         return f"axis {i + 1} (no unit{share})"
 
     _layout(fig, "How the test reviews moved", "", "", 440)
+    fig.update_annotations(font={"size": 14})  # the panel titles: both fit side by side at 390 px
+    fig.update_xaxes(nticks=5)
     fig.update_xaxes(matches="x")  # both panels on the one map's axes (shared_xaxes only links a column)
     # one title per axis, under the left panel: the right panel shares it, and two would collide at 390 px
     fig.update_xaxes(title={"text": axis_title(0), "font": {"size": 12}}, row=1, col=1)
     fig.update_yaxes(title={"text": axis_title(1), "font": {"size": 12}}, row=1, col=1)
     fig.update_layout(
         legend={"orientation": "h", "yanchor": "top", "y": -0.22, "xanchor": "left", "x": 0.0},
-        margin={"l": 70, "r": 30, "t": 70, "b": 120},
+        margin={"l": 60, "r": 10, "t": 70, "b": 120},
     )
     return fig
 

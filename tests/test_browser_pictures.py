@@ -131,10 +131,12 @@ def test_the_whole_study_in_one_click_ends_on_compare(page):
     # must fit the phone's width on their own
     for table in page.query_selector_all("table"):
         table.evaluate("element => { element.style.display = 'none'; }")
+    page.evaluate("() => window.dispatchEvent(new Event('resize'))")  # the page is narrower now: plotly redraws
     for selector, name in (("#result-sentence", "sentence"), ("#norms-heatmap", "heatmap"), ("#review-map", "map")):
         shoot(page, selector, f"{name}-390")
     widths = page.evaluate(
-        "() => ['#norms-heatmap', '#review-map'].map(s => document.querySelector(s + ' .js-plotly-plot').offsetWidth)"
+        "() => ['#norms-heatmap', '#review-map']"
+        ".map(s => document.querySelector(s + ' .main-svg').getBoundingClientRect().width)"
     )
     assert max(widths) <= 390, f"the figures' widths at 390 px: {widths}"
     open_tab(page, "1. Dataset")
