@@ -92,9 +92,11 @@ def wire_whole_study(parts: SimpleNamespace, session: gr.State, tabs: gr.Tabs, c
         guard(run_whole_study),
         inputs=session,
         outputs=[parts.status, tabs],
-        api_name="run_whole_study",
+        api_visibility="private",  # the API runs the same steps through load_data, evaluate_baseline and train
         show_progress_on=[parts.status],
         **TRAIN_SLOTS,
     ).success(**compare_refresh)
     # outside the queue, as the Train tab's Stop: it never waits behind the run it stops
-    parts.stop.click(guard(stop_whole_study), inputs=session, outputs=parts.status, queue=False)
+    parts.stop.click(
+        guard(stop_whole_study), inputs=session, outputs=parts.status, queue=False, api_visibility="private"
+    )
