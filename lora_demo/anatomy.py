@@ -120,7 +120,7 @@ def norms_reading(norms: Sequence[dict]) -> str:
 
 
 def where_changed(row: dict, norms: Sequence[dict]) -> str:
-    """ "the value projection of layer 5 (the top layer)" for one row of `update_norms`."""
+    """Where one row of `update_norms` is, in words: "the value projection of layer 5 (the top layer)"."""
     top_layer = max(r["layer"] for r in norms)
     note = " (the top layer)" if row["layer"] == top_layer else ""
     return f"the {describe_module(row['module'])} of layer {row['layer']}{note}"
