@@ -61,15 +61,20 @@ def count_parameters_offline(name: str, settings: LoraSettings) -> dict:
     No weights are read and nothing is downloaded, so this answers instantly anywhere.
     """
     spec = get_model_spec(name)
+    model = build_meta_model(spec)
+    base_total = sum(p.numel() for p in model.parameters())
+    with torch.device("meta"):
+        counts = count_parameters(get_peft_model(model, build_lora_config(settings, spec)))
+    return {**counts, "base_total": int(base_total)}
+
+
+def build_meta_model(spec: ModelSpec) -> torch.nn.Module:
+    """The registry model's architecture from its config in `assets/models/`, on the meta device (no weights)."""
     config = AutoConfig.from_pretrained(ASSETS_DIR / "models" / spec.arch_config)
     with torch.device("meta"):
         if spec.kind == "encoder":
-            model = EncoderClassifier(AutoModel.from_config(config, add_pooling_layer=False), len(LABEL_NAMES))
-        else:
-            model = AutoModelForSeq2SeqLM.from_config(config)
-        base_total = sum(p.numel() for p in model.parameters())
-        counts = count_parameters(get_peft_model(model, build_lora_config(settings, spec)))
-    return {**counts, "base_total": int(base_total)}
+            return EncoderClassifier(AutoModel.from_config(config, add_pooling_layer=False), len(LABEL_NAMES))
+        return AutoModelForSeq2SeqLM.from_config(config)
 
 
 # what `save_adapter` (PEFT, the tokenizer) and the CLI / app write into an adapter folder; a folder holding
