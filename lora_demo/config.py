@@ -268,7 +268,8 @@ def recipe(name: str, spec: ModelSpec) -> tuple[LoraSettings, TrainConfig]:
     if name == "study":
         return (
             LoraSettings(dropout=0.1, target_modules=spec.study_targets, top_layers=0),
-            TrainConfig(model_dropout=None, bf16=False, evals_per_epoch=2),
+            # the study trained on whole reviews only
+            TrainConfig(model_dropout=None, bf16=False, evals_per_epoch=2, short_windows=0.0),
         )
     raise UserError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
 

@@ -38,6 +38,7 @@ def test_study_recipe_is_the_original_lora():
         assert lora.targets_for(spec) == spec.study_targets
         assert lora.layers_for(spec) is None
         assert train.model_dropout is None and train.bf16 is False
+        assert train.short_windows == 0.0  # whole reviews only, as the study trained
     assert recipe("study", get_model_spec("minilm"))[0].targets_for(get_model_spec("minilm")) == ("query", "value")
     assert recipe("fast", get_model_spec("minilm")) == (LoraSettings(), TrainConfig())
     with pytest.raises(UserError, match="unknown recipe 'slow': choose one of fast, study"):
