@@ -9,6 +9,7 @@ column (0 negative, 1 positive).
 
 from __future__ import annotations
 
+import hashlib
 import html
 import logging
 import os
@@ -335,3 +336,66 @@ def load_splits(config: DataConfig, fit_to_data: bool = False) -> Splits:
         notes += more
     train, val, test = split_reviews(reviews, config)
     return Splits(train=train, val=val, test=test, source=source, config=replace(config, source=source), notes=notes)
+
+
+def review_hash(text: str) -> str:
+    """A short, stable name for one cleaned review (16 hex digits of its SHA-1), to find shared reviews."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SplitRecord:
+    """What a model trained and validated on: the source, seed and sizes, and a hash of every review.
+
+    Kept with every trained model (in memory, in `lora_demo.json`, in saved runs), so that scoring it on reviews
+    it has seen is refused instead of reported as a test result.
+    """
+
+    source: str
+    seed: int
+    sizes: dict[str, int]
+    review_hashes: frozenset[str]
+
+    @property
+    def fingerprint(self) -> str:
+        """One hash of all the reviews, the same for the same reviews in any order."""
+        return hashlib.sha1("".join(sorted(self.review_hashes)).encode()).hexdigest()[:16]
+
+    def overlap(self, texts) -> int:
+        """How many of `texts` are reviews this record's model trained or validated on."""
+        return sum(1 for text in texts if review_hash(text) in self.review_hashes)
+
+    def check_unseen(self, texts, what: str = "the test reviews") -> None:
+        """Raise a UserError saying how many of `texts` the model has seen, and what to do, if any.
+
+        Raises:
+            UserError: when `texts` share reviews with the training or validation reviews.
+        """
+        shared = self.overlap(texts)
+        if shared:
+            raise UserError(
+                f"{shared} of {what} are among the {len(self.review_hashes)} reviews this model trained and "
+                f"validated on ({self.source}, seed {self.seed}): scores on them would not be a test. Load the data "
+                f"with seed {self.seed} and the sizes it was trained with ({self.sizes['train']} / "
+                f"{self.sizes['val']}), or score it on a source with its own test split"
+            )
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "seed": self.seed,
+            "sizes": dict(self.sizes),
+            "fingerprint": self.fingerprint,
+            "review_hashes": sorted(self.review_hashes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SplitRecord:
+        return cls(data["source"], int(data["seed"]), dict(data["sizes"]), frozenset(data["review_hashes"]))
+
+
+def trained_on(splits: Splits) -> SplitRecord:
+    """The record of what a model trained on `splits` sees: its training and validation reviews."""
+    texts = [*splits.train["text"], *splits.val["text"]]
+    sizes = {"train": len(splits.train), "val": len(splits.val)}
+    return SplitRecord(splits.source, splits.config.seed, sizes, frozenset(review_hash(t) for t in texts))

@@ -1,13 +1,11 @@
 """Load a registry model and its tokenizer; the encoder classifier; head + tail tokenisation.
 
 Nothing loads at import. `load_bundle` builds a fresh model each call (PEFT adapts a model in place,
-so every training run needs its own copy); `ModelCache` keeps one untouched copy per name for
-zero-shot inference in the app.
+so every training run needs its own copy); `inference.ModelCache` keeps one untouched serving copy per name.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import torch
@@ -130,22 +128,6 @@ def load_bundle(name: str, seed: int = 42) -> ModelBundle:
         model = AutoModelForSeq2SeqLM.from_pretrained(_hub_source(spec))
     model.eval()
     return ModelBundle(spec=spec, model=model, tokenizer=tokenizer)
-
-
-class ModelCache:
-    """Untouched models for zero-shot inference, loaded on first use and keyed by registry name."""
-
-    def __init__(self):
-        self._bundles: dict[str, ModelBundle] = {}
-        self._lock = threading.Lock()
-
-    def get(self, name: str) -> ModelBundle:
-        with self._lock:
-            if name not in self._bundles:
-                from .inference import serving_copy
-
-                self._bundles[name] = serving_copy(load_bundle(name))
-            return self._bundles[name]
 
 
 def special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:

@@ -12,7 +12,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
 
 import datasets
 import pandas as pd
@@ -38,9 +39,34 @@ from .inference import run_batches
 from .lora import apply_lora, count_parameters
 from .models import ModelBundle, encode_head_tail
 
-Event = (
-    dict  # {"type": "log" | "eval" | "progress", "step", "epoch", "loss" | "val_loss" + "val_accuracy" | "max_steps"}
-)
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """One thing that happened while training: a logged train loss, an evaluation, or a finished step.
+
+    Attributes:
+        type: `log` (train loss), `eval` (validation loss) or `progress` (a step ended).
+        step: optimizer steps done.
+        epoch: epochs done, fractional.
+        loss: the train loss logged (`log`).
+        learning_rate: the learning rate at that step (`log`).
+        val_loss: the validation loss (`eval`).
+        val_accuracy: the share of validation reviews labelled right (`eval`).
+        max_steps: steps the run will take if not stopped (`progress`).
+    """
+
+    type: Literal["log", "eval", "progress"]
+    step: int
+    epoch: float
+    loss: float | None = None
+    learning_rate: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    max_steps: int | None = None
+
+    def to_dict(self) -> dict:
+        """The event as the report and the charts keep it: its type, step, epoch and the values it has."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 def is_main_process() -> bool:
@@ -69,42 +95,31 @@ class TrainResult:
 class StreamCallback(TrainerCallback):
     """Send each logged train loss, each validation loss and each step's progress to `on_event`."""
 
-    def __init__(self, on_event: Callable[[Event], None], history: list[dict]):
+    def __init__(self, on_event: Callable[[TrainEvent], None] | None, history: list[dict]):
         self.on_event = on_event
         self.history = history
 
-    def _emit(self, event: Event):
-        if event["type"] != "progress":
-            self.history.append(event)
+    def _emit(self, event: TrainEvent):
+        if event.type != "progress":
+            self.history.append(event.to_dict())
         if self.on_event:
             self.on_event(event)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self._emit(
-                {
-                    "type": "log",
-                    "step": state.global_step,
-                    "epoch": state.epoch,
-                    "loss": logs["loss"],
-                    "learning_rate": logs.get("learning_rate"),
-                }
+                TrainEvent(
+                    "log", state.global_step, state.epoch, loss=logs["loss"], learning_rate=logs.get("learning_rate")
+                )
             )
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if metrics and "eval_loss" in metrics:
-            self._emit(
-                {
-                    "type": "eval",
-                    "step": state.global_step,
-                    "epoch": state.epoch,
-                    "val_loss": metrics["eval_loss"],
-                    "val_accuracy": metrics.get("eval_accuracy"),
-                }
-            )
+            loss, accuracy = metrics["eval_loss"], metrics.get("eval_accuracy")
+            self._emit(TrainEvent("eval", state.global_step, state.epoch, val_loss=loss, val_accuracy=accuracy))
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._emit({"type": "progress", "step": state.global_step, "epoch": state.epoch, "max_steps": state.max_steps})
+        self._emit(TrainEvent("progress", state.global_step, state.epoch, max_steps=state.max_steps))
 
 
 def predicted_label_ids(logits, labels) -> torch.Tensor:
@@ -282,7 +297,7 @@ def train_lora(
     val_frame: pd.DataFrame,
     lora: LoraSettings,
     config: TrainConfig,
-    on_event: Callable[[Event], None] | None = None,
+    on_event: Callable[[TrainEvent], None] | None = None,
     stop_event: threading.Event | None = None,
 ) -> tuple[ModelBundle, TrainResult]:
     """Wrap `bundle` with LoRA and train it.

@@ -68,7 +68,7 @@ def test_events_stream_in_order(tiny_t5, toy_reviews):
     train, val, _ = toy_reviews
     events = []
     config = TrainConfig(**{**vars(FAST), "epochs": 2})
-    _, result = train_lora(tiny_t5, train, val, T5_LORA, config, on_event=events.append)
+    _, result = train_lora(tiny_t5, train, val, T5_LORA, config, on_event=lambda event: events.append(event.to_dict()))
     progress = [e for e in events if e["type"] == "progress"]
     assert [e["step"] for e in progress] == list(range(1, 17))
     assert all(e["max_steps"] == 16 for e in progress)
@@ -93,7 +93,7 @@ def test_stop_flag_ends_training_early(tiny_t5, toy_reviews):
     stop = threading.Event()
 
     def on_event(event):
-        if event["type"] == "log":
+        if event.type == "log":
             stop.set()
 
     tuned, result = train_lora(tiny_t5, train, val, T5_LORA, FAST, on_event=on_event, stop_event=stop)
@@ -178,7 +178,14 @@ def test_without_validation_reviews(tiny_encoder, toy_reviews):
     train, _, _ = toy_reviews
     events = []
     config = TrainConfig(**{**vars(FAST), "epochs": 1})
-    _, result = train_lora(tiny_encoder, train, train.iloc[:0], ENCODER_LORA, config, on_event=events.append)
+    _, result = train_lora(
+        tiny_encoder,
+        train,
+        train.iloc[:0],
+        ENCODER_LORA,
+        config,
+        on_event=lambda event: events.append(event.to_dict()),
+    )
     assert result.val_loss is None
     assert not [e for e in events if e["type"] == "eval"]
     assert result.steps == 8
