@@ -41,9 +41,9 @@ def test_head_only_trains_the_head_alone_from_the_prototypes(tiny_encoder, toy_r
     assert not torch.equal(trained.classifier.weight, head_before)
     assert result.trainable == 2 * 32 + 2
     assert result.steps == 24  # 64 reviews, batches of 8, 3 epochs
-    evals = [e for e in events if e["type"] == "eval"]
-    assert [e["epoch"] for e in evals] == [1.0, 2.0, 3.0] and result.history == events
-    assert result.val_accuracy == evals[-1]["val_accuracy"]
+    evals = [e for e in events if e.type == "eval"]
+    assert [e.epoch for e in evals] == [1.0, 2.0, 3.0] and result.history == [e.to_dict() for e in events]
+    assert result.val_accuracy == evals[-1].val_accuracy
     # the model predicts through classify_texts like the LoRA model, and scores what the history says
     predictions = model.predict(val["text"].tolist())
     assert predictions.labels == classify_texts(model.bundle, val["text"].tolist(), max_length=32).labels
