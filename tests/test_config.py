@@ -26,6 +26,7 @@ def test_defaults_are_the_fast_recipe_with_the_studys_sizes_and_rank():
     assert train.epochs == 3 and train.batch_size == 16 and train.max_length == 256
     assert train.learning_rate == pytest.approx(1e-3)
     assert train.model_dropout == 0.0 and train.bf16 is None and train.evals_per_epoch == 1
+    assert train.short_windows == 1.0  # one sentence window per training review, chosen on validation
     assert field_default(LoraSettings, "r") == 8
     assert field_range(LoraSettings, "r") == (1, 256)
 

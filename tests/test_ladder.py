@@ -80,6 +80,7 @@ def test_head_only_follows_the_learning_rate_schedule(tiny_encoder, toy_reviews,
 
 def test_head_only_trains_on_the_same_sentence_windows_as_lora(tiny_encoder, toy_reviews):
     train, val, _ = toy_reviews
+    train = train.assign(text=train["text"] + " . it was")  # two sentences each
     _, result = train_head_only(tiny_encoder, train, val, TrainConfig(**{**vars(CONFIG), "short_windows": 0.5}))
     assert result.steps == 36  # 64 reviews + 32 windows, batches of 8, 3 epochs
 
