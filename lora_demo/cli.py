@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fields(train, TrainConfig, rename={"learning_rate": "lr"}, skip=("seed",))
     train.add_argument("--output", help="folder to save the adapter in")
     train.add_argument("--report", help="file to write the JSON report to")
+    train.add_argument(
+        "--no-resources",
+        dest="resources",
+        action="store_false",
+        help="skip measuring LoRA against full fine-tuning on a batch (loads the model twice more)",
+    )
 
     evaluate = with_model(with_data(commands.add_parser("evaluate", help="score the baseline or an adapter")))
     evaluate.add_argument("--adapter", help="adapter folder from `train --output`; default: the zero-shot baseline")
@@ -161,7 +167,7 @@ def _choose(args, models, loads_weights: bool = True) -> Choice:
 
 
 def cmd_train(args, models=None) -> int:
-    from .report import comparison_table, head_only_sentence, resources_line, short_reviews_line, train_line
+    from .report import comparison_table, resources_line, short_reviews_line, train_line
     from .study import Study
     from .train import is_main_process
 
@@ -175,15 +181,16 @@ def cmd_train(args, models=None) -> int:
     report = study.run(choice.lora, config, choice.recipe, on_event=_log_event)
     if not is_main_process():  # torchrun: rank 0 reports
         return 0
-    study.measure_resources(choice.lora, seed=config.seed)
-    report.resources = study.resources
+    if args.resources:
+        study.measure_resources(choice.lora, seed=config.seed)
+        report.resources = study.resources
     if args.output:
         study.save(args.output, report)
     _write_json(args.report, report.to_dict())
     summary = report.to_dict()
     print(train_line(summary))
     print(comparison_table(summary))
-    print(summary["comparison"]["verdict"] + head_only_sentence(summary))
+    print(summary["comparison"]["verdict"])
     for line in (short_reviews_line(summary), resources_line(summary)):
         if line:
             print(line)
@@ -281,7 +288,11 @@ def _log_event(event):
     if event.type == "log":
         print(f"step {event.step:>4}  epoch {event.epoch:.2f}  train loss {event.loss:.4f}", flush=True)
     elif event.type == "eval":
-        print(f"step {event.step:>4}  epoch {event.epoch:.2f}  validation loss {event.val_loss:.4f}", flush=True)
+        accuracy = "" if event.val_accuracy is None else f", accuracy {event.val_accuracy:.3f}"
+        print(
+            f"step {event.step:>4}  epoch {event.epoch:.2f}  validation loss {event.val_loss:.4f}{accuracy}",
+            flush=True,
+        )
 
 
 def _print_notes(notes):

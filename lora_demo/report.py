@@ -29,7 +29,9 @@ class Report:
         trained_on: what the LoRA model trained and validated on (`SplitRecord.to_dict()`, hashes left out).
         lora, train_config, params, train: the run's settings, parameter counts and training figures.
         baseline, tfidf, head_only, finetuned: the ladder's metrics on the test reviews (`evaluate_predictions`).
-        comparison: LoRA vs zero-shot on the same reviews (`significance.compare_models`), with the verdict.
+        comparison: LoRA vs zero-shot on the same reviews (`significance.compare_models`); its verdict also says
+            what LoRA adds over the head alone.
+        rungs: how the TF-IDF and head-only rungs were made (the head's training figures), or why they are missing.
         short_reviews: the hand-written short reviews scored by each model, or why they were left out.
         resources: LoRA vs full fine-tuning, measured (`resources.measure`), when asked for.
         update_norms, projection: where the adapter changed the model and how the reviews moved, when computed.
@@ -49,6 +51,7 @@ class Report:
     trained_on: dict
     tfidf: dict | None = None
     head_only: dict | None = None
+    rungs: dict | None = None
     short_reviews: dict | None = None
     resources: dict | None = None
     update_norms: list | None = None
@@ -106,11 +109,8 @@ def short_reviews_line(report: dict) -> str | None:
     return f"Reviews like the ones you type ({short['n']} short hand-written reviews), accuracy: {scores}."
 
 
-def head_only_sentence(report: dict) -> str:
-    """What LoRA adds over training the classification head alone, on the same reviews."""
-    head, tuned = report.get("head_only"), report["finetuned"]
-    if not head:
-        return ""
+def head_only_sentence(head: dict, tuned: dict) -> str:
+    """What LoRA adds over training the classification head alone, on the same reviews (two metrics dicts)."""
     added = tuned["accuracy"] - head["accuracy"]
     return (
         f" A head trained alone on the frozen model reaches {head['accuracy']:.3f}, so the adapters add "

@@ -32,7 +32,7 @@ from .data import SplitRecord, Splits, load_splits, review_hash, trained_on
 from .inference import ModelCache, Predictions, classify_texts, serving_copy
 from .metrics import evaluate_predictions
 from .models import ModelBundle, load_bundle
-from .report import Report, train_summary
+from .report import Report, head_only_sentence, train_summary
 from .significance import compare_models
 from .train import TrainEvent, TrainResult
 
@@ -69,6 +69,9 @@ class TunedModel:
     trained_on: SplitRecord
     result: TrainResult | None = None
     saved_report: dict | None = None
+    train_frames: tuple[pd.DataFrame, pd.DataFrame] | None = None  # (train, val), for the rungs trained alike
+    head_only: object | None = None  # the ladder's head-only model on the same reviews, trained on first use
+    head_result: object | None = None
 
     @property
     def name(self) -> str:
@@ -125,6 +128,8 @@ class Models:
         zero_shot: cache of untouched serving copies, shared read-only (the app shares one between sessions).
         loader: loads a fresh registry model by name and seed (`models.load_bundle`; tests give tiny models).
         check: raises the UserError loading a model would raise, without loading it (`models.check_available`).
+        fetch: downloads a model's files ahead of loading, reporting bytes (`models.download_model`); with a
+            loader of one's own, nothing by default.
     """
 
     def __init__(
@@ -132,12 +137,14 @@ class Models:
         zero_shot: ModelCache | None = None,
         loader: Callable[..., ModelBundle] = load_bundle,
         check: Callable[[ModelSpec], None] | None = None,
+        fetch: Callable[..., None] | None = None,
     ):
-        from .models import check_available
+        from .models import check_available, download_model
 
         self.loader = loader
         self.cache = zero_shot or ModelCache(loader=lambda name: loader(name))
         self.check = check or check_available
+        self.fetch = fetch or (download_model if loader is load_bundle else (lambda name, progress=None: None))
 
     def zero_shot(self, name: str) -> ModelBundle:
         return self.cache.get(name)
@@ -170,13 +177,20 @@ class Study:
     def training(self) -> bool:
         return self._job is not None and self._job.running
 
-    def load_data(self, config: DataConfig, fit_to_data: bool = False, shown_as: str | None = None) -> Splits:
+    def load_data(
+        self,
+        config: DataConfig,
+        fit_to_data: bool = False,
+        shown_as: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Splits:
         """Load and split the reviews; the study's models are scored on the new test reviews from now on.
 
         Args:
             config: source, sizes and seed.
             fit_to_data: shrink sizes left at their defaults to what a small source holds.
             shown_as: how to name the source to the user (an upload is known by its file name).
+            progress: called with (bytes done, bytes in all) while the Hub's IMDb downloads.
 
         Raises:
             UserError: while a training run of this study is going (it trains on the current split), or for any
@@ -184,15 +198,15 @@ class Study:
         """
         if self.training:
             raise UserError("a training run is going on this data: wait for it to finish or press Stop, then load")
-        splits = load_splits(config, fit_to_data=fit_to_data)
+        splits = load_splits(config, fit_to_data=fit_to_data, progress=progress)
         self.splits = replace(splits, source=shown_as) if shown_as else splits
         return self.splits
 
-    def ensure_data(self) -> list[str]:
+    def ensure_data(self, progress: Callable[[int, int], None] | None = None) -> list[str]:
         """Load the default data if none is loaded yet; returns notes worth showing the user."""
         if self.splits is not None:
             return []
-        splits = self.load_data(DataConfig(), fit_to_data=True)
+        splits = self.load_data(DataConfig(), fit_to_data=True, progress=progress)
         sizes = splits.sizes()
         return [
             f"No data was loaded yet, so the default data was loaded: {sizes['train']} / {sizes['val']} / "
@@ -206,6 +220,17 @@ class Study:
     @property
     def spec(self) -> ModelSpec:
         return get_model_spec(self.model_name)
+
+    def download_model(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Fetch the study's model into the Hugging Face cache before it loads (nothing for the bundled model).
+
+        Args:
+            progress: called with (bytes done, bytes in all) while downloading.
+
+        Raises:
+            UserError: the Hub failed, or is unreachable and the model is not cached.
+        """
+        self.models.fetch(self.model_name, progress)
 
     def check_model(self) -> None:
         """Raise the UserError loading the study's model would raise (a Hub model with no Hub), loading nothing."""
@@ -252,6 +277,53 @@ class Study:
             lambda texts: classify_texts(tuned.serving, texts, max_length=tuned.config.max_length, progress=report),
         )
 
+    def tfidf(self, frame: pd.DataFrame | None = None) -> Evaluation | None:
+        """TF-IDF + logistic regression trained on the LoRA model's training reviews, on `frame`; None for a
+        saved adapter (its training reviews are not kept)."""
+        from .ladder import tfidf_predictions
+
+        tuned = self._require_tuned()
+        if tuned.train_frames is None:
+            return None
+        frame = self._test_frame() if frame is None else frame
+        tuned.trained_on.check_unseen(frame["text"])
+        seed = tuned.config.seed
+        return self._score(("tfidf",), frame, lambda texts: tfidf_predictions(tuned.train_frames[0], texts, seed))
+
+    def head_only(self, frame: pd.DataFrame | None = None, progress: Progress | None = None) -> Evaluation | None:
+        """The same head trained with the model frozen, on the LoRA model's training reviews and settings, on
+        `frame`; None for a saved adapter."""
+        from .ladder import train_head_only
+
+        tuned = self._require_tuned()
+        if tuned.train_frames is None:
+            return None
+        frame = self._test_frame() if frame is None else frame
+        tuned.trained_on.check_unseen(frame["text"])
+        if tuned.head_only is None:
+            if progress:
+                progress("Training the head alone on the same reviews", 0, 1)
+            base = self.models.zero_shot(tuned.name)
+            tuned.head_only, tuned.head_result = train_head_only(base, *tuned.train_frames, tuned.config)
+        return self._score(("head_only",), frame, tuned.head_only.predict)
+
+    def short_reviews(self) -> dict:
+        """Every rung on the hand-written short reviews ("reviews like the ones you type"), or why not."""
+        from .data import load_short_reviews
+
+        tuned = self._require_tuned()
+        if tuned.trained_on.source == "builtin":
+            return {"reason": "the LoRA model trained on these hand-written reviews, so they are not a test for it"}
+        frame = load_short_reviews()
+        if tuned.trained_on.overlap(frame["text"]):
+            return {"reason": "the LoRA model trained on some of these hand-written reviews"}
+        rungs = {
+            "baseline": self.baseline(frame, max_length=tuned.config.max_length),
+            "head_only": self.head_only(frame),
+            "finetuned": self.finetuned(frame),
+        }
+        return {"n": len(frame), **{name: rung.metrics for name, rung in rungs.items() if rung is not None}}
+
     def _test_frame(self) -> pd.DataFrame:
         if self.splits is None:
             raise UserError("no data is loaded: load it on the Dataset tab (or with --data)")
@@ -284,11 +356,13 @@ class Study:
         adapter, result = train_lora(
             bundle, splits.train, splits.val, lora, config, on_event=on_event, stop_event=stop_event
         )
-        return self._use(TunedModel(adapter, serving_copy(adapter), lora, config, recipe, trained_on(splits), result))
+        tuned = TunedModel(adapter, serving_copy(adapter), lora, config, recipe, trained_on(splits), result)
+        tuned.train_frames = (splits.train, splits.val)
+        return self._use(tuned)
 
     def _use(self, tuned: TunedModel) -> TunedModel:
         """Make `tuned` the study's LoRA model; scores of the previous one are forgotten."""
-        self._scores = {key: value for key, value in self._scores.items() if key[0] != "finetuned"}
+        self._scores = {key: value for key, value in self._scores.items() if key[0] == "baseline"}
         self.tuned = tuned
         return tuned
 
@@ -369,6 +443,9 @@ class Study:
         test = self._test_frame()
         seed = self.splits.config.seed
         comparison = compare_models(test["label"], before.predictions.labels, after.predictions.labels, seed=seed)
+        tfidf, head = self.tfidf(), self.head_only(progress=progress)
+        if head is not None:
+            comparison["verdict"] += head_only_sentence(head.metrics, after.metrics)
         saved = tuned.saved_report or {}
         result = tuned.result
         return Report(
@@ -383,8 +460,24 @@ class Study:
             finetuned=after.metrics,
             comparison=comparison,
             trained_on={k: v for k, v in tuned.trained_on.to_dict().items() if k != "review_hashes"},
+            tfidf=tfidf.metrics if tfidf else None,
+            head_only=head.metrics if head else None,
+            rungs=self._rung_notes(),
+            short_reviews=self.short_reviews(),
             resources=self.resources,
         )
+
+    def _rung_notes(self) -> dict:
+        """How each rung below LoRA was made, or why it is missing."""
+        tuned = self._require_tuned()
+        if tuned.train_frames is None:
+            why = "a saved adapter: its training reviews are not kept, so the rungs trained alike cannot be made"
+            return {"missing": why}
+        notes = {"tfidf": "TF-IDF over words and word pairs with logistic regression, on the same training reviews"}
+        if tuned.head_result is not None:
+            head = tuned.head_result.as_dict()
+            notes["head_only"] = {key: value for key, value in head.items() if key != "history"}
+        return notes
 
     def save(self, output_dir: str | Path, report: Report | None = None) -> Path:
         """Write the LoRA model's adapter (safetensors), its metadata and, if given, the report beside it."""

@@ -190,7 +190,7 @@ def test_study_preset_sets_the_studys_configuration(page):
     checked = [box for box in ("query", "key", "value", "dense") if page.get_by_label(box, exact=True).is_checked()]
     assert checked == ["query", "value"]
     open_tab(page, "1. Dataset")
-    page.get_by_text("Loaded 95 / 38 / 19").wait_for()  # 500 / 200 / 100, shrunk in proportion to the sample
+    page.get_by_text("Loaded 500 / 200 / 100").wait_for()  # the study's sizes, from the shipped IMDb sample
     screenshot(page, "6-study-preset")
 
 

@@ -120,15 +120,26 @@ def test_data_builtin_prints_a_json_summary(capsys):
     assert code == 0 and err == ""
     summary = json.loads(out)
     assert summary["source"] == "builtin"
-    assert summary["sizes"] == {"train": 95, "val": 38, "test": 19}
-    assert summary["label_counts"]["test"]["negative"] + summary["label_counts"]["test"]["positive"] == 19
+    assert summary["sizes"] == {"train": 44, "val": 17, "test": 89}  # 500 / 200 / 1000, scaled to 160 reviews
+    assert summary["label_counts"]["test"]["negative"] + summary["label_counts"]["test"]["positive"] == 89
     assert len(summary["examples"]) == 3 and all(len(e["text"]) <= 120 for e in summary["examples"])
     assert any("fewer reviews" in note for note in summary["notes"])
 
 
 def test_data_with_explicit_sizes(capsys):
     code, out, _ = run_cli(
-        capsys, "data", "--data", "builtin", "--train-size", "20", "--val-size", "10", "--seed", "1"
+        capsys,
+        "data",
+        "--data",
+        "builtin",
+        "--train-size",
+        "20",
+        "--val-size",
+        "10",
+        "--test-size",
+        "100",
+        "--seed",
+        "1",
     )
     assert code == 0
     summary = json.loads(out)

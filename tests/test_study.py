@@ -2,6 +2,7 @@
 
 import json
 import zipfile
+from dataclasses import replace
 
 import pytest
 
@@ -43,6 +44,21 @@ def test_the_whole_study_reports_baseline_and_lora_on_the_same_test_reviews(mode
     assert report["train"]["steps"] == 18 and not report["train"]["stopped"]
     assert [run.name for run in study.runs] == ["run 1: r 4, fast"]
     assert study.runs[0].accuracy == report["finetuned"]["accuracy"]
+    # the ladder: every rung on the same test reviews, trained on the same training reviews
+    assert report["tfidf"]["n"] == report["head_only"]["n"] == 32
+    assert report["tfidf"]["accuracy"] > 0.9  # one word decides the toy label: TF-IDF finds it
+    assert report["rungs"]["head_only"]["steps"] == report["train"]["steps"]  # same epochs and batches
+    assert "adapters add" in report["comparison"]["verdict"]
+    short = report["short_reviews"]
+    assert short["n"] == 160 and set(short) == {"n", "baseline", "head_only", "finetuned"}
+    assert all(short[rung]["n"] == 160 for rung in ("baseline", "head_only", "finetuned"))
+
+
+def test_a_run_on_the_short_reviews_leaves_them_out_and_says_why(models):
+    study = Study(models=models)
+    study.load_data(DataConfig(source="builtin", train_size=40, val_size=20, test_size=40, seed=1))
+    report = study.run(LORA, replace(TINY, epochs=1)).to_dict()
+    assert "trained on these hand-written reviews" in report["short_reviews"]["reason"]
 
 
 def test_the_app_download_and_the_cli_report_have_the_same_keys(models, toy_csv, tmp_path, capsys):

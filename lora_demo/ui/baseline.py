@@ -9,7 +9,7 @@ import gradio as gr
 from ..config import DEFAULT_MODEL, LABEL_NAMES, MODEL_REGISTRY
 from .errors import guard
 from .session import EVALUATE_SLOTS, SessionData
-from .widgets import notes_markdown, study_progress
+from .widgets import download_progress, notes_markdown, study_progress
 
 PER_CLASS_HEADERS = ["class", "precision", "recall", "F1", "support (true)", "predicted"]
 
@@ -51,7 +51,8 @@ def evaluate_baseline(model_name, session: SessionData, progress=gr.Progress()):
     study = session.study
     study.select_model(model_name)
     study.check_model()
-    notes = study.ensure_data()
+    notes = study.ensure_data(download_progress(progress, "Downloading IMDb from the Hugging Face Hub"))
+    study.download_model(download_progress(progress, f"Downloading {study.model_name} from the Hugging Face Hub"))
     metrics = study.baseline(progress=study_progress(progress)).metrics
     heading = f"**Zero-shot `{study.model_name}`** on {metrics['n']} test reviews from `{study.splits.source}`.\n\n"
     return (

@@ -17,6 +17,35 @@ BEFORE_TRAINING = (
     "and evaluating on **Baseline** are optional: missing steps run with the defaults); then come back here."
 )
 TABLE_HEADERS = ["metric", "baseline (zero-shot)", "LoRA fine-tuned", "change"]
+LADDER_HEADERS = ["model", "accuracy", "F1 (positive)", "reviews like the ones you type: accuracy", "how it was made"]
+RUNG_NOTES = {
+    "baseline": "no training: the pretrained model as it is",
+    "tfidf": "word counts and a linear classifier, on the same training reviews",
+    "head_only": "the same classification head, trained with the model frozen",
+    "finetuned": "LoRA adapters and the head, trained together",
+}
+
+
+def ladder_rows(report: dict) -> list[list]:
+    """One row per rung of the ladder, bottom to top, on the same test reviews; the short reviews beside them."""
+    from ..report import RUNGS
+
+    short = report.get("short_reviews") or {}
+    rows = []
+    for key, title in RUNGS:
+        if key not in report:
+            continue
+        on_short = short.get(key, {}).get("accuracy")
+        rows.append(
+            [
+                title,
+                round(report[key]["accuracy"], 3),
+                round(report[key]["f1"], 3),
+                "–" if on_short is None else round(on_short, 3),
+                RUNG_NOTES[key],
+            ]
+        )
+    return rows
 
 
 def comparison_rows(baseline: dict, finetuned: dict) -> list[list]:
@@ -101,7 +130,7 @@ def compare(session: SessionData, progress=gr.Progress()):
 
     study = session.study
     if study.tuned is None:
-        return BEFORE_TRAINING, gr.update(visible=False), *([None] * 9)
+        return BEFORE_TRAINING, gr.update(visible=False), *([None] * 10)
     study.ensure_data()  # a saved run may be loaded before any data
     report = study.report(progress=study_progress(progress)).to_dict()
     baseline, finetuned, result = report["baseline"], report["finetuned"], report["comparison"]
@@ -110,6 +139,7 @@ def compare(session: SessionData, progress=gr.Progress()):
     return (
         summary_markdown(report),
         gr.update(visible=True),
+        ladder_rows(report),
         comparison_rows(baseline, finetuned),
         confusion_figure(baseline, "Baseline (zero-shot)"),
         confusion_figure(finetuned, "LoRA fine-tuned"),
@@ -135,10 +165,13 @@ def summary_markdown(report: dict) -> str:
         for who, m in (("Baseline", baseline), ("LoRA", finetuned))
         if m.get("warning")
     )
+    from ..report import short_reviews_line
+
+    short = short_reviews_line(report)
     return (
         f"`{report['model']}` on the same {baseline['n']} test reviews from `{report['data']['source']}`: accuracy "
         f"**{baseline['accuracy']:.3f} → {finetuned['accuracy']:.3f}**, F1 (positive) "
-        f"**{baseline['f1']:.3f} → {finetuned['f1']:.3f}**." + warnings
+        f"**{baseline['f1']:.3f} → {finetuned['f1']:.3f}**." + (f"\n\n{short}" if short else "") + warnings
     )
 
 
@@ -146,6 +179,13 @@ def build(session: gr.State, tab: gr.Tab) -> SimpleNamespace:
     loaded_run = build_loader(session, "saved-runs-compare")
     summary = gr.Markdown(BEFORE_TRAINING)
     with gr.Column(visible=False) as results:
+        ladder = gr.Dataframe(
+            headers=LADDER_HEADERS,
+            label="The ladder: what each step up buys, on the same test reviews",
+            interactive=False,
+            wrap=True,
+            elem_id="ladder",
+        )
         bars = gr.Plot(label="Metrics", show_label=False)
         with gr.Row():
             baseline_confusion = gr.Plot(label="Baseline confusion matrix", show_label=False)
@@ -176,6 +216,7 @@ def build(session: gr.State, tab: gr.Tab) -> SimpleNamespace:
         outputs=[
             summary,
             results,
+            ladder,
             table,
             baseline_confusion,
             lora_confusion,

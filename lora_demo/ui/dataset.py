@@ -11,7 +11,7 @@ import gradio as gr
 from ..config import DEFAULT_MAX_LENGTH, DataConfig, UserError, field_default, field_help
 from .errors import guard
 from .session import EVALUATE_SLOTS, SessionData
-from .widgets import notes_markdown, number, whole_number
+from .widgets import download_progress, notes_markdown, number, whole_number
 
 SAMPLE_ROWS = 8
 SAMPLE_CHARS = 160
@@ -99,7 +99,8 @@ def load_data(source, upload, train_size, val_size, test_size, seed, session: Se
     # sizes left at their defaults shrink to fit a small source, as in the CLI; chosen sizes never do
     untouched = all(size == field_default(DataConfig, name) for size, name in zip(sizes, SIZE_FIELDS))
     progress(0.1, desc="Loading reviews")
-    splits = session.study.load_data(config, fit_to_data=untouched, shown_as=shown_as)
+    downloading = download_progress(progress, "Downloading IMDb from the Hugging Face Hub")
+    splits = session.study.load_data(config, fit_to_data=untouched, shown_as=shown_as, progress=downloading)
     progress(0.6, desc="Counting tokens")
     texts = [*splits.train["text"], *splits.val["text"], *splits.test["text"]]
     lengths = token_lengths(minilm_tokenizer(), texts)

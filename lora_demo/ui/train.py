@@ -29,7 +29,7 @@ from ..config import (
 )
 from .errors import guard
 from .session import TRAIN_SLOTS, SessionData
-from .widgets import notes_markdown, slider, study_progress, whole_number
+from .widgets import download_progress, notes_markdown, slider, study_progress, whole_number
 
 REDRAW_SECONDS = 0.5
 LOSS_POINTS = 20  # aim for this many train-loss points, so even a one-epoch run on a few reviews draws a curve
@@ -175,7 +175,8 @@ def train(
     lora = lora_settings(r, alpha, dropout, targets, top_layers)
     lora.targets_for(study.spec)  # refuse a bad recipe before loading anything
     study.check_model()
-    notes = study.ensure_data()
+    notes = study.ensure_data(download_progress(progress, "Downloading IMDb from the Hugging Face Hub"))
+    study.download_model(download_progress(progress, f"Downloading {study.model_name} from the Hugging Face Hub"))
     base = recipe(recipe_name, study.spec)[1]
     splits = study.splits
     config = train_config(epochs, learning_rate, batch_size, max_length, len(splits.train), splits.config.seed, base)
@@ -328,46 +329,54 @@ def _controls(spec) -> SimpleNamespace:
 
 
 def build(session: gr.State, model: gr.Dropdown, demo: gr.Blocks) -> SimpleNamespace:
+    """The tab's layout; its events are wired by `_wire`."""
     spec = get_model_spec(DEFAULT_MODEL)
-    model_info = gr.Markdown(model_markdown(DEFAULT_MODEL))
-    recipes_info = gr.Markdown(recipe_markdown(spec), elem_id="recipes")
+    ui = SimpleNamespace(model=model, session=session, demo=demo)
+    ui.model_info = gr.Markdown(model_markdown(DEFAULT_MODEL))
+    ui.recipes_info = gr.Markdown(recipe_markdown(spec), elem_id="recipes")
     with gr.Row(equal_height=True):
-        recipe_name = gr.Radio(list(RECIPES), value=DEFAULT_RECIPE, label="Recipe", scale=4)
-        preset = gr.Button("Original study preset", scale=1)
-    preset_note = gr.Markdown(elem_id="preset-note")
-    controls = _controls(spec)
+        ui.recipe_name = gr.Radio(list(RECIPES), value=DEFAULT_RECIPE, label="Recipe", scale=4)
+        ui.preset = gr.Button("Original study preset", scale=1)
+    ui.preset_note = gr.Markdown(elem_id="preset-note")
+    ui.controls = _controls(spec)
     with gr.Row():
-        start = gr.Button("Start training", variant="primary", scale=3)
-        stop = gr.Button("Stop", variant="stop", scale=1)
-    stop_note = gr.Markdown(label="stop")
+        ui.start = gr.Button("Start training", variant="primary", scale=3)
+        ui.stop = gr.Button("Stop", variant="stop", scale=1)
+    ui.stop_note = gr.Markdown(label="stop")
     with gr.Accordion("Why LoRA saves resources, measured", open=False):
-        measure_button = gr.Button("Measure LoRA vs full fine-tuning on a batch of reviews")
-        resources = gr.Markdown(elem_id="resources")
-        by_rank = gr.Plot(label="Trainable parameters vs r", show_label=False, elem_id="by-rank")
-    download = gr.DownloadButton(
+        ui.measure_button = gr.Button("Measure LoRA vs full fine-tuning on a batch of reviews")
+        ui.resources = gr.Markdown(elem_id="resources")
+        ui.by_rank = gr.Plot(label="Trainable parameters vs r", show_label=False, elem_id="by-rank")
+    ui.download = gr.DownloadButton(
         "Download the adapter (zip: safetensors, adapter config, report)", visible=False, elem_id="download-adapter"
     )
-    loss_chart = gr.Plot(label="Loss", show_label=False, elem_id="loss-chart")
-    status = gr.Markdown(label="result", value="Training results appear here.", elem_id="train-status")
+    ui.loss_chart = gr.Plot(label="Loss", show_label=False, elem_id="loss-chart")
+    ui.status = gr.Markdown(label="result", value="Training results appear here.", elem_id="train-status")
     with gr.Accordion("Run details (JSON)", open=False):
-        details = gr.JSON(label="Training run")
+        ui.details = gr.JSON(label="Training run")
+    ui.recipe_controls = [*ui.controls.lora, ui.controls.epochs]
+    ui.model_selected = _wire(ui)
+    return ui
 
-    recipe_controls = [*controls.lora, controls.epochs]
+
+def _wire(ui: SimpleNamespace):
+    """The tab's events; returns the model choice's event, which other tabs follow."""
+    controls, session, model = ui.controls, ui.session, ui.model
     model_selected = model.change(
         guard(select_model),
-        inputs=[model, recipe_name, session],
-        outputs=[model_info, recipes_info, *recipe_controls],
+        inputs=[model, ui.recipe_name, session],
+        outputs=[ui.model_info, ui.recipes_info, *ui.recipe_controls],
         api_visibility="private",
     )
-    recipe_name.change(
+    ui.recipe_name.change(
         guard(select_recipe),
-        inputs=[recipe_name, model],
-        outputs=recipe_controls,
+        inputs=[ui.recipe_name, model],
+        outputs=ui.recipe_controls,
         api_visibility="private",
         queue=False,
     )
     gr.on(
-        [demo.load, model.change, *(controls.lora[i].change for i in (0, 3, 4))],  # r, targets, top layers
+        [ui.demo.load, model.change, *(controls.lora[i].change for i in (0, 3, 4))],  # r, targets, top layers
         guard(parameter_count),
         inputs=[model, *controls.lora],
         outputs=controls.params,
@@ -375,31 +384,26 @@ def build(session: gr.State, model: gr.Dropdown, demo: gr.Blocks) -> SimpleNames
         show_progress="hidden",
         api_visibility="private",
     )
-    start.click(guard(lambda: ""), outputs=stop_note, queue=False, api_visibility="private", show_progress="hidden")
-    start.click(
+    ui.start.click(
+        guard(lambda: ""), outputs=ui.stop_note, queue=False, api_visibility="private", show_progress="hidden"
+    )
+    ui.start.click(
         guard(train),
-        inputs=[*controls.lora, *controls.training, recipe_name, session],
-        outputs=[loss_chart, status, details],
+        inputs=[*controls.lora, *controls.training, ui.recipe_name, session],
+        outputs=[ui.loss_chart, ui.status, ui.details],
         api_name="train",
-        show_progress_on=[loss_chart],
+        show_progress_on=[ui.loss_chart],
         **TRAIN_SLOTS,
     ).success(
-        guard(download_update), inputs=session, outputs=download, api_visibility="private", show_progress="hidden"
+        guard(download_update), inputs=session, outputs=ui.download, api_visibility="private", show_progress="hidden"
     )
-    measure_button.click(
+    ui.measure_button.click(
         guard(measure_resources),
         inputs=[model, *controls.lora, session],
-        outputs=[resources, by_rank],
+        outputs=[ui.resources, ui.by_rank],
         api_visibility="private",
         **TRAIN_SLOTS,
     )
     # outside the queue: a stop never waits behind the run it stops, nor for a place in a full queue
-    stop.click(guard(stop_training), inputs=session, outputs=stop_note, api_name="stop_training", queue=False)
-    return SimpleNamespace(
-        model_selected=model_selected,
-        loss_chart=loss_chart,
-        preset=preset,
-        preset_note=preset_note,
-        recipe_name=recipe_name,
-        recipe_controls=recipe_controls,
-    )
+    ui.stop.click(guard(stop_training), inputs=session, outputs=ui.stop_note, api_name="stop_training", queue=False)
+    return model_selected

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
+
 import gradio as gr
 
 from ..config import UserError, field_default, field_help, field_range
@@ -43,6 +45,20 @@ def whole_number(value, name: str) -> int:
 def study_progress(progress):
     """Adapt `gr.Progress` to the study's `progress(what, done, total)`."""
     return lambda what, done, total: progress((done, total), desc=what, unit="reviews")
+
+
+def download_progress(progress, desc: str):
+    """Adapt `gr.Progress` to a download's byte counts, shown in MB.
+
+    The Hub client counts bytes in its own threads, and `gr.Progress` finds its event through context variables:
+    each report runs in a copy of the handler's context.
+    """
+    context = contextvars.copy_context()
+
+    def report(done: int, total: int):
+        context.copy().run(progress, (round(done / 1e6, 1), round(total / 1e6, 1)), desc=desc, unit="MB")
+
+    return report
 
 
 def notes_markdown(notes) -> str:
