@@ -19,7 +19,7 @@ from lora_demo.config import (
 
 def test_defaults_are_the_fast_recipe_with_the_studys_sizes_and_rank():
     data, lora, train = DataConfig(), LoraSettings(), TrainConfig()
-    assert (data.train_size, data.val_size, data.test_size) == (500, 200, 100)
+    assert (data.train_size, data.val_size, data.test_size) == (500, 200, 1000)
     assert data.source is None
     assert (lora.r, lora.alpha, lora.dropout) == (8, 32, 0.0)
     assert lora.target_modules is None and lora.top_layers is None  # the model's recipe decides
