@@ -234,10 +234,12 @@ class TrainConfig:
         default=None,
         metadata=_help("train under bfloat16 autocast; default: where the hardware runs bf16 natively"),
     )
+    # chosen on validation reviews only (500 IMDb training reviews, seed 42): 1.0 against 0 took accuracy on 300
+    # sentence windows of held-out IMDb training-split reviews from 0.73 to 0.76, IMDb validation 0.88 -> 0.86
     short_windows: float = field(
-        default=0.0,
+        default=1.0,
         metadata=_help(
-            "extra training examples per training review, each 1-3 consecutive sentences of a training review "
+            "extra training examples per training review of 2+ sentences, each 1-3 consecutive sentences of it "
             "with its label, drawn once with the seed: IMDb reviews are long, the reviews people type are short",
             minimum=0.0,
             maximum=2.0,
@@ -276,7 +278,8 @@ def recipe(name: str, spec: ModelSpec) -> tuple[LoraSettings, TrainConfig]:
     if name == "study":
         return (
             LoraSettings(dropout=0.1, target_modules=spec.study_targets, top_layers=0),
-            TrainConfig(epochs=1, model_dropout=None, bf16=False, evals_per_epoch=2),
+            # the study trained on whole reviews only
+            TrainConfig(epochs=1, model_dropout=None, bf16=False, evals_per_epoch=2, short_windows=0.0),
         )
     raise UserError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
 

@@ -109,8 +109,9 @@ def test_two_sessions_training_at_once_see_only_their_own_data_and_results(app, 
     assert two.predict("minilm", api_name="/evaluate_baseline")[3]["n"] == 30
     jobs = [one.submit(*SHORT_RUN, api_name="/train"), two.submit(*SHORT_RUN, api_name="/train")]
     (_, result_one, details_one), (_, result_two, details_two) = (job.result(timeout=300) for job in jobs)
-    assert (details_one["train"]["max_steps"], details_one["finetuned"]["n"]) == (5, 20)  # 40 reviews, batches of 8
-    assert (details_two["train"]["max_steps"], details_two["finetuned"]["n"]) == (8, 30)  # 64 reviews
+    # 40 reviews + 37 sentence windows, batches of 8; 64 reviews + 53 windows (one per review of 2+ sentences)
+    assert (details_one["train"]["max_steps"], details_one["finetuned"]["n"]) == (10, 20)
+    assert (details_two["train"]["max_steps"], details_two["finetuned"]["n"]) == (15, 30)
     assert "on 20 test reviews" in result_one and "on 30 test reviews" in result_two
 
     sessions = server_session(app, one), server_session(app, two)
