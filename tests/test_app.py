@@ -222,7 +222,8 @@ def test_stop_training_ends_the_run_early_and_keeps_the_model(client):
         time.sleep(0.2)  # the first loss point: training is under way
     assert "Stopping" in client.predict(api_name="/stop_training")
     _, result, details = job.result(timeout=120)
-    assert details["train"]["stopped"] is True and details["train"]["steps"] < details["train"]["max_steps"] == 400
+    assert details["train"]["stopped"] is True and details["train"]["steps"] < details["train"]["max_steps"]
+    assert details["train"]["max_steps"] >= 400  # and as many again at most: the default recipe's sentence windows
     assert "Stopped" in result
     _, lora, _ = client.predict("What a great film.", api_name="/classify")
     assert lora["label"] in ("positive", "negative"), "the partly trained model is used"

@@ -167,7 +167,8 @@ def test_stop_ends_the_thread_and_keeps_a_usable_adapter(app, connect):
     assert training_threads()
     assert "Stopping" in client.predict(api_name="/stop_training")
     _, result, details = job.result(timeout=120)
-    assert details["train"]["stopped"] is True and details["train"]["steps"] < details["train"]["max_steps"] == 800
+    assert details["train"]["stopped"] is True and details["train"]["steps"] < details["train"]["max_steps"]
+    assert details["train"]["max_steps"] >= 800  # and as many again at most: the default recipe's sentence windows
     assert "Stopped" in result
     wait_for(lambda: not training_threads(), timeout=10)
     updates = len(job.outputs())
