@@ -210,7 +210,9 @@ def prepare_data(bundle: ModelBundle, train_frame, val_frame, lora: LoraSettings
             collator = DataCollatorForSeq2Seq(bundle.tokenizer, model=bundle.model, label_pad_token_id=-100)
         else:
             collator = DataCollatorWithPadding(bundle.tokenizer)
-    return sets[0], (sets[1] if len(sets) > 1 else None), collator
+    # validation batches in length order: the mean loss is the same, the padding far smaller
+    val_set = sets[1].sort("length", reverse=True) if len(sets) > 1 else None
+    return sets[0], val_set, collator
 
 
 def build_training_args(config: TrainConfig, n_train: int, output_dir: str, seq2seq: bool) -> TrainingArguments:

@@ -430,8 +430,8 @@ def build(session: gr.State, model: gr.Dropdown, demo: gr.Blocks) -> SimpleNames
         "alpha 32 and no dropout; the frozen bottom 3 layers run once per review and are cached, and bf16 is used "
         "where the CPU runs it natively. On 2 CPU cores it trains on 500 IMDb reviews in about 40 s and scores "
         "about 0.86 accuracy on 2,000 test reviews. **Recipe `study`** is the original study's LoRA: rank 8, "
-        "alpha 32, dropout 0.1 on query and value of every layer, in fp32. Choosing a recipe sets the controls; "
-        "change any of them from there."
+        "alpha 32, dropout 0.1 on query and value of every layer (bf16 where native). Choosing a recipe sets the "
+        "controls; change any of them from there."
     )
     with gr.Row(equal_height=True):
         recipe_name = gr.Radio(
