@@ -250,3 +250,12 @@ def test_bf16_default_follows_the_hardware(monkeypatch):
         monkeypatch.setattr(inference, "fast_bf16", lambda native=native: native)
         assert build_training_args(TrainConfig(), 500, "unused", seq2seq=False).bf16 is native
     assert build_training_args(TrainConfig(bf16=False), 500, "unused", seq2seq=False).bf16 is False
+
+
+def test_validation_reviews_are_batched_longest_first(tiny_encoder, toy_reviews):
+    from lora_demo.train import prepare_data
+
+    train, val, _ = toy_reviews
+    _, val_set, _ = prepare_data(tiny_encoder, train, val, LoraSettings(top_layers=0), 64)
+    lengths = val_set["length"]
+    assert len(lengths) == len(val) and lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]
