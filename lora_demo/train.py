@@ -211,7 +211,10 @@ def prepare_data(bundle: ModelBundle, train_frame, val_frame, lora: LoraSettings
         else:
             collator = DataCollatorWithPadding(bundle.tokenizer)
     # validation batches in length order: the mean loss is the same, the padding far smaller
-    val_set = sets[1].sort("length", reverse=True) if len(sets) > 1 else None
+    val_set = None
+    if len(sets) > 1:
+        lengths = sets[1]["length"]
+        val_set = sets[1].select(sorted(range(len(lengths)), key=lambda i: -lengths[i]))
     return sets[0], val_set, collator
 
 
