@@ -181,7 +181,7 @@ def _train_tiny_t5(bf16: bool):
 
     train, val, test = (make_toy_reviews(n, seed=s) for n, s in ((64, 1), (16, 2), (40, 3)))
     lora = LoraSettings(dropout=0.1, target_modules=("q", "v"), top_layers=0)  # the study's LoRA
-    config = TrainConfig(epochs=3, batch_size=8, learning_rate=3e-3, bf16=bf16, model_dropout=None, seed=3)
+    config = TrainConfig(epochs=8, batch_size=8, learning_rate=1e-2, bf16=bf16, model_dropout=None, seed=3)
     tuned, result = train_lora(build_tiny_t5(seed=0), train, val, lora, config)
     return result, classify_texts(tuned, test["text"].tolist(), max_length=64).outputs
 
@@ -189,7 +189,9 @@ def _train_tiny_t5(bf16: bool):
 def test_bf16_training_of_tiny_t5_stays_close_to_fp32():
     fp32, fp32_words = _train_tiny_t5(bf16=False)
     bf16, bf16_words = _train_tiny_t5(bf16=True)
-    assert bf16.train_loss == pytest.approx(fp32.train_loss, rel=0.05)
-    assert bf16.val_loss == pytest.approx(fp32.val_loss, rel=0.05)
+    assert fp32.val_loss < 0.7  # it learned the toy task (its loss starts near 3), so the comparison means something
+    # bf16 autocast keeps fp32 weights: measured 0.2% and 0.01% apart; bf16 weights are 0.9% and 2% apart
+    assert bf16.train_loss == pytest.approx(fp32.train_loss, rel=0.006)
+    assert bf16.val_loss == pytest.approx(fp32.val_loss, rel=0.01)
     same = sum(a == b for a, b in zip(fp32_words, bf16_words)) / len(fp32_words)
-    assert same >= 0.9 and not math.isnan(bf16.train_loss)
+    assert same >= 0.95 and not math.isnan(bf16.train_loss)
