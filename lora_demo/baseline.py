@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from .config import DEFAULT_MAX_LENGTH
 from .inference import Predictions, classify_texts, run_batches
 from .models import ModelBundle, encode_head_tail
 
@@ -47,7 +48,7 @@ def label_prototypes(bundle: ModelBundle) -> torch.Tensor:
 
 
 def embed_texts(
-    bundle: ModelBundle, texts: list[str], max_length: int = 256, batch_size: int = 64, progress=None
+    bundle: ModelBundle, texts: list[str], max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 64, progress=None
 ) -> torch.Tensor:
     """Unit-length mean-pooled embeddings, in input order."""
     encoded = encode_head_tail(bundle.tokenizer, texts, max_length)
@@ -64,7 +65,7 @@ def embed_texts(
 def zero_shot_predict(
     bundle: ModelBundle,
     texts: list[str],
-    max_length: int = 256,
+    max_length: int = DEFAULT_MAX_LENGTH,
     batch_size: int = 64,
     progress: Callable[[int, int], None] | None = None,
 ) -> Predictions:

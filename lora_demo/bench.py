@@ -31,6 +31,7 @@ from .baseline import SIMILARITY_SCALE, label_prototypes
 from .config import DEFAULT_MODEL, DataConfig, LoraSettings, TrainConfig, UserError
 from .data import Splits
 from .inference import classify_texts, serving_copy
+from .ladder import tfidf_predictions
 from .lora import apply_lora
 from .measure import flop_counter, latency_ms, machine_figures, matmul_gflops, run_isolated
 from .metrics import evaluate_predictions
@@ -321,18 +322,11 @@ def count_training_flop(tuned: ModelBundle, splits: Splits, lora, config, result
 
 
 def run_tfidf(splits: Splits) -> dict:
-    """TF-IDF over 1-2 grams with logistic regression, trained on the same train reviews."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
+    """TF-IDF + logistic regression (`ladder.tfidf_predictions`), trained on the same train reviews."""
     started = time.perf_counter()
-    model = make_pipeline(
-        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1), LogisticRegression(max_iter=1000, C=10.0)
-    )
-    model.fit(splits.train["text"], splits.train["label"])
+    predictions = tfidf_predictions(splits.train, splits.test["text"].tolist(), seed=splits.config.seed)
     seconds = time.perf_counter() - started
-    predicted = model.predict(splits.test["text"]).tolist()
+    predicted = predictions.labels
     return {
         **_scores(splits.test["label"].tolist(), predicted, 0),
         "seconds": round(seconds, 2),

@@ -11,19 +11,23 @@ import logging
 import os
 import sys
 import traceback
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from .config import (
     DEFAULT_MODEL,
+    DEFAULT_RECIPE,
     MODEL_REGISTRY,
+    PRESETS,
     RECIPES,
     DataConfig,
     LoraSettings,
     TrainConfig,
     UserError,
+    describe_recipe,
     field_help,
     get_model_spec,
+    get_preset,
     recipe,
 )
 
@@ -67,16 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def with_model(p):
-        p.add_argument("--model", default=DEFAULT_MODEL, choices=list(MODEL_REGISTRY), help="registry model")
+        p.add_argument("--model", default=None, choices=list(MODEL_REGISTRY), help=f"registry model ({DEFAULT_MODEL})")
         return p
 
     def with_lora(p):
         p.add_argument(
             "--recipe",
-            default="fast",
+            default=None,
             choices=list(RECIPES),
             help="starting settings that the other flags change: "
-            + "; ".join(f"{name}: {what}" for name, what in RECIPES.items()),
+            + "; ".join(f"{name}: {describe_recipe(name, get_model_spec(DEFAULT_MODEL))}" for name in RECIPES)
+            + f" (default: {DEFAULT_RECIPE})",
+        )
+        p.add_argument(
+            "--preset",
+            default=None,
+            choices=list(PRESETS),
+            help="a whole configuration: " + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()),
         )
         _add_fields(p, LoraSettings, skip=("target_modules",))
         p.add_argument("--target-modules", nargs="+", default=None, help=field_help(LoraSettings, "target_modules"))
@@ -86,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fields(train, TrainConfig, rename={"learning_rate": "lr"}, skip=("seed",))
     train.add_argument("--output", help="folder to save the adapter in")
     train.add_argument("--report", help="file to write the JSON report to")
+    train.add_argument(
+        "--no-resources",
+        dest="resources",
+        action="store_false",
+        help="skip measuring LoRA against full fine-tuning on a batch (loads the model twice more)",
+    )
 
     evaluate = with_model(with_data(commands.add_parser("evaluate", help="score the baseline or an adapter")))
     evaluate.add_argument("--adapter", help="adapter folder from `train --output`; default: the zero-shot baseline")
@@ -114,113 +131,146 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_train(args) -> int:
-    from .data import load_splits
-    from .pipeline import comparison_table, run_study
+@dataclass
+class Choice:
+    """What the flags chose: model, recipe, data, LoRA and training settings (a preset fills what is not given)."""
+
+    model: str
+    recipe: str
+    data: DataConfig | None
+    lora: LoraSettings
+    notes: list[str]
+
+    def train_config(self, args) -> TrainConfig:
+        base = replace(recipe(self.recipe, get_model_spec(self.model))[1], seed=self.data.seed)
+        return _from_args(TrainConfig, args, base)
+
+
+def _choose(args, models, loads_weights: bool = True) -> Choice:
+    """Resolve `--preset`, `--model` and `--recipe` and check every setting before any data loads.
+
+    Args:
+        loads_weights: the command needs the model's weights, so a preset whose model cannot load here falls back.
+    """
+    from .study import preset_model
+
+    notes, preset = [], get_preset(args.preset) if args.preset else None
+    model = args.model
+    if model is None and preset is not None:
+        model, note = preset_model(preset.name, models) if loads_weights else (preset.model, None)
+        notes += [note] if note else []
+    model = model or DEFAULT_MODEL
+    recipe_name = args.recipe or (preset.recipe if preset else DEFAULT_RECIPE)
+    data = None
+    if hasattr(args, "train_size"):
+        data = _from_args(DataConfig, args, preset.data_config(DataConfig()) if preset else None)
+    lora = _from_args(LoraSettings, args, recipe(recipe_name, get_model_spec(model))[0])
+    if args.target_modules:
+        lora = replace(lora, target_modules=tuple(args.target_modules))
+    spec = get_model_spec(model)
+    lora.targets_for(spec)
+    lora.layers_for(spec)
+    return Choice(model, recipe_name, data, lora, notes)
+
+
+def cmd_train(args, models=None) -> int:
+    from .report import comparison_table, resources_line, short_reviews_line, train_line
+    from .study import Study
     from .train import is_main_process
 
     # every setting is checked before the data loads, so a mistake is the only line printed
-    data_config = _data_config(args)
-    lora = _lora_settings(args)
-    config = _from_args(
-        TrainConfig, args, replace(recipe(args.recipe, get_model_spec(args.model))[1], seed=data_config.seed)
-    )
-    _check_model(args.model, lora)
-    splits = load_splits(data_config, fit_to_data=_sizes_not_given(args))
-    _print_notes(splits.notes)
-    report = run_study(args.model, splits, lora, config, output_dir=args.output, on_event=_log_event)
+    choice = _choose(args, models)
+    config = choice.train_config(args)
+    study = Study(choice.model, models)
+    study.check_model()
+    _print_notes(choice.notes)
+    _print_notes(study.load_data(choice.data, fit_to_data=_sizes_not_given(args)).notes)
+    report = study.run(choice.lora, config, choice.recipe, on_event=_log_event)
     if not is_main_process():  # torchrun: rank 0 reports
         return 0
-    report["resources"] = _measure_resources(args.model, lora, splits, config.seed)
-    _write_json(args.report, report)
-    if report.get("adapter"):  # the app lists adapter folders by their report (lora_demo.runs)
-        _write_json(Path(report["adapter"]) / "report.json", report)
-    train = report["train"]
-    print(
-        f"trained {train['steps']} steps in {train['seconds']:.1f} s: train loss {train['train_loss']:.4f}, "
-        f"validation loss {train['val_loss'] if train['val_loss'] is None else round(train['val_loss'], 4)}; "
-        f"{report['params']['trainable']:,} trainable of {report['params']['total']:,} parameters "
-        f"({report['params']['percent']:.3f}%)"
-    )
-    print(comparison_table(report))
-    print(report["comparison"]["verdict"])
-    lora_row, full_row = report["resources"]["lora"], report["resources"]["full"]
-    print(
-        f"LoRA vs full fine-tuning, measured on {report['resources']['batch']['reviews']} reviews: "
-        f"{lora_row['seconds_per_step']:.3f} s vs {full_row['seconds_per_step']:.3f} s per step, "
-        f"{lora_row['memory_growth_mb']:.0f} MB vs {full_row['memory_growth_mb']:.0f} MB memory growth, "
-        f"{lora_row['saved_mb'] * 1024:.0f} KB vs {full_row['saved_mb']:.1f} MB saved"
-    )
+    if args.resources:
+        study.measure_resources(choice.lora, seed=config.seed)
+        report.resources = study.resources
+    if args.output:
+        study.save(args.output, report)
+    _write_json(args.report, report.to_dict())
+    summary = report.to_dict()
+    print(train_line(summary))
+    print(comparison_table(summary))
+    print(summary["comparison"]["verdict"])
+    for line in (short_reviews_line(summary), resources_line(summary)):
+        if line:
+            print(line)
     for name in ("baseline", "finetuned"):
-        if report[name].get("warning"):
-            print(f"warning ({name}): {report[name]['warning']}")
+        if summary[name].get("warning"):
+            print(f"warning ({name}): {summary[name]['warning']}")
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    from .data import load_splits
-    from .inference import serving_copy
-    from .lora import load_adapter, read_adapter_metadata
-    from .models import load_bundle
-    from .pipeline import evaluate_model
+def cmd_evaluate(args, models=None) -> int:
+    from .config import DEFAULT_MAX_LENGTH
+    from .study import Study
 
-    _check_model(read_adapter_metadata(args.adapter)["model"] if args.adapter else args.model)
-    splits = load_splits(_data_config(args), fit_to_data=_sizes_not_given(args))
+    study = Study(args.model or DEFAULT_MODEL, models)
+    if args.adapter:
+        tuned = study.load_adapter(args.adapter)
+    else:
+        study.check_model()
+    splits = study.load_data(_from_args(DataConfig, args), fit_to_data=_sizes_not_given(args))
     _print_notes(splits.notes)
     if args.adapter:
-        bundle, meta = load_adapter(args.adapter)
-        max_length = args.max_length or meta.get("train_config", {}).get("max_length", 256)
+        metrics = study.finetuned().metrics
     else:
-        bundle, max_length = load_bundle(args.model), args.max_length or 256
-    metrics, _ = evaluate_model(serving_copy(bundle), splits.test, zero_shot=not args.adapter, max_length=max_length)
-    result = {"model": bundle.spec.name, "adapter": args.adapter, "data": splits.summary(), "metrics": metrics}
+        metrics = study.baseline(max_length=args.max_length or DEFAULT_MAX_LENGTH).metrics
+    result = {"model": study.model_name, "adapter": args.adapter, "data": splits.summary(), "metrics": metrics}
+    if args.adapter:
+        result["trained_on"] = {k: v for k, v in tuned.trained_on.to_dict().items() if k != "review_hashes"}
     _write_json(args.report, result)
     print(json.dumps(result, indent=2))
     return 0
 
 
-def cmd_predict(args) -> int:
-    from .baseline import zero_shot_predict
-    from .inference import classify_texts, serving_copy
-    from .lora import load_adapter
-    from .models import load_bundle
+def cmd_predict(args, models=None) -> int:
+    from .study import Study
 
     texts = [t.strip() for t in args.texts]
     if not all(texts):
         raise UserError("empty text: give each review as a non-empty argument")
+    study = Study(args.model or DEFAULT_MODEL, models)
     if args.adapter:
-        bundle, meta = load_adapter(args.adapter)
-        max_length = meta.get("train_config", {}).get("max_length", 256)
-        predictions = classify_texts(serving_copy(bundle), texts, max_length=max_length)
+        study.load_adapter(args.adapter)
     else:
-        predictions = zero_shot_predict(serving_copy(load_bundle(args.model)), texts)
+        study.check_model()
+    baseline, tuned = study.classify(texts)
+    predictions = tuned if args.adapter else baseline
     for text, label, confidence in zip(texts, predictions.label_names(), predictions.confidence):
         print(json.dumps({"text": text, "label": label, "confidence": round(confidence, 4)}))
     return 0
 
 
-def cmd_params(args) -> int:
+def cmd_params(args, models=None) -> int:
     from .lora import count_parameters_offline
 
-    counts = count_parameters_offline(args.model, _lora_settings(args))
+    choice = _choose(args, models, loads_weights=False)
+    counts = count_parameters_offline(choice.model, choice.lora)
     print(
-        f"model {args.model}: {counts['trainable']:,} trainable of {counts['total']:,} parameters "
+        f"model {choice.model}: {counts['trainable']:,} trainable of {counts['total']:,} parameters "
         f"({counts['percent']:.3f}%); base model {counts['base_total']:,}"
     )
     return 0
 
 
-def cmd_data(args) -> int:
+def cmd_data(args, models=None) -> int:
     from .data import load_splits
 
-    splits = load_splits(_data_config(args), fit_to_data=_sizes_not_given(args))
+    splits = load_splits(_from_args(DataConfig, args), fit_to_data=_sizes_not_given(args))
     summary = splits.summary()
     summary["examples"] = splits.train.head(3).assign(text=lambda f: f["text"].str[:120]).to_dict("records")
     print(json.dumps(summary, indent=2))
     return 0
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(args, models=None) -> int:
     from . import bench
 
     def log(line):
@@ -259,52 +309,23 @@ def _bench_study_preset(args, log) -> int:
     return 0
 
 
-def _measure_resources(model: str, lora: LoraSettings, splits, seed: int) -> dict:
-    """A few measured steps of LoRA and of full fine-tuning (see `lora_demo.resources`), and trainable vs r."""
-    from .resources import measure, trainable_by_rank
-
-    return {
-        **measure(model, lora, splits.train.head(8), seed=seed),
-        "trainable_by_rank": trainable_by_rank(model, lora),
-    }
-
-
-def _check_model(name: str, lora: LoraSettings | None = None):
-    """Refuse a model that cannot load here, or LoRA settings it does not fit, before any slow work."""
-    from .models import check_available
-
-    spec = get_model_spec(name)
-    if lora is not None:
-        lora.targets_for(spec)
-        lora.layers_for(spec)
-    check_available(spec)
-
-
-def _data_config(args) -> DataConfig:
-    return _from_args(DataConfig, args)
-
-
 def _sizes_not_given(args) -> bool:
-    return all(getattr(args, name) is None for name in ("train_size", "val_size", "test_size"))
+    given = any(getattr(args, name) is not None for name in ("train_size", "val_size", "test_size"))
+    return not given and not getattr(args, "preset", None)
 
 
-def _lora_settings(args) -> LoraSettings:
-    settings = _from_args(LoraSettings, args, recipe(args.recipe, get_model_spec(args.model))[0])
-    if args.target_modules:
-        settings = replace(settings, target_modules=tuple(args.target_modules))
-    return settings
-
-
-def _log_event(event: dict):
+def _log_event(event):
     from .train import is_main_process
 
     if not is_main_process():
         return
-    if event["type"] == "log":
-        print(f"step {event['step']:>4}  epoch {event['epoch']:.2f}  train loss {event['loss']:.4f}", flush=True)
-    elif event["type"] == "eval":
+    if event.type == "log":
+        print(f"step {event.step:>4}  epoch {event.epoch:.2f}  train loss {event.loss:.4f}", flush=True)
+    elif event.type == "eval":
+        accuracy = "" if event.val_accuracy is None else f", accuracy {event.val_accuracy:.3f}"
         print(
-            f"step {event['step']:>4}  epoch {event['epoch']:.2f}  validation loss {event['val_loss']:.4f}", flush=True
+            f"step {event.step:>4}  epoch {event.epoch:.2f}  validation loss {event.val_loss:.4f}{accuracy}",
+            flush=True,
         )
 
 
@@ -316,7 +337,7 @@ def _print_notes(notes):
 def _write_json(path, payload):
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(payload, indent=2))
+        Path(path).write_text(json.dumps(payload, indent=2, default=str))
 
 
 COMMANDS = {
@@ -329,11 +350,17 @@ COMMANDS = {
 }
 
 
-def main(argv=None) -> int:
+def main(argv=None, models=None) -> int:
+    """Run one command; returns its exit status.
+
+    Args:
+        argv: the arguments (default: the command line).
+        models: where the study gets its models (`study.Models`); default: the registry. Tests give tiny models.
+    """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command](args, models)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -6,12 +6,14 @@ the one source of truth for what a valid setting is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 LABEL_NAMES = ("negative", "positive")
+METADATA_FILE = "lora_demo.json"  # beside every adapter we save: its base model, settings and training record
+DEFAULT_MAX_LENGTH = 256  # tokens kept per review, head + tail: the one place this default lives
 
 ModelKind = Literal["encoder", "seq2seq"]
 
@@ -113,12 +115,18 @@ class DataConfig:
         default=None,
         metadata=_help(
             "a folder with train/test files (parquet, csv, jsonl), one such file, an aclImdb folder, "
-            "'hub' or 'builtin'; default: $LORA_DEMO_DATA, else the Hub if reachable, else 'builtin'"
+            "'hub', 'sample' (real IMDb shipped with the demo) or 'builtin' (160 short reviews); "
+            "default: $LORA_DEMO_DATA, else the Hub if reachable, else 'sample'"
         ),
     )
     train_size: int = field(default=500, metadata=_help("training reviews", minimum=2, maximum=25_000))
     val_size: int = field(default=200, metadata=_help("validation reviews", minimum=2, maximum=25_000))
-    test_size: int = field(default=100, metadata=_help("test reviews", minimum=2, maximum=25_000))
+    test_size: int = field(
+        default=1000,
+        metadata=_help(
+            "test reviews (the study used 100; 1,000 tell a real gain from chance)", minimum=2, maximum=25_000
+        ),
+    )
     seed: int = field(default=42, metadata=_help("seed of the split and of training"))
 
     def __post_init__(self):
@@ -206,7 +214,7 @@ class TrainConfig:
     learning_rate: float = field(default=1e-3, metadata=_help("peak learning rate", minimum=1e-6, maximum=1e-1))
     batch_size: int = field(default=16, metadata=_help("reviews per step", minimum=1, maximum=128))
     max_length: int = field(
-        default=256, metadata=_help("tokens kept per review (head + tail)", minimum=16, maximum=512)
+        default=DEFAULT_MAX_LENGTH, metadata=_help("tokens kept per review (head + tail)", minimum=16, maximum=512)
     )
     warmup_ratio: float = field(
         default=0.1, metadata=_help("share of steps spent warming up", minimum=0.0, maximum=0.5)
@@ -226,6 +234,15 @@ class TrainConfig:
         default=None,
         metadata=_help("train under bfloat16 autocast; default: where the hardware runs bf16 natively"),
     )
+    short_windows: float = field(
+        default=0.0,
+        metadata=_help(
+            "extra training examples per training review, each 1-3 consecutive sentences of a training review "
+            "with its label, drawn once with the seed: IMDb reviews are long, the reviews people type are short",
+            minimum=0.0,
+            maximum=2.0,
+        ),
+    )
     seed: int = field(default=42, metadata=_help("seed of the head's initialisation and of the shuffling"))
 
     def __post_init__(self):
@@ -241,14 +258,15 @@ class TrainConfig:
                 raise UserError(f"`{name}` must be a whole number, got {getattr(self, name)!r}")
 
 
-RECIPES = {
-    "fast": "this demo's CPU recipe (the default)",
-    "study": "the original study's LoRA: r 8, alpha 32, dropout 0.1 on q and v of every layer, bf16 where native",
-}
+RECIPES = ("fast", "study")
+DEFAULT_RECIPE = "fast"
 
 
 def recipe(name: str, spec: ModelSpec) -> tuple[LoraSettings, TrainConfig]:
     """The starting settings of a named recipe for `spec`; flags and controls change them from there.
+
+    `fast` is this demo's CPU recipe; `study` is the original study's LoRA and training: r 8, alpha 32, dropout 0.1
+    on the query and value projections of every layer, one epoch, the checkpoint's own dropout, bf16 where native.
 
     Raises:
         UserError: for a name outside `RECIPES`.
@@ -260,9 +278,65 @@ def recipe(name: str, spec: ModelSpec) -> tuple[LoraSettings, TrainConfig]:
             LoraSettings(dropout=0.1, target_modules=spec.study_targets, top_layers=0),
             # the study's LoRA and the checkpoint's dropout; bf16 where native and one validation pass per
             # epoch only make it faster (T5 was pre-trained in bf16)
-            TrainConfig(model_dropout=None, evals_per_epoch=1),
+            TrainConfig(epochs=1, model_dropout=None, evals_per_epoch=1),
         )
     raise UserError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
+
+
+def describe_recipe(name: str, spec: ModelSpec) -> str:
+    """One line that says what a recipe sets for `spec`, read from its settings (for the CLI help and the app)."""
+    lora, train = recipe(name, spec)
+    layers = lora.layers_for(spec)
+    where = f"the top {len(layers)} layers" if layers else "every layer"
+    precision = {None: "bf16 where the CPU runs it natively", True: "bf16", False: "fp32"}[train.bf16]
+    dropout = "the checkpoint's" if train.model_dropout is None else f"{train.model_dropout:g}"
+    return (
+        f"r {lora.r}, alpha {lora.alpha:g}, LoRA dropout {lora.dropout:g} on {', '.join(lora.targets_for(spec))} of "
+        f"{where}; {train.epochs:g} epoch{'s' if train.epochs != 1 else ''}, model dropout {dropout}, {precision}"
+    )
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A whole configuration in one name: model, split sizes and recipe (the CLI's `--preset`, the app's button)."""
+
+    name: str
+    model: str
+    fallback_model: str  # where `model` cannot load (no Hub), the same settings on this one
+    recipe: str
+    train_size: int
+    val_size: int
+    test_size: int
+    description: str
+
+    def data_config(self, base: DataConfig) -> DataConfig:
+        return replace(base, train_size=self.train_size, val_size=self.val_size, test_size=self.test_size)
+
+
+PRESETS = {
+    "study": Preset(
+        name="study",
+        model="t5-small",
+        fallback_model=DEFAULT_MODEL,
+        recipe="study",
+        train_size=500,
+        val_size=200,
+        test_size=100,
+        description="the original study: T5-small, 500 / 200 / 100 reviews, LoRA r 8, alpha 32, dropout 0.1 on "
+        "the query and value projections, one epoch",
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    """Look a preset up by name.
+
+    Raises:
+        UserError: for a name outside `PRESETS`.
+    """
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
 
 
 def field_range(cls, name: str) -> tuple[float | None, float | None]:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import copy
 import functools
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import torch
 
-from .config import LABEL_NAMES
+from .config import DEFAULT_MAX_LENGTH, LABEL_NAMES
 from .data import format_seq2seq
-from .models import ModelBundle, encode_head_tail
+from .models import ModelBundle, encode_head_tail, load_bundle
 
 UNMAPPED = -1
 
@@ -101,7 +102,7 @@ def run_batches(bundle: ModelBundle, encoded, batch_size, step, progress=None, b
 def classify_texts(
     bundle: ModelBundle,
     texts: list[str],
-    max_length: int = 256,
+    max_length: int = DEFAULT_MAX_LENGTH,
     batch_size: int = 64,
     progress: Callable[[int, int], None] | None = None,
 ) -> Predictions:
@@ -143,3 +144,22 @@ def _generate_labels(bundle, texts, max_length, batch_size, progress) -> Predict
     return Predictions(
         labels=[r[0] for r in results], confidence=[r[1] for r in results], outputs=[r[2] for r in results]
     )
+
+
+class ModelCache:
+    """Untouched models for zero-shot inference, loaded on first use and keyed by registry name.
+
+    Args:
+        loader: loads a fresh registry model by name (`models.load_bundle`; tests give tiny models).
+    """
+
+    def __init__(self, loader: Callable[[str], ModelBundle] = load_bundle):
+        self._loader = loader
+        self._bundles: dict[str, ModelBundle] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> ModelBundle:
+        with self._lock:
+            if name not in self._bundles:
+                self._bundles[name] = serving_copy(self._loader(name))
+            return self._bundles[name]

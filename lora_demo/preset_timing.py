@@ -3,8 +3,8 @@
 T5 weights cannot be downloaded everywhere, but speed does not depend on the weights: the model here is a
 T5-small built from its architecture config (`assets/models/t5-small.json`) with random weights, and the
 tokenizer a stand-in (the bundled MiniLM's WordPiece vocabulary, ending each text with `[SEP]` as T5 ends
-it with `</s>`; it cuts IMDb reviews into a similar number of tokens). The preset runs through the code
-the app and the CLI run: zero-shot scoring of the test reviews, `train_lora`, scoring the tuned model.
+it with `</s>`; it cuts IMDb reviews into a similar number of tokens). The preset runs through the study API
+the app and the CLI call: `Study.baseline`, `Study.train` (`train_lora`), `Study.finetuned`.
 """
 
 from __future__ import annotations
@@ -72,22 +72,24 @@ def now_settings(seed: int) -> tuple[LoraSettings, TrainConfig]:
 
 
 def run_preset(splits: Splits, lora: LoraSettings, config: TrainConfig, loader=random_t5_small) -> dict:
-    """Baseline, training and scoring of one preset, each phase timed, as the app and the CLI run them.
+    """Baseline, training and scoring of one preset through the study API the app and the CLI call, timed.
 
     Returns:
         seconds per phase, the losses, the number of training and validation passes, and the settings.
     """
-    from .inference import fast_bf16, serving_copy
-    from .pipeline import evaluate_model
-    from .train import train_lora
+    from .inference import fast_bf16
+    from .study import Models, Study
 
-    bundle = loader(config.seed)
+    models = Models(loader=lambda name, seed=config.seed: loader(seed), check=lambda spec: None)
+    study = Study("t5-small", models)
+    study.splits = splits  # as `Study.load_data` leaves them
     started = time.perf_counter()
-    evaluate_model(serving_copy(bundle), splits.test, zero_shot=True, max_length=config.max_length)
+    study.baseline(max_length=config.max_length)
     baseline_seconds = time.perf_counter() - started
-    tuned, result = train_lora(bundle, splits.train, splits.val, lora, config)
+    tuned = study.train(lora, config, recipe="study")
     started = time.perf_counter()
-    metrics, _ = evaluate_model(serving_copy(tuned), splits.test, zero_shot=False, max_length=config.max_length)
+    evaluation = study.finetuned()
+    result = tuned.result
     return {
         "baseline_seconds": round(baseline_seconds, 2),
         "train_seconds": round(result.seconds, 2),
@@ -96,7 +98,7 @@ def run_preset(splits: Splits, lora: LoraSettings, config: TrainConfig, loader=r
         "validation_passes": sum(1 for e in result.history if e["type"] == "eval"),
         "train_loss": result.train_loss,
         "val_loss": result.val_loss,
-        "unmapped_answers": metrics["prediction_counts"]["unmapped"],
+        "unmapped_answers": evaluation.metrics["prediction_counts"]["unmapped"],
         "bf16": fast_bf16() if config.bf16 is None else config.bf16,
         "lora": asdict(lora),
         "train_config": asdict(config),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,7 +51,15 @@ def _batch(bundle: ModelBundle, frame, max_length: int) -> dict:
     return {**padded, "labels": torch.tensor([f["labels"] for f in features])}
 
 
-def measure(model_name: str, lora: LoraSettings, frame, steps: int = 3, max_length: int = 128, seed: int = 42) -> dict:
+def measure(
+    model_name: str,
+    lora: LoraSettings,
+    frame,
+    steps: int = 3,
+    max_length: int = 128,
+    seed: int = 42,
+    loader: Callable[..., ModelBundle] = load_bundle,
+) -> dict:
     """Time per step and memory growth of LoRA vs full fine-tuning, on the reviews of `frame` as one batch.
 
     Args:
@@ -58,11 +67,12 @@ def measure(model_name: str, lora: LoraSettings, frame, steps: int = 3, max_leng
         lora: the LoRA settings to measure; the adapter covers all layers here, as a LoRA step with no cache.
         frame: a few reviews (`text`, `label`): one batch.
         steps: measured steps; the first is a warm-up and is left out of the median.
+        loader: loads a fresh registry model by name and seed (`models.load_bundle`).
     """
     rows = {}
     for method in ("lora", "full"):
         with PeakRSS() as memory:
-            bundle = load_bundle(model_name, seed=seed)
+            bundle = loader(model_name, seed=seed)
             if method == "lora":
                 bundle = apply_lora(bundle, lora)
             else:

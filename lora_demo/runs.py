@@ -14,8 +14,7 @@ import re
 import time
 from pathlib import Path
 
-from .config import UserError
-from .lora import METADATA_FILE
+from .config import METADATA_FILE, UserError
 
 REPORT_FILE = "report.json"
 

@@ -13,7 +13,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
 
 import datasets
 import pandas as pd
@@ -31,6 +32,7 @@ from transformers import (
 )
 
 from . import inference
+from .augment import add_sentence_windows
 from .baseline import SIMILARITY_SCALE, label_prototypes
 from .config import LoraSettings, TrainConfig, UserError
 from .data import format_seq2seq, label_word
@@ -38,7 +40,34 @@ from .inference import run_batches
 from .lora import apply_lora, count_parameters
 from .models import ModelBundle, encode_head_tail
 
-Event = dict  # {"type": "log" | "eval" | "progress", "step", "epoch", "loss" | "val_loss" | "max_steps"}
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """One thing that happened while training: a logged train loss, an evaluation, or a finished step.
+
+    Attributes:
+        type: `log` (train loss), `eval` (validation loss) or `progress` (a step ended).
+        step: optimizer steps done.
+        epoch: epochs done, fractional.
+        loss: the train loss logged (`log`).
+        learning_rate: the learning rate at that step (`log`).
+        val_loss: the validation loss (`eval`).
+        val_accuracy: the share of validation reviews labelled right (`eval`).
+        max_steps: steps the run will take if not stopped (`progress`).
+    """
+
+    type: Literal["log", "eval", "progress"]
+    step: int
+    epoch: float
+    loss: float | None = None
+    learning_rate: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    max_steps: int | None = None
+
+    def to_dict(self) -> dict:
+        """The event as the report and the charts keep it: its type, step, epoch and the values it has."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 def is_main_process() -> bool:
@@ -58,6 +87,7 @@ class TrainResult:
     stopped: bool
     params: dict
     history: list[dict] = field(default_factory=list)
+    val_accuracy: float | None = None  # at the last evaluation, like val_loss
 
     def as_dict(self) -> dict:
         return {key: getattr(self, key) for key in self.__dataclass_fields__}
@@ -66,36 +96,51 @@ class TrainResult:
 class StreamCallback(TrainerCallback):
     """Send each logged train loss, each validation loss and each step's progress to `on_event`."""
 
-    def __init__(self, on_event: Callable[[Event], None], history: list[dict]):
+    def __init__(self, on_event: Callable[[TrainEvent], None] | None, history: list[dict]):
         self.on_event = on_event
         self.history = history
 
-    def _emit(self, event: Event):
-        if event["type"] != "progress":
-            self.history.append(event)
+    def _emit(self, event: TrainEvent):
+        if event.type != "progress":
+            self.history.append(event.to_dict())
         if self.on_event:
             self.on_event(event)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self._emit(
-                {
-                    "type": "log",
-                    "step": state.global_step,
-                    "epoch": state.epoch,
-                    "loss": logs["loss"],
-                    "learning_rate": logs.get("learning_rate"),
-                }
+                TrainEvent(
+                    "log", state.global_step, state.epoch, loss=logs["loss"], learning_rate=logs.get("learning_rate")
+                )
             )
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if metrics and "eval_loss" in metrics:
-            self._emit(
-                {"type": "eval", "step": state.global_step, "epoch": state.epoch, "val_loss": metrics["eval_loss"]}
-            )
+            loss, accuracy = metrics["eval_loss"], metrics.get("eval_accuracy")
+            self._emit(TrainEvent("eval", state.global_step, state.epoch, val_loss=loss, val_accuracy=accuracy))
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._emit({"type": "progress", "step": state.global_step, "epoch": state.epoch, "max_steps": state.max_steps})
+        self._emit(TrainEvent("progress", state.global_step, state.epoch, max_steps=state.max_steps))
+
+
+def predicted_label_ids(logits, labels) -> torch.Tensor:
+    """Keep only each review's predicted label id from a batch's logits, so evaluation holds no full logits.
+
+    Encoders: the argmax over the two classes. Seq2seq: the argmax of the first answer token, teacher-forced;
+    since the decoder's first input is always the start token, it is the first token greedy generation
+    would write, and "positive" and "negative" differ in it, without the cost of generating.
+    """
+    if isinstance(logits, tuple):  # seq2seq outputs also hold the encoder's states
+        logits = logits[0]
+    return logits[:, 0].argmax(-1) if logits.dim() == 3 else logits.argmax(-1)
+
+
+def label_accuracy(prediction) -> dict[str, float]:
+    """`compute_metrics` for the Trainer: validation accuracy from `predicted_label_ids`."""
+    predicted, labels = prediction.predictions, prediction.label_ids
+    if labels.ndim == 2:  # seq2seq targets: the answer's token ids; its first token decides the label
+        labels = labels[:, 0]
+    return {"accuracy": float((predicted == labels).mean())}
 
 
 class StopCallback(TrainerCallback):
@@ -284,7 +329,7 @@ def train_lora(
     val_frame: pd.DataFrame,
     lora: LoraSettings,
     config: TrainConfig,
-    on_event: Callable[[Event], None] | None = None,
+    on_event: Callable[[TrainEvent], None] | None = None,
     stop_event: threading.Event | None = None,
 ) -> tuple[ModelBundle, TrainResult]:
     """Wrap `bundle` with LoRA and train it.
@@ -312,6 +357,7 @@ def train_lora(
         set_dropout(bundle.model.encoder if bundle.spec.kind == "encoder" else bundle.model, config.model_dropout)
     if bundle.spec.kind == "encoder":
         bundle.model.init_head(label_prototypes(bundle), SIMILARITY_SCALE)
+    train_frame = add_sentence_windows(train_frame, config.short_windows, config.seed)
     train_set, val_set, collator = prepare_data(bundle, train_frame, val_frame, lora, config.max_length)
     tuned = apply_lora(bundle, lora)
     seq2seq = bundle.spec.kind == "seq2seq"
@@ -328,21 +374,24 @@ def train_lora(
             data_collator=collator,
             processing_class=tuned.tokenizer,
             callbacks=[StreamCallback(on_event, history), StopCallback(stop_event or threading.Event())],
+            compute_metrics=label_accuracy,
+            preprocess_logits_for_metrics=predicted_label_ids,
         )
         trainer.remove_callback(PrinterCallback)  # events go to on_event, not to stdout
         with frozen_weights_in_bf16(tuned.model, trainer.args.bf16):
             output = trainer.train()
         state = trainer.state
     tuned.model.eval()
-    val_losses = [e["val_loss"] for e in history if e["type"] == "eval"]
+    evals = [e for e in history if e["type"] == "eval"]
     result = TrainResult(
         seconds=time.perf_counter() - started,
         train_loss=float(output.training_loss) if state.global_step else None,
-        val_loss=val_losses[-1] if val_losses else None,
+        val_loss=evals[-1]["val_loss"] if evals else None,
         steps=state.global_step,
         max_steps=state.max_steps,
         stopped=bool(stop_event and stop_event.is_set()),
         params=count_parameters(tuned.model),
         history=history,
+        val_accuracy=evals[-1]["val_accuracy"] if evals else None,
     )
     return tuned, result

@@ -43,7 +43,7 @@ def trained(app_url):
     client = new_client(app_url)
     loaded = client.predict(*SIZES, api_name="/load_data")
     baseline = client.predict("minilm", api_name="/evaluate_baseline")
-    job = client.submit(*RECIPE, api_name="/train_lora")
+    job = client.submit(*RECIPE, api_name="/train")
     final = job.result(timeout=300)
     return {"client": client, "loaded": loaded, "baseline": baseline, "train": final, "updates": job.outputs()}
 
@@ -70,7 +70,7 @@ def test_only_the_documented_endpoints_are_public(app_url):
     from lora_demo.ui import build_demo
 
     public = {fn.api_name for fn in build_demo().fns.values() if fn.api_visibility == "public"}
-    assert public == {"load_data", "evaluate_baseline", "train_lora", "stop_training", "classify"}
+    assert public == {"load_data", "evaluate_baseline", "train", "stop_training", "classify"}
 
 
 @needs_minilm
@@ -144,10 +144,12 @@ def test_train_lora_streams_the_loss_and_scores_the_tuned_model(trained):
     traces = {trace["name"]: trace for trace in plot_data(loss_plot)["data"]}
     assert len(traces["train loss"]["x"]) + len(traces["validation loss"]["x"]) >= 2
     assert traces["train loss"]["x"] == sorted(traces["train loss"]["x"]) and max(traces["train loss"]["x"]) <= 1.0
-    assert details["steps"] == details["max_steps"] == 5 and details["stopped"] is False
-    assert details["train_loss"] > 0 and details["val_loss"] > 0
+    train = details["train"]
+    assert train["steps"] == train["max_steps"] == 5 and train["stopped"] is False
+    assert train["train_loss"] > 0 and train["val_loss"] > 0
     assert 0 < details["params"]["trainable"] < details["params"]["total"] and details["params"]["percent"] < 1
-    assert_metrics_in_range(details["test_metrics"], n=20)
+    assert_metrics_in_range(details["finetuned"], n=20)
+    assert_metrics_in_range(details["baseline"], n=20)  # the report compares both on the same reviews
     assert "Done" in result and "Trainable parameters" in result
 
 
@@ -184,7 +186,7 @@ def test_classify_empty_text_is_a_clear_error(client):
 
 def test_unexpected_errors_reach_the_user_without_details(client, monkeypatch):
     import lora_demo.baseline
-    from lora_demo.ui.state import GENERIC_ERROR
+    from lora_demo.ui.errors import GENERIC_ERROR
 
     def broken(*args, **kwargs):
         raise RuntimeError("internal detail that must stay on the server")
@@ -197,11 +199,11 @@ def test_unexpected_errors_reach_the_user_without_details(client, monkeypatch):
 @needs_minilm
 def test_bad_training_settings_are_clear_errors(client):
     no_targets = (8, 32, 0.1, [], 0, 1, 1e-3, 8, 64)
-    assert "target_modules" in app_error(lambda: client.predict(*no_targets, api_name="/train_lora"))
+    assert "target_modules" in app_error(lambda: client.predict(*no_targets, api_name="/train"))
     fractional_rank = (2.5, 32, 0.1, ["query"], 0, 1, 1e-3, 8, 64)
-    assert "`r` must be a whole number" in app_error(lambda: client.predict(*fractional_rank, api_name="/train_lora"))
+    assert "`r` must be a whole number" in app_error(lambda: client.predict(*fractional_rank, api_name="/train"))
     too_many_layers = (8, 32, 0.1, ["query"], 9, 1, 1e-3, 8, 64)  # the slider's bound answers first
-    assert "maximum value 6" in app_error(lambda: client.predict(*too_many_layers, api_name="/train_lora"))
+    assert "maximum value 6" in app_error(lambda: client.predict(*too_many_layers, api_name="/train"))
 
 
 def test_stop_without_training_says_so(client):
@@ -212,13 +214,13 @@ def test_stop_without_training_says_so(client):
 def test_stop_training_ends_the_run_early_and_keeps_the_model(client):
     client.predict(*SIZES, api_name="/load_data")
     long_run = (8, 32, 0.1, ["query", "value"], 0, 20, 1e-3, 2, 32)  # 400 steps
-    job = client.submit(*long_run, api_name="/train_lora")
+    job = client.submit(*long_run, api_name="/train")
     deadline = time.monotonic() + 120
     while not job.outputs() and not job.done() and time.monotonic() < deadline:
         time.sleep(0.2)  # the first loss point: training is under way
     assert "Stopping" in client.predict(api_name="/stop_training")
     _, result, details = job.result(timeout=120)
-    assert details["stopped"] is True and details["steps"] < details["max_steps"] == 400
+    assert details["train"]["stopped"] is True and details["train"]["steps"] < details["train"]["max_steps"] == 400
     assert "Stopped" in result
     _, lora, _ = client.predict("What a great film.", api_name="/classify")
     assert lora["label"] in ("positive", "negative"), "the partly trained model is used"
@@ -228,55 +230,62 @@ def test_stop_training_ends_the_run_early_and_keeps_the_model(client):
 def test_closing_the_training_stream_stops_the_run():
     """A client that goes away closes the handler's generator; its `finally` must stop the worker thread."""
     from lora_demo.config import DataConfig
-    from lora_demo.data import load_splits
-    from lora_demo.ui.state import SessionData
+    from lora_demo.ui.session import SessionData
     from lora_demo.ui.train import train
 
     session = SessionData()
-    session.splits = load_splits(DataConfig(source="builtin", train_size=40, val_size=20, test_size=20))
+    session.study.load_data(DataConfig(source="builtin", train_size=40, val_size=20, test_size=20))
     stream = train(8, 32, 0.1, ["query", "value"], 0, 20, 1e-3, 2, 32, "study", session, progress=lambda *a, **k: None)
     next(stream)  # the first loss points: the worker is training
     assert session.training
+    job = session.study._job
     stream.close()
-    session.worker.join(timeout=60)
-    assert session.stop_event.is_set() and not session.training
-    assert session.tuned is None, "an abandoned run is not installed as the session's model"
+    job.join(timeout=60)
+    assert job.stop_event.is_set() and not session.training
+    result = job.result()
+    assert result.result.stopped and result.result.steps < result.result.max_steps, "the run ended early"
 
 
 def test_recipe_choice_sets_the_lora_controls():
     from lora_demo.ui.train import select_recipe
 
-    r, alpha, dropout, targets, top = select_recipe("study", "minilm")
-    assert (r["value"], alpha["value"], dropout["value"]) == (8, 32, 0.1)
+    r, alpha, dropout, targets, top, epochs = select_recipe("study", "minilm")
+    assert (r["value"], alpha["value"], dropout["value"], epochs["value"]) == (8, 32, 0.1, 1)
     assert targets["value"] == ["query", "value"] and top["value"] == 0
-    _, _, dropout, targets, top = select_recipe("fast", "minilm")
+    _, _, dropout, targets, top, epochs = select_recipe("fast", "minilm")
     assert dropout["value"] == 0.0 and targets["value"] == ["query", "key", "value", "dense"] and top["value"] == 3
-    _, _, _, targets, top = select_recipe("fast", "t5-small")
+    assert epochs["value"] == 3
+    _, _, _, targets, top, _ = select_recipe("fast", "t5-small")
     assert targets["value"] == ["q", "v"] and top["value"] == 0 and top["interactive"] is False
 
 
-def test_each_finished_run_is_kept_for_the_compare_tab():
-    from types import SimpleNamespace
-
-    from lora_demo.config import LoraSettings, TrainConfig
+def test_run_rows_show_each_runs_scores_and_settings():
+    from lora_demo.config import TrainConfig
+    from lora_demo.study import RunRecord
     from lora_demo.ui.compare import RUN_HEADERS, run_rows
-    from lora_demo.ui.state import SessionData
-    from lora_demo.ui.train import MAX_RUNS, record_run
 
-    session = SessionData()
-    metrics = {"n": 20, "accuracy": 0.8, "f1": 0.75}
-    for r in (4, 8):
-        result = SimpleNamespace(params={"trainable": 1000 * r}, seconds=3.21, stopped=False, val_loss=0.5, history=[])
-        record_run(session, "minilm", "fast", LoraSettings(r=r), TrainConfig(epochs=1), result, metrics)
-    rows = run_rows(session.runs)
-    assert [row[0] for row in rows] == ["run 1: r 4, fast", "run 2: r 8, fast"]
-    assert len(rows[0]) == len(RUN_HEADERS)
-    named = dict(zip(RUN_HEADERS, rows[1]))
-    assert named["targets"] == "query, key, value, dense" and named["top layers"] == 3
-    assert (named["trainable"], named["accuracy"], named["F1"], named["seconds"]) == (8000, 0.8, 0.75, 3.2)
-    for _ in range(MAX_RUNS):
-        record_run(session, "minilm", "study", LoraSettings(r=2), TrainConfig(epochs=1), result, metrics)
-    assert len(session.runs) == MAX_RUNS and session.runs[0]["name"] == "run 3: r 2, study"
+    lora = {"r": 8, "alpha": 32, "dropout": 0.0, "target_modules": ["query", "key"], "layers": [3, 4, 5]}
+    runs = [
+        RunRecord(
+            "run 1: r 8, fast",
+            "minilm",
+            "fast",
+            lora,
+            TrainConfig(epochs=1),
+            8000,
+            3.21,
+            False,
+            0.5,
+            20,
+            0.8,
+            0.75,
+            [],
+        )
+    ]
+    named = dict(zip(RUN_HEADERS, run_rows(runs)[0]))
+    assert len(run_rows(runs)[0]) == len(RUN_HEADERS)
+    assert named["targets"] == "query, key" and named["top layers"] == 3 and named["epochs"] == 1
+    assert (named["trainable"], named["accuracy"], named["F1"], named["seconds"]) == (8000, 0.8, 0.75, 3.21)
 
 
 @needs_minilm
@@ -285,7 +294,7 @@ def test_batch_csv_gets_label_and_confidence_columns(tmp_path):
 
     from lora_demo.config import UserError
     from lora_demo.ui.classify import MAX_BATCH_ROWS, classify_file
-    from lora_demo.ui.state import SessionData
+    from lora_demo.ui.session import SessionData
 
     session = SessionData()
     upload = tmp_path / "reviews.csv"

@@ -186,11 +186,11 @@ def test_study_preset_sets_the_studys_configuration(page):
     page.wait_for_function("() => document.querySelector('[aria-label=\"number input for Epochs\"]').value === '1'")
     assert page.get_by_label("number input for LoRA dropout").input_value() == "0.1"
     assert page.get_by_label("number input for Top layers to adapt (encoder models; 0 = all)").input_value() == "0"
-    assert page.get_by_label("study: the original study's LoRA", exact=False).is_checked()
+    assert page.get_by_label("study", exact=True).is_checked()
     checked = [box for box in ("query", "key", "value", "dense") if page.get_by_label(box, exact=True).is_checked()]
     assert checked == ["query", "value"]
     open_tab(page, "1. Dataset")
-    page.get_by_text("Loaded 95 / 38 / 19").wait_for()  # 500 / 200 / 100, shrunk in proportion to the sample
+    page.get_by_text("Loaded 500 / 200 / 100").wait_for()  # the study's sizes, from the shipped IMDb sample
     screenshot(page, "6-study-preset")
 
 
@@ -263,7 +263,7 @@ def test_two_browser_sessions_training_at_once_stay_apart(app, browser):
 
 
 def test_closing_the_tab_mid_run_ends_the_run_and_frees_the_session(app, browser):
-    from lora_demo.ui.state import SessionData
+    from lora_demo.ui.session import SessionData
 
     page = open_page(browser, app.url)
     load_builtin(page, 40, 20, 20)
@@ -280,4 +280,4 @@ def test_closing_the_tab_mid_run_ends_the_run_and_frees_the_session(app, browser
     page.context.close()
     wait_for(lambda: not training_threads(), timeout=30)
     wait_for(lambda: session.closed and session._scratch is None, timeout=30)
-    assert session.splits is None and session.tuned is None and session.baseline is None
+    assert not session.holds_study  # its data, baseline, LoRA model and runs are gone

@@ -9,15 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
-from lora_demo import lora, models, pipeline, resources
+from lora_demo import lora
 from lora_demo.cli import main
+from lora_demo.study import Models
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_cli(capsys, *argv):
+def run_cli(capsys, *argv, models=None):
     try:
-        code = main(list(argv))
+        code = main(list(argv), models=models)
     except SystemExit as stop:  # argparse's errors
         code = stop.code
     out, err = capsys.readouterr()
@@ -119,15 +120,26 @@ def test_data_builtin_prints_a_json_summary(capsys):
     assert code == 0 and err == ""
     summary = json.loads(out)
     assert summary["source"] == "builtin"
-    assert summary["sizes"] == {"train": 95, "val": 38, "test": 19}
-    assert summary["label_counts"]["test"]["negative"] + summary["label_counts"]["test"]["positive"] == 19
+    assert summary["sizes"] == {"train": 44, "val": 17, "test": 89}  # 500 / 200 / 1000, scaled to 160 reviews
+    assert summary["label_counts"]["test"]["negative"] + summary["label_counts"]["test"]["positive"] == 89
     assert len(summary["examples"]) == 3 and all(len(e["text"]) <= 120 for e in summary["examples"])
     assert any("fewer reviews" in note for note in summary["notes"])
 
 
 def test_data_with_explicit_sizes(capsys):
     code, out, _ = run_cli(
-        capsys, "data", "--data", "builtin", "--train-size", "20", "--val-size", "10", "--seed", "1"
+        capsys,
+        "data",
+        "--data",
+        "builtin",
+        "--train-size",
+        "20",
+        "--val-size",
+        "10",
+        "--test-size",
+        "100",
+        "--seed",
+        "1",
     )
     assert code == 0
     summary = json.loads(out)
@@ -135,12 +147,14 @@ def test_data_with_explicit_sizes(capsys):
     assert summary["seed"] == 1 and summary["notes"] == []
 
 
-def test_data_falls_back_to_builtin_offline(capsys):
+def test_data_falls_back_to_the_imdb_sample_offline(capsys):
     code, out, _ = run_cli(capsys, "data")
     assert code == 0
     summary = json.loads(out)
-    assert summary["source"] == "builtin"
-    assert any("built-in sample" in note for note in summary["notes"])
+    assert summary["source"] == "sample"
+    assert any("sample of real IMDb" in note for note in summary["notes"])
+    # the study's sizes fit the sample: nothing is cut down
+    assert summary["sizes"]["train"] == 500 and summary["sizes"]["val"] == 200 and summary["sizes"]["test"] >= 100
 
 
 @pytest.fixture
@@ -150,6 +164,11 @@ def toy_csv(tmp_path, make_reviews):
     return path
 
 
+def tiny_models(factory) -> Models:
+    """The study's models, as tiny ones built from configs: every load gives the same weights, nothing is checked."""
+    return Models(loader=lambda name, seed=42: factory(0), check=lambda spec: None)
+
+
 TINY_TRAIN = [
     "--train-size", "64", "--val-size", "16", "--test-size", "40", "--epochs", "5", "--lr", "0.03",
     "--batch-size", "8", "--max-length", "32", "--r", "8", "--alpha", "16", "--dropout", "0",
@@ -157,16 +176,14 @@ TINY_TRAIN = [
 ]  # fmt: skip
 
 
-def test_train_then_predict_and_evaluate_with_the_adapter(capsys, tmp_path, toy_csv, monkeypatch, tiny_t5_factory):
+def test_train_then_predict_and_evaluate_with_the_adapter(capsys, tmp_path, toy_csv, tiny_t5_factory):
     # the tiny T5 stands in for t5-small, which would need the Hub
-    monkeypatch.setattr(models, "check_available", lambda spec: None)
-    monkeypatch.setattr(pipeline, "load_bundle", lambda name, seed=42: tiny_t5_factory(0))
-    monkeypatch.setattr(lora, "load_bundle", lambda name, seed=42: tiny_t5_factory(0))
-    monkeypatch.setattr(resources, "load_bundle", lambda name, seed=42: tiny_t5_factory(0))
+    models = tiny_models(tiny_t5_factory)
     output, report_file = tmp_path / "adapter", tmp_path / "out" / "report.json"
     code, out, err = run_cli(
         capsys, "train", "--model", "t5-small", "--data", str(toy_csv), *TINY_TRAIN,
         "--target-modules", "q", "k", "v", "o", "wi", "wo", "--output", str(output), "--report", str(report_file),
+        models=models,
     )  # fmt: skip
     assert code == 0, err
     assert "step   40  epoch 5.00  train loss" in out
@@ -187,7 +204,9 @@ def test_train_then_predict_and_evaluate_with_the_adapter(capsys, tmp_path, toy_
     assert [row["r"] for row in measured["trainable_by_rank"]] == [1, 2, 4, 8, 16, 32, 64]
     assert "LoRA vs full fine-tuning, measured on 8 reviews" in out
 
-    code, out, err = run_cli(capsys, "predict", "--adapter", str(output), "the film was good", "bad plot")
+    code, out, err = run_cli(
+        capsys, "predict", "--adapter", str(output), "the film was good", "bad plot", models=models
+    )
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert [row["text"] for row in rows] == ["the film was good", "bad plot"]
@@ -197,7 +216,7 @@ def test_train_then_predict_and_evaluate_with_the_adapter(capsys, tmp_path, toy_
     evaluate_report = tmp_path / "eval.json"
     code, out, err = run_cli(
         capsys, "evaluate", "--data", str(toy_csv), "--train-size", "64", "--val-size", "16", "--test-size", "40",
-        "--seed", "42", "--adapter", str(output), "--report", str(evaluate_report),
+        "--seed", "42", "--adapter", str(output), "--report", str(evaluate_report), models=models,
     )  # fmt: skip
     assert code == 0, err
     result = json.loads(evaluate_report.read_text())
@@ -206,7 +225,6 @@ def test_train_then_predict_and_evaluate_with_the_adapter(capsys, tmp_path, toy_
 
 
 def test_train_refuses_bad_targets_before_training(capsys, toy_csv, monkeypatch, tiny_encoder_factory):
-    monkeypatch.setattr(pipeline, "load_bundle", lambda name, seed=42: tiny_encoder_factory(0))
     code, out, err = run_cli(capsys, "train", "--data", str(toy_csv), "--target-modules", "q", "v")
     assert_one_line_error(code, err, "q, v do not exist in minilm")
     assert "step" not in out
@@ -261,12 +279,13 @@ def test_train_with_the_study_recipe(capsys, tmp_path, toy_csv, monkeypatch, tin
                 module.p = 0.1
         return bundles[-1]
 
-    monkeypatch.setattr(pipeline, "load_bundle", tiny)
+    models = Models(loader=tiny)
     report_file = tmp_path / "report.json"
     code, _, err = run_cli(
         capsys, "train", "--data", str(toy_csv), "--recipe", "study", "--epochs", "1", "--batch-size", "16",
         "--max-length", "32", "--train-size", "64", "--val-size", "16", "--test-size", "40",
         "--report", str(report_file),
+        models=models,
     )  # fmt: skip
     assert code == 0, err
     report = json.loads(report_file.read_text())
@@ -277,5 +296,5 @@ def test_train_with_the_study_recipe(capsys, tmp_path, toy_csv, monkeypatch, tin
         "target_modules": ["query", "value"],
         "layers": "all",
     }
-    # the study keeps the checkpoint's dropout and trains in fp32
+    # the study keeps the checkpoint's dropout (and trains in bf16 only where the CPU runs it natively)
     assert {m.p for m in bundles[-1].model.encoder.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}

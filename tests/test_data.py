@@ -1,6 +1,9 @@
 """Data: every source format, the checks on what is read, the seeded stratified split and the source order."""
 
+import contextlib
 import json
+import socket
+import threading
 import time
 
 import pandas as pd
@@ -128,6 +131,33 @@ def test_builtin_sample_is_balanced():
     assert counts[0] == counts[1] == len(frame) // 2
     assert (frame["text"].str.len() > 0).all()
     assert not frame["text"].str.contains("<br").any()
+
+
+def test_shipped_imdb_sample_is_real_balanced_and_disjoint():
+    reviews = load_reviews("sample")
+    assert set(reviews) == {"train", "test"}
+    assert len(reviews["train"]) == len(reviews["test"]) == 1000
+    for frame in reviews.values():
+        assert frame["label"].value_counts().to_dict() == {0: 500, 1: 500}
+        assert not frame["text"].str.contains("<br").any()  # cleaned on the way in
+        assert frame["text"].str.split().str.len().median() > 100  # IMDb's long reviews, not the short ones
+    assert not set(reviews["train"]["text"]) & set(reviews["test"]["text"])
+    assert data.count_sample() == (1000, 1000)
+
+
+def test_offline_default_runs_the_study_sizes_on_the_sample():
+    splits = load_splits(DataConfig(test_size=1000), fit_to_data=True)
+    assert splits.source == "sample" and splits.sizes() == {"train": 500, "val": 200, "test": 1000}
+    assert any("sample of real IMDb" in note for note in splits.notes)
+    assert not any("fewer reviews" in note for note in splits.notes)
+
+
+def test_short_reviews_are_every_hand_written_review():
+    short = data.load_short_reviews()
+    assert len(short) == data.count_builtin() == 160
+    assert short["label"].value_counts().to_dict() == {0: 80, 1: 80}
+    assert short["text"].str.split().str.len().median() < 40
+    assert not set(short["text"]) & set(load_reviews("sample")["train"]["text"])
 
 
 def test_missing_source():
@@ -265,9 +295,9 @@ def test_fit_sizes_shrinks_to_a_small_source():
     reviews = {"all": unique_reviews(160)}
     fitted, notes = fit_sizes(DataConfig(), reviews)
     assert fitted.train_size + fitted.val_size + fitted.test_size <= 160
-    assert (fitted.train_size, fitted.val_size, fitted.test_size) == (95, 38, 19)
-    assert len(notes) == 1 and "95 / 38 / 19" in notes[0]
-    big = {"train": unique_reviews(1000), "test": unique_reviews(200)}
+    assert (fitted.train_size, fitted.val_size, fitted.test_size) == (44, 17, 89)  # 500 / 200 / 1000, scaled
+    assert len(notes) == 1 and "44 / 17 / 89" in notes[0]
+    big = {"train": unique_reviews(1000), "test": unique_reviews(1000)}
     assert fit_sizes(DataConfig(), big) == (DataConfig(), [])
 
 
@@ -282,8 +312,8 @@ def test_fit_sizes_when_the_test_split_is_the_small_one():
 def test_load_splits_fit_to_data_on_builtin():
     splits = load_splits(DataConfig(source="builtin"), fit_to_data=True)
     assert splits.source == "builtin"
-    assert splits.sizes() == {"train": 95, "val": 38, "test": 19}
-    assert splits.config.train_size == 95 and splits.config.source == "builtin"
+    assert splits.sizes() == {"train": 44, "val": 17, "test": 89}
+    assert splits.config.train_size == 44 and splits.config.source == "builtin"
     assert any("fewer reviews" in note for note in splits.notes)
     with pytest.raises(UserError, match="holds only 160"):
         load_splits(DataConfig(source="builtin"), fit_to_data=False)
@@ -305,60 +335,85 @@ def test_explicit_source_beats_environment_beats_hub(monkeypatch, tmp_path):
     assert resolve_source("builtin") == ("builtin", [])
 
 
-def test_offline_falls_back_to_builtin_without_waiting(monkeypatch):
-    monkeypatch.setattr(data.socket, "create_connection", lambda *a, **k: pytest.fail("tried the network offline"))
+def test_offline_falls_back_to_the_imdb_sample_without_waiting(monkeypatch):
+    monkeypatch.setattr(data, "_ask_endpoint", lambda *a, **k: pytest.fail("tried the network offline"))
     started = time.perf_counter()
     reachable = hub_reachable()
     elapsed = time.perf_counter() - started
     assert reachable is False
     assert elapsed < 1.0  # the offline flag is read, the network is never tried
     source, notes = resolve_source(None)
-    assert source == "builtin"
-    assert len(notes) == 1 and "built-in sample of 160 reviews" in notes[0] and "LORA_DEMO_DATA" in notes[0]
+    assert source == "sample"
+    assert len(notes) == 1 and "sample of real IMDb (1,000 training and 1,000 test" in notes[0]
+    assert "LORA_DEMO_DATA" in notes[0]
 
 
 @pytest.mark.parametrize(
-    ("endpoint", "address"),
-    [
-        (None, ("huggingface.co", 443)),
-        ("http://mirror.local:8080", ("mirror.local", 8080)),
-        ("http://m.local", ("m.local", 80)),
-    ],
+    ("endpoint", "asked"),
+    [(None, "https://huggingface.co"), ("http://mirror.local:8080/", "http://mirror.local:8080")],
 )
-def test_hub_reachable_asks_the_endpoint_once(monkeypatch, endpoint, address):
+def test_hub_reachable_asks_the_endpoint_and_trusts_the_answer_for_a_while(monkeypatch, endpoint, asked):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     if endpoint:
         monkeypatch.setenv("HF_ENDPOINT", endpoint)
     else:
         monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    calls = []
-
-    class Connection:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    def connect(target, timeout):
-        calls.append((target, timeout))
-        return Connection()
-
-    monkeypatch.setattr(data.socket, "create_connection", connect)
+    calls, now = [], [1000.0]
+    monkeypatch.setattr(data, "_ask_endpoint", lambda url, timeout: calls.append((url, timeout)) or True)
+    monkeypatch.setattr(data.time, "monotonic", lambda: now[0])
     assert hub_reachable() is True
+    now[0] += data.PROBE_SECONDS - 1
     assert hub_reachable() is True
-    assert calls == [(address, 3.0)]  # asked once per process
+    assert calls == [(asked, 3.0)]  # asked once while the answer is fresh
+    now[0] += 2
+    assert hub_reachable() is True
+    assert len(calls) == 2  # and again once it is stale: a Hub that recovers is used again
 
 
-def test_hub_unreachable_when_the_connection_fails(monkeypatch):
+@contextlib.contextmanager
+def local_server(answer: bytes | None):
+    """A server on 127.0.0.1 that answers each connection with `answer`, or holds it silent (None)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held = []
+
+    def serve():
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                held.append(conn)
+                if answer is not None:
+                    conn.recv(4096)
+                    conn.sendall(answer)
+                    conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+def test_any_http_answer_is_reachable_and_silence_is_not():
+    with local_server(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n") as url:
+        assert data._ask_endpoint(url, timeout=3.0) is True
+    with local_server(None) as url:  # accepts the connection, never answers: a Hub that is too slow
+        started = time.perf_counter()
+        assert data._ask_endpoint(url, timeout=0.5) is False
+        assert time.perf_counter() - started < 2.0
+    with local_server(None) as url:
+        pass
+    assert data._ask_endpoint(url, timeout=0.5) is False  # nobody listens
+
+
+def test_hub_unreachable_when_the_endpoint_does_not_answer(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-
-    def refuse(*args, **kwargs):
-        raise OSError("no route to host")
-
-    monkeypatch.setattr(data.socket, "create_connection", refuse)
+    monkeypatch.setattr(data, "_ask_endpoint", lambda url, timeout: False)
     assert hub_reachable() is False
-    assert resolve_source(None)[0] == "builtin"
+    assert resolve_source(None)[0] == "sample"
 
 
 def test_hub_source_offline_is_a_user_error():

@@ -9,9 +9,10 @@ from lora_demo.baseline import zero_shot_predict
 from lora_demo.cli import main
 from lora_demo.config import DataConfig
 from lora_demo.data import load_splits
-from lora_demo.lora import load_adapter
-from lora_demo.models import ModelCache, load_bundle
-from lora_demo.pipeline import evaluate_model
+from lora_demo.inference import ModelCache
+from lora_demo.lora import read_adapter_metadata
+from lora_demo.models import load_bundle
+from lora_demo.study import Study
 
 pytestmark = [needs_minilm]
 
@@ -83,10 +84,14 @@ def test_short_training_run_writes_a_full_report_and_a_working_adapter(imdb_dir,
 
     # the saved adapter loads onto a fresh MiniLM and reproduces the report's scores
     assert {p.name for p in output.iterdir()} >= {"adapter_model.safetensors", "lora_demo.json"}
-    bundle, metadata = load_adapter(output)
+    metadata = read_adapter_metadata(output)
     assert metadata["model"] == "minilm" and metadata["train_config"]["max_length"] == 128
-    splits = load_splits(DataConfig(source=str(imdb_dir), train_size=32, val_size=16, test_size=32, seed=7))
-    metrics, predictions = evaluate_model(bundle, splits.test, zero_shot=False, max_length=128)
+    assert metadata["trained_on"]["sizes"] == {"train": 32, "val": 16}
+    assert len(metadata["trained_on"]["review_hashes"]) == 48
+    study = Study()
+    study.load_adapter(output)
+    study.load_data(DataConfig(source=str(imdb_dir), train_size=32, val_size=16, test_size=32, seed=7))
+    metrics = study.finetuned().metrics
     assert metrics["accuracy"] == report["finetuned"]["accuracy"]
     assert metrics["confusion"] == report["finetuned"]["confusion"]
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lora_demo.metrics import evaluate_predictions
-from lora_demo.pipeline import comparison_table
+from lora_demo.report import comparison_table
 
 # 4 positive, 6 negative reviews: TP 3, FN 1, FP 2, TN 4
 Y_TRUE = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]

@@ -7,8 +7,8 @@ import torch
 
 from lora_demo import models
 from lora_demo.config import UserError
+from lora_demo.inference import ModelCache
 from lora_demo.models import (
-    ModelCache,
     encode_head_tail,
     load_bundle,
     mean_pool,
@@ -151,8 +151,7 @@ def test_model_cache_loads_each_name_once(monkeypatch, tiny_t5, tiny_encoder):
         calls.append(name)
         return {"t5-small": tiny_t5, "minilm": tiny_encoder}[name]
 
-    monkeypatch.setattr(models, "load_bundle", fake_load)
-    cache = ModelCache()
+    cache = ModelCache(loader=fake_load)
     threads = [threading.Thread(target=cache.get, args=("t5-small",)) for _ in range(4)]
     for thread in threads:
         thread.start()

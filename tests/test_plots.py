@@ -80,6 +80,19 @@ def test_loss_chart_plots_train_and_validation_loss_against_epochs():
     assert (val.name, list(val.x), list(val.y)) == ("validation loss", [0.5, 1.0], [0.6, 0.4])
 
 
+def test_loss_chart_draws_validation_accuracy_on_its_own_axis():
+    history = [
+        {"type": "log", "step": 5, "epoch": 0.5, "loss": 0.7},
+        {"type": "eval", "step": 10, "epoch": 1.0, "val_loss": 0.6, "val_accuracy": 0.81},
+        {"type": "eval", "step": 20, "epoch": 2.0, "val_loss": 0.4, "val_accuracy": 0.86},
+    ]
+    fig = plots.loss_figure(history, epochs=2)
+    accuracy = fig.data[2]
+    assert (list(accuracy.x), list(accuracy.y), accuracy.yaxis) == ([1.0, 2.0], [0.81, 0.86], "y2")
+    assert fig.layout.yaxis2.title.text == "validation accuracy" and tuple(fig.layout.yaxis2.range) == (0, 1.05)
+    assert "validation accuracy" in fig.layout.title.text
+
+
 def test_loss_chart_before_any_loss_says_so():
     fig = plots.loss_figure([{"type": "progress", "step": 1, "epoch": 0.1, "max_steps": 10}])
     assert not fig.data

@@ -50,7 +50,7 @@ def connect(app):
 
 def server_session(app, client):
     """The `SessionData` the server holds for a client's session."""
-    from lora_demo.ui.state import SessionData
+    from lora_demo.ui.session import SessionData
 
     values = app.demo.state_holder.session_data[client.session_hash].state_data.values()
     return next(value for value in values if isinstance(value, SessionData))
@@ -107,17 +107,18 @@ def test_two_sessions_training_at_once_see_only_their_own_data_and_results(app, 
     two.predict("builtin", None, 64, 20, 30, 2, api_name="/load_data")
     assert one.predict("minilm", api_name="/evaluate_baseline")[3]["n"] == 20
     assert two.predict("minilm", api_name="/evaluate_baseline")[3]["n"] == 30
-    jobs = [one.submit(*SHORT_RUN, api_name="/train_lora"), two.submit(*SHORT_RUN, api_name="/train_lora")]
+    jobs = [one.submit(*SHORT_RUN, api_name="/train"), two.submit(*SHORT_RUN, api_name="/train")]
     (_, result_one, details_one), (_, result_two, details_two) = (job.result(timeout=300) for job in jobs)
-    assert (details_one["max_steps"], details_one["test_metrics"]["n"]) == (5, 20)  # 40 reviews in batches of 8
-    assert (details_two["max_steps"], details_two["test_metrics"]["n"]) == (8, 30)  # 64 reviews
+    assert (details_one["train"]["max_steps"], details_one["finetuned"]["n"]) == (5, 20)  # 40 reviews, batches of 8
+    assert (details_two["train"]["max_steps"], details_two["finetuned"]["n"]) == (8, 30)  # 64 reviews
     assert "on 20 test reviews" in result_one and "on 30 test reviews" in result_two
 
     sessions = server_session(app, one), server_session(app, two)
     assert sessions[0] is not sessions[1]
-    assert [len(s.splits.train) for s in sessions] == [40, 64]
-    assert sessions[0].history != sessions[1].history  # each its own loss curve
-    assert sessions[0].tuned is not sessions[1].tuned
+    studies = [session.study for session in sessions]
+    assert [len(study.splits.train) for study in studies] == [40, 64]
+    assert studies[0].runs[0].history != studies[1].runs[0].history  # each its own loss curve
+    assert studies[0].tuned is not studies[1].tuned
     assert sessions[0].scratch_dir() != sessions[1].scratch_dir()
     for session, n in zip(sessions, (20, 30)):  # each its own adapter, in its own folder
         assert Path(session.export_zip).parent == session.scratch_dir()
@@ -136,19 +137,19 @@ def test_the_queue_shows_places_refuses_past_its_size_and_keeps_going(app, conne
     clients = [connect() for _ in range(4)]
     for client in clients[:3]:
         client.predict(*SIZES, api_name="/load_data")
-    running = clients[0].submit(*LONG_RUN, api_name="/train_lora")
+    running = clients[0].submit(*LONG_RUN, api_name="/train")
     wait_until_running(running)
     waiting = []
     for client in clients[1:3]:  # one training at a time: these wait, and are told where they are
-        waiting.append(client.submit(*SHORT_RUN, api_name="/train_lora"))
+        waiting.append(client.submit(*SHORT_RUN, api_name="/train"))
         wait_for(lambda: waiting[-1].status().code == Status.IN_QUEUE, timeout=30)
     assert [job.status().rank for job in waiting] == [0, 1]
     with pytest.raises(QueueError, match="Queue is full"):  # the browser says "busy, please try again"
         clients[3].predict("A fine film.", api_name="/classify")
     assert "Stopping" in stop_as_the_browser_does(app, clients[0])  # Stop skips the full queue
-    assert running.result(timeout=120)[2]["stopped"] is True
+    assert running.result(timeout=120)[2]["train"]["stopped"] is True
     for job in waiting:
-        assert job.result(timeout=300)[2]["stopped"] is False
+        assert job.result(timeout=300)[2]["train"]["stopped"] is False
     assert clients[3].predict("A fine film.", api_name="/classify")[0]["label"] in ("positive", "negative")
 
 
@@ -160,12 +161,12 @@ def test_stop_ends_the_thread_and_keeps_a_usable_adapter(app, connect):
 
     client = connect()
     client.predict(*SIZES, api_name="/load_data")
-    job = client.submit(*LONG_RUN, api_name="/train_lora")
+    job = client.submit(*LONG_RUN, api_name="/train")
     wait_until_running(job)
     assert training_threads()
     assert "Stopping" in client.predict(api_name="/stop_training")
     _, result, details = job.result(timeout=120)
-    assert details["stopped"] is True and details["steps"] < details["max_steps"] == 800
+    assert details["train"]["stopped"] is True and details["train"]["steps"] < details["train"]["max_steps"] == 800
     assert "Stopped" in result
     wait_for(lambda: not training_threads(), timeout=10)
     updates = len(job.outputs())
@@ -190,13 +191,13 @@ def test_a_client_that_goes_away_mid_run_ends_it_and_frees_the_session(app, conn
     client = connect()
     client.predict(*SIZES, api_name="/load_data")
     client.predict("A fine film.", api_name="/classify")
-    job = client.submit(*LONG_RUN, api_name="/train_lora")
+    job = client.submit(*LONG_RUN, api_name="/train")
     wait_until_running(job)
     session = server_session(app, client)
     scratch = session.scratch_dir()
     client.close()  # the heartbeat stops, as when a tab closes
     wait_for(lambda: released(session) and not training_threads(), timeout=30)
-    assert session.splits is None and session.tuned is None and session.baseline is None
+    assert not session.holds_study  # its data, baseline, LoRA model and runs are gone
     assert not scratch.exists()
 
 
@@ -210,7 +211,7 @@ def test_classify_answers_while_another_session_trains(app, connect):
     trainer.predict(*SIZES, api_name="/load_data")
     reader.predict("Nice.", api_name="/classify")  # the shared zero-shot model is loaded
     submitted = time.monotonic()
-    job = trainer.submit(*LONG_RUN, api_name="/train_lora")
+    job = trainer.submit(*LONG_RUN, api_name="/train")
     wait_until_running(job)
     latencies = []
     for text in ("A wonderful film.", "Dull and far too long.", "Not bad at all.", "I loved it.", "Awful."):
@@ -289,7 +290,7 @@ def test_any_text_gets_a_label_or_a_clear_message(app, connect, text, expected):
 )
 def test_bad_training_settings_are_clear_messages(app, connect, recipe, expected):
     client = connect()
-    assert expected in app_error(lambda: client.predict(*recipe, api_name="/train_lora"))
+    assert expected in app_error(lambda: client.predict(*recipe, api_name="/train"))
     assert not training_threads()
 
 
@@ -373,7 +374,7 @@ def test_a_file_path_the_server_did_not_receive_is_refused(app, connect):
 
 def test_batch_output_is_written_only_to_the_sessions_folder(tmp_path):
     from lora_demo.ui.classify import classify_file
-    from lora_demo.ui.state import SessionData
+    from lora_demo.ui.session import SessionData
 
     session = SessionData()
     data = reviews_csv(tmp_path / "batch.csv", rows=6, encoding="latin-1")
@@ -391,7 +392,7 @@ def test_files_outside_the_apps_own_outputs_are_never_served(app, tmp_path):
     import httpx
 
     from lora_demo.ui.classify import classify_file
-    from lora_demo.ui.state import SessionData
+    from lora_demo.ui.session import SessionData
 
     session = SessionData()
     scratch_file = classify_file(str(reviews_csv(tmp_path / "batch.csv", rows=4)), session)
@@ -450,7 +451,7 @@ def test_a_crash_in_training_is_reported_frees_its_slot_and_memory_and_the_next_
     from gradio_client.utils import Status
 
     import lora_demo.train
-    from lora_demo.ui.state import GENERIC_ERROR, OUT_OF_MEMORY
+    from lora_demo.ui.errors import GENERIC_ERROR, OUT_OF_MEMORY
 
     real_train = lora_demo.train.train_lora
     plan = [RuntimeError("internal detail"), None, MemoryError(), None]  # None: train for real
@@ -461,7 +462,7 @@ def test_a_crash_in_training_is_reported_frees_its_slot_and_memory_and_the_next_
         if error is None:
             return real_train(bundle, *args, on_event=on_event, **kwargs)
         crashed_models.append(weakref.ref(bundle.model))
-        on_event({"type": "progress", "step": 1, "max_steps": 5, "epoch": 0.2})
+        on_event(lora_demo.train.TrainEvent("progress", step=1, epoch=0.2, max_steps=5))
         time.sleep(1)  # long enough for another session's run to queue behind this one
         raise error
 
@@ -469,21 +470,21 @@ def test_a_crash_in_training_is_reported_frees_its_slot_and_memory_and_the_next_
     crashed, queued = connect(), connect()
     for client in (crashed, queued):
         client.predict(*SIZES, api_name="/load_data")
-    failing = crashed.submit(*SHORT_RUN, api_name="/train_lora")
+    failing = crashed.submit(*SHORT_RUN, api_name="/train")
     wait_until_running(failing)
-    behind = queued.submit(*SHORT_RUN, api_name="/train_lora")
+    behind = queued.submit(*SHORT_RUN, api_name="/train")
     wait_for(lambda: behind.status().code == Status.IN_QUEUE, timeout=30)
     message = app_error(lambda: failing.result(timeout=60))
     assert GENERIC_ERROR in message and "internal detail" not in message
-    assert behind.result(timeout=300)[2]["stopped"] is False, "a failed run never blocks the next one"
+    assert behind.result(timeout=300)[2]["train"]["stopped"] is False, "a failed run never blocks the next one"
 
-    out_of_memory = crashed.submit(*SHORT_RUN, api_name="/train_lora")
+    out_of_memory = crashed.submit(*SHORT_RUN, api_name="/train")
     assert OUT_OF_MEMORY in app_error(lambda: out_of_memory.result(timeout=60))
     wait_for(lambda: not training_threads(), timeout=10)
     gc.collect()
     assert len(crashed_models) == 2 and all(ref() is None for ref in crashed_models), "a crashed run's model is freed"
-    _, result, details = crashed.predict(*SHORT_RUN, api_name="/train_lora")  # the same session trains again
-    assert details["stopped"] is False and "Done" in result
+    _, result, details = crashed.predict(*SHORT_RUN, api_name="/train")  # the same session trains again
+    assert details["train"]["stopped"] is False and "Done" in result
 
 
 # 12. Memory: 50 sessions, one after another
@@ -501,14 +502,14 @@ def test_fifty_sessions_leave_memory_where_the_first_left_it(app):
         client = Client(app.url, verbose=False, download_files=False)
         client.predict("builtin", None, 24, 8, 8, i, api_name="/load_data")
         client.predict("A wonderful film.", api_name="/classify")
-        client.predict(8, 32, 0.0, ["query", "value"], 0, 1, 1e-3, 8, 32, api_name="/train_lora")
+        client.predict(8, 32, 0.0, ["query", "value"], 0, 1, 1e-3, 8, 32, api_name="/train")
         session = server_session(app, client)
         scratch = session.scratch_dir()
-        assert session.tuned is not None and scratch.exists()
+        assert session.study.tuned is not None and scratch.exists()
         client.close()
         del client
         wait_for(lambda session=session: released(session), timeout=30)
-        assert session.tuned is None and session.splits is None and not scratch.exists()
+        assert not session.holds_study and not scratch.exists()
         wait_for(lambda: not app.demo.server_app.iterators, timeout=10)  # gradio has dropped the finished events
         time.sleep(0.5)
         gc.collect()
@@ -534,7 +535,7 @@ def test_every_event_handler_turns_errors_into_messages():
 
 def test_an_unexpected_error_shows_a_generic_message_and_logs_the_traceback(app, connect, monkeypatch, caplog):
     import lora_demo.baseline
-    from lora_demo.ui.state import GENERIC_ERROR
+    from lora_demo.ui.errors import GENERIC_ERROR
 
     def broken(*args, **kwargs):
         raise KeyError("/srv/secret/path internal detail")
@@ -564,7 +565,8 @@ def test_sessions_that_never_say_goodbye_are_closed_when_idle(tmp_path):
     import copy
 
     from lora_demo.ui.classify import classify_file
-    from lora_demo.ui.state import IDLE_SECONDS, OPEN_SESSIONS, SessionData, close_idle_sessions, guard
+    from lora_demo.ui.errors import guard
+    from lora_demo.ui.session import IDLE_SECONDS, OPEN_SESSIONS, SessionData, close_idle_sessions
 
     template = SessionData()
     idle, busy = copy.deepcopy(template), copy.deepcopy(template)  # as gradio makes each session's state

@@ -58,15 +58,27 @@ def test_settings_from_the_environment(monkeypatch, tmp_path):
 
 @needs_minilm
 def test_the_app_loads_a_saved_run_for_classify(tmp_path, monkeypatch):
-    from lora_demo.config import LoraSettings
+    from dataclasses import asdict
+
+    from lora_demo.config import LoraSettings, TrainConfig
+    from lora_demo.data import SplitRecord, review_hash
     from lora_demo.lora import apply_lora, save_adapter
     from lora_demo.models import load_bundle
+    from lora_demo.study import lora_summary
     from lora_demo.ui.classify import classify
     from lora_demo.ui.runs import load_run, run_choices
-    from lora_demo.ui.state import SessionData
+    from lora_demo.ui.session import SessionData
 
     monkeypatch.setenv("LORA_DEMO_RUNS", str(tmp_path))
-    folder = save_adapter(apply_lora(load_bundle("minilm"), LoraSettings()), tmp_path / "cli-run", {"lora": {}})
+    bundle = apply_lora(load_bundle("minilm"), LoraSettings())
+    metadata = {
+        "lora": lora_summary(LoraSettings(), bundle),
+        "train_config": asdict(TrainConfig()),
+        "trained_on": SplitRecord(
+            "builtin", 1, {"train": 1, "val": 1}, frozenset({review_hash("A review.")})
+        ).to_dict(),
+    }
+    folder = save_adapter(bundle, tmp_path / "cli-run", metadata)
     (folder / "report.json").write_text(json.dumps({"model": "minilm", "finetuned": {"accuracy": 0.87, "f1": 0.86}}))
     assert run_choices() == [("cli-run (minilm, accuracy 0.870)", "cli-run")]
     session = SessionData()

@@ -42,6 +42,8 @@ def test_seq2seq_learns_the_toy_task(tiny_t5, toy_reviews):
     assert result.steps == result.max_steps == 40
     assert result.stopped is False
     assert result.val_loss is not None and result.val_loss < 1.0
+    # validation accuracy from the first answer token equals what generating the label word scores
+    assert result.val_accuracy == pytest.approx(accuracy(tuned, val)) and result.val_accuracy >= 0.9
     # q, k, v, o of 6 attention blocks (d_model 32) and wi, wo of 4 feed-forward blocks (d_ff 64), at r 8
     assert result.params["trainable"] == 6 * 4 * 8 * (32 + 32) + 4 * 2 * 8 * (32 + 64)
     assert result.seconds > 0
@@ -57,6 +59,8 @@ def test_encoder_learns_the_toy_task(tiny_encoder, toy_reviews):
     assert curve[-1] < curve[0] / 3
     assert accuracy(tuned, test) >= 0.9
     assert result.val_loss < 0.5
+    # scored on the cached bottom layers during training, as the finished model scores the same reviews
+    assert result.val_accuracy == pytest.approx(accuracy(tuned, val)) and result.val_accuracy >= 0.9
     assert "classifier" in " ".join(n for n, p in tuned.model.named_parameters() if p.requires_grad)
 
 
@@ -64,7 +68,7 @@ def test_events_stream_in_order(tiny_t5, toy_reviews):
     train, val, _ = toy_reviews
     events = []
     config = TrainConfig(**{**vars(FAST), "epochs": 2})
-    _, result = train_lora(tiny_t5, train, val, T5_LORA, config, on_event=events.append)
+    _, result = train_lora(tiny_t5, train, val, T5_LORA, config, on_event=lambda event: events.append(event.to_dict()))
     progress = [e for e in events if e["type"] == "progress"]
     assert [e["step"] for e in progress] == list(range(1, 17))
     assert all(e["max_steps"] == 16 for e in progress)
@@ -74,6 +78,8 @@ def test_events_stream_in_order(tiny_t5, toy_reviews):
     evals = [e for e in events if e["type"] == "eval"]
     assert [(e["step"], e["epoch"]) for e in evals] == [(8, 1.0), (16, 2.0)]
     assert all(isinstance(e["val_loss"], float) for e in evals)
+    assert all(0.0 <= e["val_accuracy"] <= 1.0 for e in evals)
+    assert result.val_accuracy == evals[-1]["val_accuracy"]
     steps = [e["step"] for e in events]
     assert steps == sorted(steps)
     epochs = [e["epoch"] for e in events]
@@ -87,7 +93,7 @@ def test_stop_flag_ends_training_early(tiny_t5, toy_reviews):
     stop = threading.Event()
 
     def on_event(event):
-        if event["type"] == "log":
+        if event.type == "log":
             stop.set()
 
     tuned, result = train_lora(tiny_t5, train, val, T5_LORA, FAST, on_event=on_event, stop_event=stop)
@@ -172,7 +178,14 @@ def test_without_validation_reviews(tiny_encoder, toy_reviews):
     train, _, _ = toy_reviews
     events = []
     config = TrainConfig(**{**vars(FAST), "epochs": 1})
-    _, result = train_lora(tiny_encoder, train, train.iloc[:0], ENCODER_LORA, config, on_event=events.append)
+    _, result = train_lora(
+        tiny_encoder,
+        train,
+        train.iloc[:0],
+        ENCODER_LORA,
+        config,
+        on_event=lambda event: events.append(event.to_dict()),
+    )
     assert result.val_loss is None
     assert not [e for e in events if e["type"] == "eval"]
     assert result.steps == 8

@@ -13,7 +13,8 @@ import gradio as gr
 
 from ..config import DEFAULT_MODEL, get_model_spec
 from . import baseline, classify, compare, dataset, train
-from .state import SessionData, end_session, guard, model_markdown
+from .errors import guard
+from .session import SessionData, end_session
 
 TITLE = "LoRA sentiment demo"
 STUDY = (
@@ -64,12 +65,13 @@ def session_header(session: SessionData) -> str:
     """The header for the session's model and data (before any load: the source the CLI would pick)."""
     from ..data import count_builtin
 
-    if session.splits is None:
+    splits = session.study.splits
+    if splits is None:
         return header_markdown(session.model_name, *startup_source())
     note = None
-    if session.splits.source == "builtin":
+    if splits.source == "builtin":
         note = f"These are the {count_builtin()} reviews shipped with the app, not the full IMDb data set."
-    return header_markdown(session.model_name, session.splits.source, note)
+    return header_markdown(session.model_name, splits.source, note)
 
 
 def page_load(session: SessionData) -> tuple:
@@ -80,7 +82,7 @@ def page_load(session: SessionData) -> tuple:
     from ..plots import loss_figure
 
     choices = gr.update(choices=dataset.source_choices(startup_source()[0]))
-    return session_header(session), choices, loss_figure(session.history)
+    return session_header(session), choices, loss_figure([])
 
 
 def queue_size() -> int:
@@ -118,21 +120,20 @@ def build_demo(max_queue: int | None = None) -> gr.Blocks:
         )
         # the header and the Classify tab follow the session once a load or a model choice has been applied
         train_tab.model_selected.then(
-            guard(model_markdown),
+            guard(train.model_markdown),
             inputs=baseline_tab.model,
             outputs=classify_tab.model_info,
             api_visibility="private",
             show_progress="hidden",
         )
-        # the study preset sets the model, the recipe, one epoch and 500 / 200 / 100 reviews, then reloads the data
+        # the study preset sets the model, the recipe, its epochs and 500 / 200 / 100 reviews, then reloads the data
         train_tab.preset.click(
             guard(train.study_preset),
             outputs=[
                 baseline_tab.model,
                 train_tab.recipe_name,
-                train_tab.epochs,
                 *data_tab.sizes,
-                *train_tab.lora_controls,
+                *train_tab.recipe_controls,
                 train_tab.preset_note,
             ],
             api_visibility="private",

@@ -7,32 +7,15 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..config import DEFAULT_MODEL, LABEL_NAMES, MODEL_REGISTRY
-from .state import EVALUATE_SLOTS, MODELS, SessionData, ensure_splits, guard, progress_callback
+from .errors import guard
+from .session import EVALUATE_SLOTS, SessionData
+from .widgets import download_progress, notes_markdown, study_progress
 
 PER_CLASS_HEADERS = ["class", "precision", "recall", "F1", "support (true)", "predicted"]
 
 
 def model_choices() -> list[tuple[str, str]]:
     return [(f"{spec.name}: {spec.description}", spec.name) for spec in MODEL_REGISTRY.values()]
-
-
-def baseline_for(session: SessionData, model_name: str, progress=None) -> dict:
-    """The zero-shot metrics of `model_name` on the session's test reviews, computed once per data load."""
-    from ..pipeline import evaluate_model
-
-    cached = session.baseline
-    if cached and cached["model"] == model_name and cached["data_version"] == session.data_version:
-        return cached
-    bundle = MODELS.get(model_name)
-    report = progress_callback(progress, f"Zero-shot {model_name} on the test reviews") if progress else None
-    metrics, predictions = evaluate_model(bundle, session.splits.test, zero_shot=True, progress=report)
-    session.baseline = {
-        "model": model_name,
-        "data_version": session.data_version,
-        "metrics": metrics,
-        "predictions": predictions,
-    }
-    return session.baseline
 
 
 def metrics_markdown(metrics: dict) -> str:
@@ -62,22 +45,20 @@ def per_class_rows(metrics: dict) -> list[list]:
 
 
 def evaluate_baseline(model_name, session: SessionData, progress=gr.Progress()):
-    """Evaluate the untouched model on the test reviews; it becomes the session's model."""
-    from ..config import get_model_spec
+    """Score the untouched model on the test reviews; it becomes the session's model."""
     from ..plots import confusion_figure
 
-    spec = get_model_spec(model_name)
-    notes = ensure_splits(session, progress)
-    progress(0, desc=f"Loading {spec.name}")
-    result = baseline_for(session, spec.name, progress)
-    session.model_name = spec.name
-    metrics = result["metrics"]
-    heading = f"**Zero-shot `{spec.name}`** on {metrics['n']} test reviews from `{session.splits.source}`.\n\n"
-    notes_text = "".join(f"\n\n> **Note:** {note}" for note in notes)
+    study = session.study
+    study.select_model(model_name)
+    study.check_model()
+    notes = study.ensure_data(download_progress(progress, "Downloading IMDb from the Hugging Face Hub"))
+    study.download_model(download_progress(progress, f"Downloading {study.model_name} from the Hugging Face Hub"))
+    metrics = study.baseline(progress=study_progress(progress)).metrics
+    heading = f"**Zero-shot `{study.model_name}`** on {metrics['n']} test reviews from `{study.splits.source}`.\n\n"
     return (
-        heading + metrics_markdown(metrics) + notes_text,
+        heading + metrics_markdown(metrics) + notes_markdown(notes),
         per_class_rows(metrics),
-        confusion_figure(metrics, f"Baseline confusion matrix ({spec.name}, zero-shot)"),
+        confusion_figure(metrics, f"Baseline confusion matrix ({study.model_name}, zero-shot)"),
         metrics,
     )
 

@@ -7,8 +7,10 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..config import DEFAULT_MODEL, LABEL_NAMES, UserError
+from .errors import guard
 from .runs import build_loader
-from .state import CLASSIFY_SLOTS, EVALUATE_SLOTS, MODELS, SessionData, guard, model_markdown
+from .session import CLASSIFY_SLOTS, EVALUATE_SLOTS, SessionData
+from .train import model_markdown
 
 EXAMPLES = [
     "This movie was amazing!",
@@ -50,20 +52,17 @@ def confidences(label: int, confidence: float) -> dict[str, float]:
 
 def classify(text, session: SessionData):
     """The baseline's label and confidence and, once trained, the LoRA model's, for one review."""
-    from ..baseline import zero_shot_predict
-    from ..inference import classify_texts
-
     text = review_text(text)
-    base = zero_shot_predict(MODELS.get(session.model_name), [text])
+    study = session.study
+    base, tuned = study.classify([text])
     baseline = confidences(base.labels[0], base.confidence[0])
-    if session.tuned is None:
+    if tuned is None:
         note = (
-            f"Baseline `{session.model_name}` only: train a LoRA adapter on the **Train LoRA** tab to see the "
+            f"Baseline `{study.model_name}` only: train a LoRA adapter on the **Train LoRA** tab to see the "
             f"fine-tuned model's answer next to it."
         )
         return baseline, None, note
-    tuned = classify_texts(session.tuned, [text], max_length=session.tuned_max_length)
-    note = f"Left: zero-shot `{session.model_name}`. Right: `{session.tuned.spec.name}` with the LoRA adapter."
+    note = f"Left: zero-shot `{study.model_name}`. Right: `{study.tuned.name}` with the LoRA adapter."
     return baseline, confidences(tuned.labels[0], tuned.confidence[0]), note
 
 
@@ -78,16 +77,7 @@ def highlighted(attributions: list[tuple[str, float]], scale: float) -> list[tup
 
 def explain(text, session: SessionData):
     """Occlusion attribution of the typed review for the baseline and, once trained, the LoRA model."""
-    from ..baseline import zero_shot_predict
-    from ..explain import word_attributions
-    from ..inference import classify_texts
-
-    text = review_text(text)  # classify has already said anything wrong with it
-    base_model = MODELS.get(session.model_name)
-    results = [word_attributions(lambda texts: zero_shot_predict(base_model, texts), text)]
-    if session.tuned is not None:
-        tuned, max_length = session.tuned, session.tuned_max_length
-        results.append(word_attributions(lambda texts: classify_texts(tuned, texts, max_length=max_length), text))
+    results = session.study.explain(review_text(text))  # classify has already said anything wrong with the text
     scale = max((abs(score) for result in results for _, score in result), default=0.0)
     values = [highlighted(result, scale) for result in results]
     return values[0], values[1] if len(values) > 1 else None
@@ -97,9 +87,7 @@ def classify_file(path, session: SessionData) -> str:
     """Label every review of an uploaded CSV (a `text` column): the CSV back with label and confidence columns."""
     import pandas as pd
 
-    from ..baseline import zero_shot_predict
     from ..data import clean_text
-    from ..inference import classify_texts
 
     if not path:
         raise UserError("upload a CSV file with a `text` column first")
@@ -118,11 +106,10 @@ def classify_file(path, session: SessionData) -> str:
         raise UserError("the `text` column is empty")
     keep = [i for i, t in enumerate(texts) if t]
     out = frame.copy()
-    answers = [("baseline", zero_shot_predict(MODELS.get(session.model_name), [texts[i] for i in keep]))]
-    if session.tuned is not None:
-        tuned = classify_texts(session.tuned, [texts[i] for i in keep], max_length=session.tuned_max_length)
-        answers.append(("lora", tuned))
-    for name, predictions in answers:
+    baseline, tuned = session.study.classify([texts[i] for i in keep])
+    for name, predictions in (("baseline", baseline), ("lora", tuned)):
+        if predictions is None:
+            continue
         labels, confidence = [""] * len(texts), [None] * len(texts)
         for i, label, p in zip(keep, predictions.label_names(), predictions.confidence):
             labels[i], confidence[i] = label, round(p, 4)

@@ -7,29 +7,45 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..config import LABEL_NAMES
-from .baseline import baseline_for
+from .errors import guard
 from .runs import build_loader
-from .state import EVALUATE_SLOTS, SessionData, ensure_splits, guard, progress_callback
+from .session import EVALUATE_SLOTS, SessionData
+from .widgets import study_progress
 
 BEFORE_TRAINING = (
     "Nothing to compare yet. First train a LoRA adapter on the **Train LoRA** tab (loading data on **Dataset** "
     "and evaluating on **Baseline** are optional: missing steps run with the defaults); then come back here."
 )
 TABLE_HEADERS = ["metric", "baseline (zero-shot)", "LoRA fine-tuned", "change"]
+LADDER_HEADERS = ["model", "accuracy", "F1 (positive)", "reviews like the ones you type: accuracy", "how it was made"]
+RUNG_NOTES = {
+    "baseline": "no training: the pretrained model as it is",
+    "tfidf": "word counts and a linear classifier, on the same training reviews",
+    "head_only": "the same classification head, trained with the model frozen",
+    "finetuned": "LoRA adapters and the head, trained together",
+}
 
 
-def tuned_metrics(session: SessionData, progress=None) -> dict:
-    """The LoRA model's metrics on the session's current test reviews, recomputed after a data reload."""
-    from ..pipeline import evaluate_model
+def ladder_rows(report: dict) -> list[list]:
+    """One row per rung of the ladder, bottom to top, on the same test reviews; the short reviews beside them."""
+    from ..report import RUNGS
 
-    if session.tuned_eval and session.tuned_eval["data_version"] == session.data_version:
-        return session.tuned_eval["metrics"]
-    report = progress_callback(progress, "Scoring the LoRA model on the test reviews") if progress else None
-    metrics, predictions = evaluate_model(
-        session.tuned, session.splits.test, zero_shot=False, max_length=session.tuned_max_length, progress=report
-    )
-    session.tuned_eval = {"data_version": session.data_version, "metrics": metrics, "predictions": predictions}
-    return metrics
+    short = report.get("short_reviews") or {}
+    rows = []
+    for key, title in RUNGS:
+        if key not in report:
+            continue
+        on_short = short.get(key, {}).get("accuracy")
+        rows.append(
+            [
+                title,
+                round(report[key]["accuracy"], 3),
+                round(report[key]["f1"], 3),
+                "–" if on_short is None else round(on_short, 3),
+                RUNG_NOTES[key],
+            ]
+        )
+    return rows
 
 
 def comparison_rows(baseline: dict, finetuned: dict) -> list[list]:
@@ -50,19 +66,26 @@ RUN_HEADERS = [
 ]  # fmt: skip
 
 
-def run_rows(runs: list[dict]) -> list[list]:
-    """One row per training run of the session: its scores first, then its settings."""
-    settings = ("recipe", "r", "alpha", "dropout", "targets", "top_layers", "epochs", "learning_rate", "trainable")
+def run_rows(runs) -> list[list]:
+    """One row per training run of the session (`study.RunRecord`): its scores first, then its settings."""
     return [
         [
-            run["name"],
-            round(run["accuracy"], 3),
-            round(run["f1"], 3),
-            None if run["val_loss"] is None else round(run["val_loss"], 4),
-            run["seconds"],
-            *(run[key] for key in settings),
-            run["model"],
-            run["test_reviews"],
+            run.name,
+            round(run.accuracy, 3),
+            round(run.f1, 3),
+            None if run.val_loss is None else round(run.val_loss, 4),
+            run.seconds,
+            run.recipe,
+            run.lora["r"],
+            run.lora["alpha"],
+            run.lora["dropout"],
+            ", ".join(run.lora["target_modules"]),
+            run.lora["layers"] if run.lora["layers"] == "all" else len(run.lora["layers"]),
+            run.config.epochs,
+            run.config.learning_rate,
+            run.trainable,
+            run.model,
+            run.test_reviews,
         ]
         for run in runs
     ]
@@ -104,31 +127,19 @@ def significance_markdown(result: dict) -> str:
 def compare(session: SessionData, progress=gr.Progress()):
     """Both models' metrics side by side; before any training, only a message saying what to do."""
     from ..plots import confusion_figure, metrics_comparison_figure, runs_loss_figure
-    from ..significance import compare_models
 
-    if session.tuned is None:
-        return BEFORE_TRAINING, gr.update(visible=False), *([None] * 9)
-    ensure_splits(session, progress)  # a saved run may be loaded before any data
-    name = session.tuned.spec.name
-    base = baseline_for(session, name, progress)
-    baseline, before = base["metrics"], base["predictions"]
-    finetuned = tuned_metrics(session, progress)
-    after = session.tuned_eval["predictions"]
-    test = session.splits.test
-    result = compare_models(test["label"], before.labels, after.labels, seed=session.splits.config.seed)
-    warnings = "".join(
-        f"\n\n> ⚠️ **{who}:** {m['warning']}"
-        for who, m in (("Baseline", baseline), ("LoRA", finetuned))
-        if m.get("warning")
-    )
-    summary = (
-        f"`{name}` on the same {baseline['n']} test reviews from `{session.splits.source}`: accuracy "
-        f"**{baseline['accuracy']:.3f} → {finetuned['accuracy']:.3f}**, F1 (positive) "
-        f"**{baseline['f1']:.3f} → {finetuned['f1']:.3f}**." + warnings
-    )
+    study = session.study
+    if study.tuned is None:
+        return BEFORE_TRAINING, gr.update(visible=False), *([None] * 10)
+    study.ensure_data()  # a saved run may be loaded before any data
+    report = study.report(progress=study_progress(progress)).to_dict()
+    baseline, finetuned, result = report["baseline"], report["finetuned"], report["comparison"]
+    before = study.baseline(max_length=study.tuned.config.max_length).predictions
+    after, test = study.finetuned().predictions, study.splits.test
     return (
-        summary,
+        summary_markdown(report),
         gr.update(visible=True),
+        ladder_rows(report),
         comparison_rows(baseline, finetuned),
         confusion_figure(baseline, "Baseline (zero-shot)"),
         confusion_figure(finetuned, "LoRA fine-tuned"),
@@ -142,8 +153,25 @@ def compare(session: SessionData, progress=gr.Progress()):
             value=flip_rows(test, result["broken"], before, after),
             label=f"Broken by LoRA: {result['n_broken']} reviews the baseline got right and LoRA got wrong",
         ),
-        runs_loss_figure(session.runs),
-        run_rows(session.runs),
+        runs_loss_figure([{"name": run.name, "history": run.history} for run in study.runs]),
+        run_rows(study.runs),
+    )
+
+
+def summary_markdown(report: dict) -> str:
+    baseline, finetuned = report["baseline"], report["finetuned"]
+    warnings = "".join(
+        f"\n\n> ⚠️ **{who}:** {m['warning']}"
+        for who, m in (("Baseline", baseline), ("LoRA", finetuned))
+        if m.get("warning")
+    )
+    from ..report import short_reviews_line
+
+    short = short_reviews_line(report)
+    return (
+        f"`{report['model']}` on the same {baseline['n']} test reviews from `{report['data']['source']}`: accuracy "
+        f"**{baseline['accuracy']:.3f} → {finetuned['accuracy']:.3f}**, F1 (positive) "
+        f"**{baseline['f1']:.3f} → {finetuned['f1']:.3f}**." + (f"\n\n{short}" if short else "") + warnings
     )
 
 
@@ -151,6 +179,13 @@ def build(session: gr.State, tab: gr.Tab) -> SimpleNamespace:
     loaded_run = build_loader(session, "saved-runs-compare")
     summary = gr.Markdown(BEFORE_TRAINING)
     with gr.Column(visible=False) as results:
+        ladder = gr.Dataframe(
+            headers=LADDER_HEADERS,
+            label="The ladder: what each step up buys, on the same test reviews",
+            interactive=False,
+            wrap=True,
+            elem_id="ladder",
+        )
         bars = gr.Plot(label="Metrics", show_label=False)
         with gr.Row():
             baseline_confusion = gr.Plot(label="Baseline confusion matrix", show_label=False)
@@ -181,6 +216,7 @@ def build(session: gr.State, tab: gr.Tab) -> SimpleNamespace:
         outputs=[
             summary,
             results,
+            ladder,
             table,
             baseline_confusion,
             lora_confusion,

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
 
-from ..config import DataConfig, TrainConfig, UserError, field_default, field_help, field_range
-from .state import EVALUATE_SLOTS, SessionData, describe_splits, guard, whole_number
+from ..config import DEFAULT_MAX_LENGTH, DataConfig, UserError, field_default, field_help
+from .errors import guard
+from .session import EVALUATE_SLOTS, SessionData
+from .widgets import download_progress, notes_markdown, number, whole_number
 
 SAMPLE_ROWS = 8
 SAMPLE_CHARS = 160
@@ -80,39 +81,35 @@ def seq2seq_example(frame) -> str:
     )
 
 
+def describe_splits(splits) -> str:
+    sizes = splits.sizes()
+    return (
+        f"{sizes['train']} / {sizes['val']} / {sizes['test']} train / validation / test reviews from `{splits.source}`"
+    )
+
+
 def load_data(source, upload, train_size, val_size, test_size, seed, session: SessionData, progress=gr.Progress()):
     """Load and split the reviews; returns the summary, sample rows, charts and the text-to-text example."""
-    from ..data import load_splits
     from ..models import token_lengths
     from ..plots import label_balance_figure, length_histogram_figure
 
     path, shown_as = data_source(source, upload)
     sizes = [whole_number(value, name) for value, name in zip((train_size, val_size, test_size), SIZE_FIELDS)]
-    config = DataConfig(
-        source=path,
-        train_size=sizes[0],
-        val_size=sizes[1],
-        test_size=sizes[2],
-        seed=whole_number(seed, "seed"),
-    )
+    config = DataConfig(path, *sizes, seed=whole_number(seed, "seed"))
     # sizes left at their defaults shrink to fit a small source, as in the CLI; chosen sizes never do
     untouched = all(size == field_default(DataConfig, name) for size, name in zip(sizes, SIZE_FIELDS))
     progress(0.1, desc="Loading reviews")
-    splits = load_splits(config, fit_to_data=untouched)
-    if shown_as:  # an upload is known by its file name, not by where gradio keeps it
-        splits = replace(splits, source=shown_as)
+    downloading = download_progress(progress, "Downloading IMDb from the Hugging Face Hub")
+    splits = session.study.load_data(config, fit_to_data=untouched, shown_as=shown_as, progress=downloading)
     progress(0.6, desc="Counting tokens")
     texts = [*splits.train["text"], *splits.val["text"], *splits.test["text"]]
-    max_length = field_default(TrainConfig, "max_length")
     lengths = token_lengths(minilm_tokenizer(), texts)
-    session.splits, session.data_version = splits, session.data_version + 1
-    summary = f"Loaded {describe_splits(splits)} (seed {splits.config.seed})."
-    summary += "".join(f"\n\n> **Note:** {note}" for note in splits.notes)
+    summary = f"Loaded {describe_splits(splits)} (seed {splits.config.seed})." + notes_markdown(splits.notes)
     return (
         summary,
         sample_rows(splits.train),
         label_balance_figure(splits.label_counts()),
-        length_histogram_figure(lengths, max_length),
+        length_histogram_figure(lengths, DEFAULT_MAX_LENGTH),
         seq2seq_example(splits.train),
     )
 
@@ -139,19 +136,10 @@ def build(session: gr.State) -> SimpleNamespace:
             scale=1,
         )
     with gr.Row():
-        sizes = []
-        for name, label in zip(SIZE_FIELDS, ("Train reviews", "Validation reviews", "Test reviews")):
-            low, high = field_range(DataConfig, name)
-            sizes.append(
-                gr.Number(
-                    label=label,
-                    value=field_default(DataConfig, name),
-                    precision=0,
-                    minimum=low,
-                    maximum=high,
-                    info=f"default {field_default(DataConfig, name)}",
-                )
-            )
+        sizes = [
+            number(DataConfig, name, label, precision=0, info=f"default {field_default(DataConfig, name)}")
+            for name, label in zip(SIZE_FIELDS, ("Train reviews", "Validation reviews", "Test reviews"))
+        ]
     upload = gr.File(
         label="Your own reviews: .csv, .parquet or .jsonl, up to 5 MB",
         file_types=DATA_FILE_TYPES,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .state import EVALUATE_SLOTS, SessionData, guard
+from .errors import guard
+from .session import EVALUATE_SLOTS, SessionData
 
 
 def run_choices() -> list[tuple[str, str]]:
@@ -24,20 +25,14 @@ def refresh_runs():
 def load_run(name, session: SessionData) -> str:
     """Make a saved run the session's LoRA model: Classify and Compare use it from now on."""
     from ..config import UserError
-    from ..inference import serving_copy
-    from ..lora import load_adapter
     from ..runs import run_folder, runs_root
 
     if not name:
         raise UserError(f"choose a saved run first (runs are listed from {str(runs_root())!r})")
     if session.training:
         raise UserError("a training run is going in this session: wait for it or press Stop")
-    tuned, metadata = load_adapter(run_folder(name))
-    session.tuned = serving_copy(tuned)
-    session.tuned_max_length = metadata.get("train_config", {}).get("max_length", 256)
-    session.tuned_eval = None  # scored again on this session's test reviews when needed
-    session.model_name = tuned.spec.name
-    return f"Loaded the saved run `{name}` (`{tuned.spec.name}`): it is now this session's LoRA model."
+    tuned = session.study.load_adapter(run_folder(name))
+    return f"Loaded the saved run `{name}` (`{tuned.name}`): it is now this session's LoRA model."
 
 
 def build_loader(session: gr.State, elem_id: str):

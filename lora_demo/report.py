@@ -1,0 +1,141 @@
+"""The one report of a study: the same keys in `train --report`, `report.json` beside a saved adapter and the
+app's downloaded zip, and the table and sentences the CLI prints from it.
+
+Keys scripts already read stay where they were (`data.sizes`, `baseline` / `finetuned` with `n`,
+`comparison.p_value`, ...); new figures are added beside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+# the comparison ladder, bottom to top: each rung is scored on the same test reviews
+RUNGS = (
+    ("baseline", "Baseline (zero-shot)"),
+    ("tfidf", "TF-IDF + logistic regression"),
+    ("head_only", "Head only (encoder frozen)"),
+    ("finetuned", "LoRA fine-tuned"),
+)
+
+
+@dataclass
+class Report:
+    """Everything one study measured. `None` fields are left out of the JSON (a rung that was not run).
+
+    Attributes:
+        model, model_kind: the registry model and its kind.
+        data: the split the models were scored on (`Splits.summary()`).
+        trained_on: what the LoRA model trained and validated on (`SplitRecord.to_dict()`, hashes left out).
+        lora, train_config, params, train: the run's settings, parameter counts and training figures.
+        baseline, tfidf, head_only, finetuned: the ladder's metrics on the test reviews (`evaluate_predictions`).
+        comparison: LoRA vs zero-shot on the same reviews (`significance.compare_models`); its verdict also says
+            what LoRA adds over the head alone.
+        rungs: how the TF-IDF and head-only rungs were made (the head's training figures), or why they are missing.
+        short_reviews: the hand-written short reviews scored by each model, or why they were left out.
+        resources: LoRA vs full fine-tuning, measured (`resources.measure`), when asked for.
+        update_norms, projection: where the adapter changed the model and how the reviews moved, when computed.
+        adapter: the folder the adapter was saved to.
+    """
+
+    model: str
+    model_kind: str
+    data: dict
+    lora: dict
+    train_config: dict
+    params: dict
+    train: dict
+    baseline: dict
+    finetuned: dict
+    comparison: dict
+    trained_on: dict
+    tfidf: dict | None = None
+    head_only: dict | None = None
+    rungs: dict | None = None
+    short_reviews: dict | None = None
+    resources: dict | None = None
+    update_norms: list | None = None
+    projection: dict | None = None
+    adapter: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+def train_summary(result) -> dict:
+    """The `train` key: a `TrainResult` without its parameter counts (they are `params`)."""
+    return {key: value for key, value in asdict(result).items() if key != "params"}
+
+
+def _note(metrics: dict) -> str:
+    counts = metrics.get("prediction_counts")
+    if counts is None:
+        return ""
+    if metrics.get("collapsed"):
+        return "collapsed: " + metrics["warning"].split(":")[1].split(",")[0].strip()
+    unmapped = f" / {counts['unmapped']} unmapped" if counts.get("unmapped") else ""
+    return f"{counts['negative']} negative / {counts['positive']} positive predicted{unmapped}"
+
+
+def _cell(metrics: dict, key: str) -> str:
+    return f"{metrics[key]:.3f}" if key in metrics else "–"
+
+
+def comparison_table(report: dict) -> str:
+    """The study's table, one row per rung of the ladder that was run: accuracy / precision / recall / F1."""
+    lines = [
+        f"| Model ({report['model']}, {report['baseline']['n']} test reviews) | Accuracy | Precision | Recall "
+        f"| F1 | Notes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, title in RUNGS:
+        metrics = report.get(key)
+        if metrics:
+            cells = " | ".join(_cell(metrics, name) for name in ("accuracy", "precision", "recall", "f1"))
+            lines.append(f"| {title} | {cells} | {_note(metrics)} |")
+    return "\n".join(lines)
+
+
+def short_reviews_line(report: dict) -> str | None:
+    """The short-review rung in one line, or why it was left out."""
+    short = report.get("short_reviews")
+    if not short:
+        return None
+    if "reason" in short:
+        return f"Short reviews: left out ({short['reason']})."
+    scores = ", ".join(
+        f"{title.split(' (')[0].lower()} {short[key]['accuracy']:.3f}" for key, title in RUNGS if key in short
+    )
+    return f"Reviews like the ones you type ({short['n']} short hand-written reviews), accuracy: {scores}."
+
+
+def head_only_sentence(head: dict, tuned: dict) -> str:
+    """What LoRA adds over training the classification head alone, on the same reviews (two metrics dicts)."""
+    added = tuned["accuracy"] - head["accuracy"]
+    return (
+        f" A head trained alone on the frozen model reaches {head['accuracy']:.3f}, so the adapters add "
+        f"{added:+.3f} accuracy over the head alone."
+    )
+
+
+def train_line(report: dict) -> str:
+    train, params = report["train"], report["params"]
+    val = "n/a" if train.get("val_loss") is None else f"{train['val_loss']:.4f}"
+    return (
+        f"trained {train['steps']} steps in {train['seconds']:.1f} s: train loss {train['train_loss']:.4f}, "
+        f"validation loss {val}; {params['trainable']:,} trainable of {params['total']:,} parameters "
+        f"({params['percent']:.3f}%)"
+    )
+
+
+def resources_line(report: dict) -> str | None:
+    resources = report.get("resources")
+    if not resources:
+        return None
+    lora, full = resources["lora"], resources["full"]
+    return (
+        f"LoRA vs full fine-tuning, measured on {resources['batch']['reviews']} reviews: "
+        f"{lora['seconds_per_step']:.3f} s vs {full['seconds_per_step']:.3f} s per step, "
+        f"{lora['memory_growth_mb']:.0f} MB vs {full['memory_growth_mb']:.0f} MB memory growth, "
+        f"{lora['saved_mb'] * 1024:.0f} KB vs {full['saved_mb']:.1f} MB saved"
+    )

@@ -1,0 +1,621 @@
+"""The study as one API, under the CLI and every tab of the app.
+
+load data -> zero-shot baseline -> train LoRA (a job that streams its events and can be stopped) -> evaluate ->
+compare (the ladder, significance, short reviews) -> report / save / export.
+
+A `Study` holds the split, the session's models and what each trained model trained and validated on, so that
+no front end can score a model on reviews it has seen. The CLI runs it start to end (`run`); the app keeps one per
+session and calls one step per click.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+
+from .config import (
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_MODEL,
+    DataConfig,
+    LoraSettings,
+    ModelSpec,
+    TrainConfig,
+    UserError,
+    get_model_spec,
+    get_preset,
+)
+from .data import SplitRecord, Splits, load_splits, review_hash, trained_on
+from .inference import ModelCache, Predictions, classify_texts, serving_copy
+from .metrics import evaluate_predictions
+from .models import ModelBundle, load_bundle
+from .report import Report, head_only_sentence, train_summary
+from .significance import compare_models
+from .train import TrainEvent, TrainResult
+
+Progress = Callable[[str, int, int], None]  # (what is being done, done, total)
+MAX_RUNS = 20  # runs kept per study for the Compare tab; the oldest is dropped beyond this
+
+
+@dataclass
+class Evaluation:
+    """One model's answers on one set of reviews, their scores, and which reviews they were."""
+
+    metrics: dict
+    predictions: Predictions
+    fingerprint: str
+
+
+@dataclass
+class TunedModel:
+    """A LoRA-adapted model with what it needs to predict, be saved, be reported and be checked.
+
+    Attributes:
+        adapter: the PEFT-wrapped model, adapter kept separate (saved and exported as such).
+        serving: a merged copy for prediction (`inference.serving_copy`).
+        trained_on: what it trained and validated on.
+        result: the training run's figures; None for an adapter loaded from disk.
+        saved_report: the report it was saved with, for an adapter loaded from disk.
+    """
+
+    adapter: ModelBundle
+    serving: ModelBundle
+    lora: LoraSettings
+    config: TrainConfig
+    recipe: str
+    trained_on: SplitRecord
+    result: TrainResult | None = None
+    saved_report: dict | None = None
+    train_frames: tuple[pd.DataFrame, pd.DataFrame] | None = None  # (train, val), for the rungs trained alike
+    head_only: object | None = None  # the ladder's head-only model on the same reviews, trained on first use
+    head_result: object | None = None
+
+    @property
+    def name(self) -> str:
+        return self.adapter.spec.name
+
+    def metadata(self) -> dict:
+        """What `lora_demo.json` keeps beside the adapter weights."""
+        return {
+            "kind": self.adapter.spec.kind,
+            "recipe": self.recipe,
+            "lora": lora_summary(self.lora, self.adapter),
+            "train_config": asdict(self.config),
+            "trained_on": self.trained_on.to_dict(),
+        }
+
+
+@dataclass
+class RunRecord:
+    """One finished training run of a study, as the Compare tab lists and draws it."""
+
+    name: str
+    model: str
+    recipe: str
+    lora: dict
+    config: TrainConfig
+    trainable: int
+    seconds: float
+    stopped: bool
+    val_loss: float | None
+    test_reviews: int
+    accuracy: float
+    f1: float
+    history: list[dict]
+
+
+def lora_summary(settings: LoraSettings, bundle: ModelBundle) -> dict:
+    return {
+        "r": settings.r,
+        "alpha": settings.alpha,
+        "dropout": settings.dropout,
+        "target_modules": list(settings.targets_for(bundle.spec)),
+        "layers": settings.layers_for(bundle.spec) or "all",
+    }
+
+
+def texts_fingerprint(texts) -> str:
+    return review_hash("\n".join(review_hash(text) for text in texts))
+
+
+class Models:
+    """Where a study gets its models: shared untouched copies for zero-shot answers, fresh copies to train.
+
+    Args:
+        zero_shot: cache of untouched serving copies, shared read-only (the app shares one between sessions).
+        loader: loads a fresh registry model by name and seed (`models.load_bundle`; tests give tiny models).
+        check: raises the UserError loading a model would raise, without loading it (`models.check_available`).
+        fetch: downloads a model's files ahead of loading, reporting bytes (`models.download_model`); with a
+            loader of one's own, nothing by default.
+    """
+
+    def __init__(
+        self,
+        zero_shot: ModelCache | None = None,
+        loader: Callable[..., ModelBundle] = load_bundle,
+        check: Callable[[ModelSpec], None] | None = None,
+        fetch: Callable[..., None] | None = None,
+    ):
+        from .models import check_available, download_model
+
+        self.loader = loader
+        self.cache = zero_shot or ModelCache(loader=lambda name: loader(name))
+        self.check = check or check_available
+        self.fetch = fetch or (download_model if loader is load_bundle else (lambda name, progress=None: None))
+
+    def zero_shot(self, name: str) -> ModelBundle:
+        return self.cache.get(name)
+
+    def fresh(self, name: str, seed: int) -> ModelBundle:
+        return self.loader(name, seed=seed)
+
+
+class Study:
+    """One user's study: the split, the chosen model, the baseline, the LoRA model and the runs so far.
+
+    Args:
+        model_name: the registry model to study.
+        models: where models come from (default: the registry, loaded on first use).
+    """
+
+    def __init__(self, model_name: str = DEFAULT_MODEL, models: Models | None = None):
+        self.model_name = get_model_spec(model_name).name
+        self.models = models or Models()
+        self.splits: Splits | None = None
+        self.tuned: TunedModel | None = None
+        self.runs: list[RunRecord] = []
+        self.resources: dict | None = None
+        self._scores: dict[tuple, Evaluation] = {}  # keyed by (what, model, max_length, reviews): computed once
+        self._job = None  # the running TrainingJob, if any
+
+    # --- data -------------------------------------------------------------------------------------------------
+
+    @property
+    def training(self) -> bool:
+        return self._job is not None and self._job.running
+
+    def load_data(
+        self,
+        config: DataConfig,
+        fit_to_data: bool = False,
+        shown_as: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Splits:
+        """Load and split the reviews; the study's models are scored on the new test reviews from now on.
+
+        Args:
+            config: source, sizes and seed.
+            fit_to_data: shrink sizes left at their defaults to what a small source holds.
+            shown_as: how to name the source to the user (an upload is known by its file name).
+            progress: called with (bytes done, bytes in all) while the Hub's IMDb downloads.
+
+        Raises:
+            UserError: while a training run of this study is going (it trains on the current split), or for any
+                problem with the source or the sizes.
+        """
+        if self.training:
+            raise UserError("a training run is going on this data: wait for it to finish or press Stop, then load")
+        splits = load_splits(config, fit_to_data=fit_to_data, progress=progress)
+        self.splits = replace(splits, source=shown_as) if shown_as else splits
+        return self.splits
+
+    def ensure_data(self, progress: Callable[[int, int], None] | None = None) -> list[str]:
+        """Load the default data if none is loaded yet; returns notes worth showing the user."""
+        if self.splits is not None:
+            return []
+        splits = self.load_data(DataConfig(), fit_to_data=True, progress=progress)
+        sizes = splits.sizes()
+        return [
+            f"No data was loaded yet, so the default data was loaded: {sizes['train']} / {sizes['val']} / "
+            f"{sizes['test']} train / validation / test reviews from `{splits.source}`.",
+            *splits.notes,
+        ]
+
+    def select_model(self, name: str) -> None:
+        self.model_name = get_model_spec(name).name
+
+    @property
+    def spec(self) -> ModelSpec:
+        return get_model_spec(self.model_name)
+
+    def download_model(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Fetch the study's model into the Hugging Face cache before it loads (nothing for the bundled model).
+
+        Args:
+            progress: called with (bytes done, bytes in all) while downloading.
+
+        Raises:
+            UserError: the Hub failed, or is unreachable and the model is not cached.
+        """
+        self.models.fetch(self.model_name, progress)
+
+    def check_model(self) -> None:
+        """Raise the UserError loading the study's model would raise (a Hub model with no Hub), loading nothing."""
+        self.models.check(self.spec)
+
+    # --- scoring ----------------------------------------------------------------------------------------------
+
+    def _score(self, key: tuple, frame: pd.DataFrame, predict: Callable[[list[str]], Predictions]) -> Evaluation:
+        key = (*key, texts_fingerprint(frame["text"]))
+        if key not in self._scores:
+            predictions = predict(frame["text"].tolist())
+            metrics = evaluate_predictions(frame["label"].tolist(), predictions.labels)
+            self._scores[key] = Evaluation(metrics, predictions, key[-1])
+        return self._scores[key]
+
+    def baseline(
+        self, frame: pd.DataFrame | None = None, max_length: int = DEFAULT_MAX_LENGTH, progress: Progress | None = None
+    ) -> Evaluation:
+        """The untouched model's zero-shot answers on `frame` (default: the test reviews), computed once."""
+        from .baseline import zero_shot_predict
+
+        frame = self._test_frame() if frame is None else frame
+        bundle = self.models.zero_shot(self.model_name)
+        report = _reporter(progress, f"Zero-shot {self.model_name} on {len(frame)} reviews")
+        return self._score(
+            ("baseline", self.model_name, max_length),
+            frame,
+            lambda texts: zero_shot_predict(bundle, texts, max_length=max_length, progress=report),
+        )
+
+    def finetuned(self, frame: pd.DataFrame | None = None, progress: Progress | None = None) -> Evaluation:
+        """The LoRA model's answers on `frame` (default: the test reviews).
+
+        Raises:
+            UserError: before any training, or when `frame` holds reviews the model trained or validated on.
+        """
+        tuned = self._require_tuned()
+        frame = self._test_frame() if frame is None else frame
+        tuned.trained_on.check_unseen(frame["text"])
+        report = _reporter(progress, f"The LoRA model on {len(frame)} reviews")
+        return self._score(
+            ("finetuned", id(tuned), tuned.config.max_length),
+            frame,
+            lambda texts: classify_texts(tuned.serving, texts, max_length=tuned.config.max_length, progress=report),
+        )
+
+    def tfidf(self, frame: pd.DataFrame | None = None) -> Evaluation | None:
+        """TF-IDF + logistic regression trained on the LoRA model's training reviews, on `frame`; None for a
+        saved adapter (its training reviews are not kept)."""
+        from .ladder import tfidf_predictions
+
+        tuned = self._require_tuned()
+        if tuned.train_frames is None:
+            return None
+        frame = self._test_frame() if frame is None else frame
+        tuned.trained_on.check_unseen(frame["text"])
+        seed = tuned.config.seed
+        return self._score(("tfidf",), frame, lambda texts: tfidf_predictions(tuned.train_frames[0], texts, seed))
+
+    def head_only(self, frame: pd.DataFrame | None = None, progress: Progress | None = None) -> Evaluation | None:
+        """The same head trained with the model frozen, on the LoRA model's training reviews and settings, on
+        `frame`; None for a saved adapter."""
+        from .ladder import train_head_only
+
+        tuned = self._require_tuned()
+        if tuned.train_frames is None:
+            return None
+        frame = self._test_frame() if frame is None else frame
+        tuned.trained_on.check_unseen(frame["text"])
+        if tuned.head_only is None:
+            if progress:
+                progress("Training the head alone on the same reviews", 0, 1)
+            base = self.models.zero_shot(tuned.name)
+            tuned.head_only, tuned.head_result = train_head_only(base, *tuned.train_frames, tuned.config)
+        return self._score(("head_only",), frame, tuned.head_only.predict)
+
+    def short_reviews(self) -> dict:
+        """Every rung on the hand-written short reviews ("reviews like the ones you type"), or why not."""
+        from .data import load_short_reviews
+
+        tuned = self._require_tuned()
+        if tuned.trained_on.source == "builtin":
+            return {"reason": "the LoRA model trained on these hand-written reviews, so they are not a test for it"}
+        frame = load_short_reviews()
+        if tuned.trained_on.overlap(frame["text"]):
+            return {"reason": "the LoRA model trained on some of these hand-written reviews"}
+        rungs = {
+            "baseline": self.baseline(frame, max_length=tuned.config.max_length),
+            "head_only": self.head_only(frame),
+            "finetuned": self.finetuned(frame),
+        }
+        return {"n": len(frame), **{name: rung.metrics for name, rung in rungs.items() if rung is not None}}
+
+    def _test_frame(self) -> pd.DataFrame:
+        if self.splits is None:
+            raise UserError("no data is loaded: load it on the Dataset tab (or with --data)")
+        return self.splits.test
+
+    def _require_tuned(self) -> TunedModel:
+        if self.tuned is None:
+            raise UserError("no LoRA model yet: train one first (the Train LoRA tab, or `python -m lora_demo train`)")
+        return self.tuned
+
+    # --- training ---------------------------------------------------------------------------------------------
+
+    def train(
+        self,
+        lora: LoraSettings,
+        config: TrainConfig,
+        recipe: str = "fast",
+        on_event: Callable[[TrainEvent], None] | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> TunedModel:
+        """Train LoRA on the study's training reviews (in this thread) and make it the study's LoRA model.
+
+        Raises:
+            UserError: for settings that do not fit the model, or with no data loaded.
+        """
+        from .train import train_lora
+
+        splits, name = self._check_training(lora)
+        bundle = self.models.fresh(name, seed=config.seed)
+        adapter, result = train_lora(
+            bundle, splits.train, splits.val, lora, config, on_event=on_event, stop_event=stop_event
+        )
+        tuned = TunedModel(adapter, serving_copy(adapter), lora, config, recipe, trained_on(splits), result)
+        tuned.train_frames = (splits.train, splits.val)
+        return self._use(tuned)
+
+    def _use(self, tuned: TunedModel) -> TunedModel:
+        """Make `tuned` the study's LoRA model; scores of the previous one are forgotten."""
+        self._scores = {key: value for key, value in self._scores.items() if key[0] == "baseline"}
+        self.tuned = tuned
+        return tuned
+
+    def start_training(self, lora: LoraSettings, config: TrainConfig, recipe: str = "fast", stop_event=None):
+        """`train` in a thread of its own: returns the `jobs.TrainingJob`, whose events stream as it trains.
+
+        Raises:
+            UserError: while another run of this study is going, or for settings that do not fit the model.
+        """
+        from .jobs import TrainingJob
+
+        if self.training:
+            raise UserError("a training run is already going: wait for it or press Stop")
+        self._check_training(lora)
+        self._job = TrainingJob(
+            lambda on_event, stop: self.train(lora, config, recipe, on_event, stop),
+            name=f"lora-train-{self.model_name}",
+            stop_event=stop_event,
+        )
+        return self._job.start()
+
+    def stop_training(self, wait: float | None = None) -> bool:
+        """Ask the running job, if any, to end after its current step; returns whether one was running.
+
+        Args:
+            wait: seconds to wait for it to end (it ends after its current step); default: do not wait.
+        """
+        if not self.training:
+            return False
+        self._job.stop()
+        if wait:
+            self._job.join(timeout=wait)
+        return True
+
+    def _check_training(self, lora: LoraSettings) -> tuple[Splits, str]:
+        spec = self.spec
+        lora.targets_for(spec)  # refuse settings that do not fit before anything loads
+        lora.layers_for(spec)
+        self.check_model()
+        if self.splits is None:
+            raise UserError("no data is loaded: load it first (the Dataset tab, or --data)")
+        return self.splits, spec.name
+
+    def record_run(self, evaluation: Evaluation) -> RunRecord:
+        """Keep the latest run's settings, scores and loss history for the Compare tab's list of runs."""
+        tuned = self._require_tuned()
+        result = tuned.result
+        run = RunRecord(
+            name=f"run {len(self.runs) + 1}: r {tuned.lora.r}, {tuned.recipe}",
+            model=tuned.name,
+            recipe=tuned.recipe,
+            lora=lora_summary(tuned.lora, tuned.adapter),
+            config=tuned.config,
+            trainable=result.params["trainable"],
+            seconds=round(result.seconds, 1),
+            stopped=result.stopped,
+            val_loss=result.val_loss,
+            test_reviews=evaluation.metrics["n"],
+            accuracy=evaluation.metrics["accuracy"],
+            f1=evaluation.metrics["f1"],
+            history=list(result.history),
+        )
+        self.runs.append(run)
+        del self.runs[:-MAX_RUNS]
+        return run
+
+    # --- compare, report, save --------------------------------------------------------------------------------
+
+    def report(self, progress: Progress | None = None) -> Report:
+        """Score the baseline and the LoRA model on the same test reviews and compare them: the study's report.
+
+        Raises:
+            UserError: before any training, or when the test reviews overlap what the LoRA model trained on.
+        """
+        tuned = self._require_tuned()
+        after = self.finetuned(progress=progress)
+        before = self.baseline(max_length=tuned.config.max_length, progress=progress)
+        test = self._test_frame()
+        seed = self.splits.config.seed
+        comparison = compare_models(test["label"], before.predictions.labels, after.predictions.labels, seed=seed)
+        tfidf, head = self.tfidf(), self.head_only(progress=progress)
+        if head is not None:
+            comparison["verdict"] += head_only_sentence(head.metrics, after.metrics)
+        saved = tuned.saved_report or {}
+        result = tuned.result
+        return Report(
+            model=tuned.name,
+            model_kind=tuned.adapter.spec.kind,
+            data=self.splits.summary(),
+            lora=lora_summary(tuned.lora, tuned.adapter),
+            train_config=asdict(tuned.config),
+            params=result.params if result else saved.get("params", {}),
+            train=train_summary(result) if result else saved.get("train", {}),
+            baseline=before.metrics,
+            finetuned=after.metrics,
+            comparison=comparison,
+            trained_on={k: v for k, v in tuned.trained_on.to_dict().items() if k != "review_hashes"},
+            tfidf=tfidf.metrics if tfidf else None,
+            head_only=head.metrics if head else None,
+            rungs=self._rung_notes(),
+            short_reviews=self.short_reviews(),
+            resources=self.resources,
+        )
+
+    def _rung_notes(self) -> dict:
+        """How each rung below LoRA was made, or why it is missing."""
+        tuned = self._require_tuned()
+        if tuned.train_frames is None:
+            why = "a saved adapter: its training reviews are not kept, so the rungs trained alike cannot be made"
+            return {"missing": why}
+        notes = {"tfidf": "TF-IDF over words and word pairs with logistic regression, on the same training reviews"}
+        if tuned.head_result is not None:
+            head = tuned.head_result.as_dict()
+            notes["head_only"] = {key: value for key, value in head.items() if key != "history"}
+        return notes
+
+    def save(self, output_dir: str | Path, report: Report | None = None) -> Path:
+        """Write the LoRA model's adapter (safetensors), its metadata and, if given, the report beside it."""
+        import json
+
+        from .lora import save_adapter
+
+        tuned = self._require_tuned()
+        folder = save_adapter(tuned.adapter, output_dir, tuned.metadata())
+        if report is not None:
+            report.adapter = str(folder)
+            (folder / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+        return folder
+
+    def export_zip(self, folder: str | Path, report: Report) -> Path:
+        """`lora-adapter.zip` in `folder`: the adapter, its metadata and the report, to take home."""
+        import shutil
+
+        adapter = self.save(Path(folder) / "lora-adapter", report)
+        return Path(shutil.make_archive(str(adapter), "zip", root_dir=adapter.parent, base_dir=adapter.name))
+
+    def load_adapter(self, folder: str | Path) -> TunedModel:
+        """Make a saved adapter the study's LoRA model (and its model the study's model).
+
+        Raises:
+            UserError: for a folder that is not one of our adapters, or one saved without its training record.
+        """
+        import json
+
+        from .lora import load_adapter, read_adapter_metadata
+
+        metadata = read_adapter_metadata(folder)
+        adapter, metadata = load_adapter(folder, base=self.models.fresh(metadata["model"], seed=0))
+        if "trained_on" not in metadata:
+            raise UserError(
+                f"{Path(folder).name} does not record which reviews it trained on (saved by an older version), so "
+                "it cannot be scored honestly: train it again"
+            )
+        report_file = Path(folder) / "report.json"
+        saved = json.loads(report_file.read_text()) if report_file.is_file() else None
+        self._use(
+            TunedModel(
+                adapter=adapter,
+                serving=serving_copy(adapter),
+                lora=LoraSettings(**_lora_fields(metadata["lora"])),
+                config=TrainConfig(**metadata["train_config"]),
+                recipe=metadata.get("recipe", "fast"),
+                trained_on=SplitRecord.from_dict(metadata["trained_on"]),
+                saved_report=saved,
+            )
+        )
+        self.model_name = adapter.spec.name
+        return self.tuned
+
+    # --- your own reviews --------------------------------------------------------------------------------------
+
+    def classify(self, texts: list[str]) -> tuple[Predictions, Predictions | None]:
+        """The zero-shot answers and, once there is a LoRA model, its answers, for the same texts."""
+        from .baseline import zero_shot_predict
+
+        baseline = zero_shot_predict(self.models.zero_shot(self.model_name), texts)
+        if self.tuned is None:
+            return baseline, None
+        return baseline, classify_texts(self.tuned.serving, texts, max_length=self.tuned.config.max_length)
+
+    def explain(self, text: str) -> list[list[tuple[str, float]]]:
+        """Occlusion attributions of `text` for the zero-shot model and, once trained, the LoRA model."""
+        from .explain import word_attributions
+
+        results = [word_attributions(lambda texts: self.classify(texts)[0], text)]
+        if self.tuned is not None:
+            results.append(word_attributions(lambda texts: self.classify(texts)[1], text))
+        return results
+
+    def measure_resources(self, lora: LoraSettings, reviews: int = 8, seed: int = 42) -> dict:
+        """A few measured steps of LoRA and of full fine-tuning on the same training reviews; kept for the report.
+
+        Raises:
+            UserError: with no data loaded, or settings that do not fit the model.
+        """
+        from .resources import measure, trainable_by_rank
+
+        splits, name = self._check_training(lora)
+        self.resources = {
+            **measure(name, lora, splits.train.head(reviews), seed=seed, loader=self.models.loader),
+            "trainable_by_rank": trainable_by_rank(name, lora),
+        }
+        return self.resources
+
+    # --- the whole study --------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        lora: LoraSettings,
+        config: TrainConfig,
+        recipe: str = "fast",
+        on_event: Callable[[TrainEvent], None] | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> Report:
+        """Baseline, training, evaluation and comparison, start to end, on the loaded data."""
+        self._check_training(lora)
+        self.baseline(max_length=config.max_length)
+        self.train(lora, config, recipe, on_event, stop_event)
+        report = self.report()
+        self.record_run(self.finetuned())
+        return report
+
+
+def _lora_fields(summary: dict) -> dict:
+    """LoraSettings from the `lora` summary a saved adapter keeps (its layer list back to a top-layer count)."""
+    layers = summary.get("layers")
+    return {
+        "r": summary["r"],
+        "alpha": summary["alpha"],
+        "dropout": summary["dropout"],
+        "target_modules": tuple(summary["target_modules"]),
+        "top_layers": 0 if layers in (None, "all") else len(layers),
+    }
+
+
+def _reporter(progress: Progress | None, what: str):
+    return (lambda done, total: progress(what, done, total)) if progress else None
+
+
+def preset_model(name: str, models: Models | None = None) -> tuple[str, str | None]:
+    """The model a preset runs: its own where it can load, else its fallback, with a note that says why.
+
+    Raises:
+        UserError: for an unknown preset.
+    """
+    preset = get_preset(name)
+    check = (models or Models()).check
+    try:
+        check(get_model_spec(preset.model))
+        return preset.model, None
+    except UserError as err:
+        return (
+            preset.fallback_model,
+            f"{preset.model} cannot be loaded here ({err}); the {name} preset runs on "
+            f"the bundled {preset.fallback_model} instead",
+        )

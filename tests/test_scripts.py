@@ -1,0 +1,61 @@
+"""The script that writes the shipped IMDb sample."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pandas as pd
+import pytest
+from conftest import REPO_ROOT
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("make_imdb_sample", REPO_ROOT / "scripts" / "make_imdb_sample.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def fake_imdb(tmp_path):
+    """A full-size-like copy: rows sorted by label, as the real files are."""
+    folder = tmp_path / "imdb"
+    folder.mkdir()
+    for split in ("train", "test"):
+        rows = [{"text": f"{split} review {i}", "label": int(i >= 50)} for i in range(100)]
+        pd.DataFrame(rows).to_parquet(folder / f"{split}.parquet")
+    return folder
+
+
+def test_sample_is_balanced_shuffled_seeded_and_reproducible(fake_imdb, tmp_path):
+    script = load_script()
+    out = tmp_path / "out"
+    assert (
+        script.main(["--imdb", str(fake_imdb), "--output", str(out), "--train-size", "20", "--test-size", "10"]) == 0
+    )
+    train, test = (pd.read_parquet(out / f"{split}.parquet") for split in ("train", "test"))
+    assert list(train.columns) == ["text", "label"] and len(train) == 20 and len(test) == 10
+    assert train["label"].sum() == 10 and test["label"].sum() == 5
+    assert train["text"].str.startswith("train").all() and test["text"].str.startswith("test").all()
+    assert train["label"].tolist() != sorted(train["label"].tolist())  # shuffled, not sorted by label
+    first = (out / "train.parquet").read_bytes()
+    script.main(["--imdb", str(fake_imdb), "--output", str(out), "--train-size", "20", "--test-size", "10"])
+    assert (out / "train.parquet").read_bytes() == first
+    script.main(
+        ["--imdb", str(fake_imdb), "--output", str(out), "--train-size", "20", "--test-size", "10", "--seed", "11"]
+    )
+    assert not pd.read_parquet(out / "train.parquet")["text"].equals(train["text"])
+
+
+def test_missing_source_is_refused(tmp_path, capsys):
+    assert load_script().main(["--imdb", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    assert "holds no train.parquet" in capsys.readouterr().err
+
+
+@pytest.mark.needs_data
+def test_shipped_sample_is_what_the_script_writes(imdb_dir, tmp_path):
+    load_script().main(["--imdb", str(imdb_dir), "--output", str(tmp_path)])
+    for split in ("train", "test"):
+        assert (tmp_path / f"{split}.parquet").read_bytes() == (
+            REPO_ROOT / "assets" / "imdb-sample" / f"{split}.parquet"
+        ).read_bytes()

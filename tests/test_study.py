@@ -1,0 +1,163 @@
+"""The study API on tiny models: the whole study, one report schema, split integrity, the preset, the job."""
+
+import json
+import zipfile
+from dataclasses import replace
+
+import pytest
+
+from lora_demo.cli import main
+from lora_demo.config import PRESETS, DataConfig, LoraSettings, TrainConfig, UserError
+from lora_demo.study import Models, Study
+
+TINY = TrainConfig(
+    epochs=3, learning_rate=0.03, batch_size=8, max_length=32, warmup_ratio=0, logging_steps=2, evals_per_epoch=1
+)
+LORA = LoraSettings(r=4, alpha=8, target_modules=("query", "value"), top_layers=0)
+
+
+@pytest.fixture
+def models(tiny_encoder_factory):
+    return Models(loader=lambda name, seed=42: tiny_encoder_factory(0), check=lambda spec: None)
+
+
+@pytest.fixture
+def toy_csv(tmp_path, make_reviews):
+    path = tmp_path / "toy.csv"
+    make_reviews(120, seed=11).to_csv(path, index=False)
+    return path
+
+
+def csv_config(path, seed=1) -> DataConfig:
+    return DataConfig(source=str(path), train_size=48, val_size=16, test_size=32, seed=seed)
+
+
+def test_the_whole_study_reports_baseline_and_lora_on_the_same_test_reviews(models, toy_csv):
+    study = Study(models=models)
+    study.load_data(csv_config(toy_csv))
+    report = study.run(LORA, TINY).to_dict()
+    assert report["baseline"]["n"] == report["finetuned"]["n"] == report["comparison"]["n"] == 32
+    assert report["finetuned"]["accuracy"] > report["baseline"]["accuracy"]  # the toy task is learnable
+    low, high = report["comparison"]["gain_interval"]
+    assert low <= report["comparison"]["accuracy_gain"] <= high
+    assert report["trained_on"]["sizes"] == {"train": 48, "val": 16} and "review_hashes" not in report["trained_on"]
+    assert report["train"]["steps"] == 18 and not report["train"]["stopped"]
+    assert [run.name for run in study.runs] == ["run 1: r 4, fast"]
+    assert study.runs[0].accuracy == report["finetuned"]["accuracy"]
+    # the ladder: every rung on the same test reviews, trained on the same training reviews
+    assert report["tfidf"]["n"] == report["head_only"]["n"] == 32
+    assert report["tfidf"]["accuracy"] > 0.9  # one word decides the toy label: TF-IDF finds it
+    assert report["rungs"]["head_only"]["steps"] == report["train"]["steps"]  # same epochs and batches
+    assert "adapters add" in report["comparison"]["verdict"]
+    short = report["short_reviews"]
+    assert short["n"] == 160 and set(short) == {"n", "baseline", "head_only", "finetuned"}
+    assert all(short[rung]["n"] == 160 for rung in ("baseline", "head_only", "finetuned"))
+
+
+def test_a_run_on_the_short_reviews_leaves_them_out_and_says_why(models):
+    study = Study(models=models)
+    study.load_data(DataConfig(source="builtin", train_size=40, val_size=20, test_size=40, seed=1))
+    report = study.run(LORA, replace(TINY, epochs=1)).to_dict()
+    assert "trained on these hand-written reviews" in report["short_reviews"]["reason"]
+
+
+def test_the_app_download_and_the_cli_report_have_the_same_keys(models, toy_csv, tmp_path, capsys):
+    study = Study(models=models)
+    study.load_data(csv_config(toy_csv))
+    study.train(LORA, TINY)
+    archive = study.export_zip(tmp_path / "app", study.report())
+    with zipfile.ZipFile(archive) as zipped:
+        downloaded = json.loads(zipped.read("lora-adapter/report.json"))
+        assert {"lora-adapter/adapter_model.safetensors", "lora-adapter/lora_demo.json"} <= set(zipped.namelist())
+    cli_report = tmp_path / "cli.json"
+    argv = ["train", "--data", str(toy_csv), "--train-size", "48", "--val-size", "16", "--test-size", "32"]
+    argv += ["--epochs", "1", "--max-length", "32", "--report", str(cli_report)]
+    assert main(argv, models=models) == 0, capsys.readouterr().err
+    cli_keys = set(json.loads(cli_report.read_text()))
+    assert cli_keys - {"resources"} == set(downloaded) - {"adapter"} - {"resources"}
+    assert {"data", "baseline", "finetuned", "comparison", "trained_on", "params", "train"} <= cli_keys
+
+
+def test_a_resplit_file_that_shares_reviews_with_training_is_refused(models, toy_csv):
+    study = Study(models=models)
+    study.load_data(csv_config(toy_csv, seed=1))
+    study.train(LORA, TINY)
+    study.finetuned()  # the split it trained on: fine
+    study.load_data(csv_config(toy_csv, seed=2))  # the same file, split again: its test set holds training reviews
+    with pytest.raises(UserError, match=r"^\d+ of the test reviews are among the 64 reviews this model trained"):
+        study.finetuned()
+    with pytest.raises(UserError, match="seed 1"):
+        study.report()
+
+
+def test_a_saved_run_loaded_onto_an_overlapping_split_is_refused(models, toy_csv, tmp_path):
+    trained = Study(models=models)
+    trained.load_data(csv_config(toy_csv, seed=1))
+    trained.train(LORA, TINY)
+    folder = trained.save(tmp_path / "run", trained.report())
+    other = Study(models=models)
+    other.load_adapter(folder)
+    other.load_data(csv_config(toy_csv, seed=1))
+    assert other.finetuned().metrics == trained.finetuned().metrics  # the same reviews it was tested on
+    other.load_data(csv_config(toy_csv, seed=3))
+    with pytest.raises(UserError, match="trained and validated on"):
+        other.finetuned()
+
+
+def test_cli_evaluate_on_a_resplit_csv_exits_2_with_one_line(models, toy_csv, tmp_path, capsys):
+    output = tmp_path / "adapter"
+    sizes = ["--train-size", "48", "--val-size", "16", "--test-size", "32"]
+    argv = ["train", "--data", str(toy_csv), *sizes, "--seed", "1", "--epochs", "1", "--max-length", "32"]
+    assert main([*argv, "--output", str(output)], models=models) == 0
+    capsys.readouterr()
+    code = main(["evaluate", "--data", str(toy_csv), *sizes, "--seed", "2", "--adapter", str(output)], models=models)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "trained and validated on" in err
+
+
+def test_loading_data_while_training_is_refused(models, toy_csv):
+    study = Study(models=models)
+    study.load_data(csv_config(toy_csv))
+    job = study.start_training(LORA, TrainConfig(epochs=20, batch_size=2, max_length=32, logging_steps=1))
+    next(batch for batch in job.batches(0.05) if batch)  # the run is under way
+    with pytest.raises(UserError, match="training run is going"):
+        study.load_data(csv_config(toy_csv, seed=5))
+    with pytest.raises(UserError, match="already going"):
+        study.start_training(LORA, TINY)
+    job.stop()
+    tuned = job.result()
+    assert study.splits.config.seed == 1 and tuned.trained_on.seed == 1
+    study.load_data(csv_config(toy_csv, seed=5))  # once it has ended, loading works again
+
+
+def test_stopping_the_job_keeps_the_partly_trained_model(models, toy_csv):
+    study = Study(models=models)
+    study.load_data(csv_config(toy_csv))
+    job = study.start_training(LORA, TrainConfig(epochs=20, batch_size=2, max_length=32, logging_steps=1))
+    for batch in job.batches(0.05):
+        if any(event.type == "progress" for event in batch):
+            job.stop()
+    tuned = job.result()
+    assert tuned.result.stopped and 0 < tuned.result.steps < tuned.result.max_steps
+    assert study.tuned is tuned and study.finetuned().metrics["n"] == 32
+
+
+def test_the_preset_is_the_same_in_the_cli_and_the_app(tiny_t5_factory, tmp_path, make_reviews, capsys):
+    from lora_demo.ui.train import study_preset
+
+    models = Models(loader=lambda name, seed=42: tiny_t5_factory(0), check=lambda spec: None)  # T5-small's stand-in
+    preset = PRESETS["study"]
+    path = tmp_path / "many.csv"
+    make_reviews(820, seed=3).to_csv(path, index=False)
+    report_file = tmp_path / "report.json"
+    argv = ["train", "--preset", "study", "--data", str(path), "--max-length", "16", "--report", str(report_file)]
+    assert main(argv, models=models) == 0, capsys.readouterr().err
+    report = json.loads(report_file.read_text())
+    assert report["data"]["sizes"] == {"train": 500, "val": 200, "test": 100}
+    assert report["train_config"]["epochs"] == 1 and report["model"] == preset.model
+    assert (report["lora"]["r"], report["lora"]["alpha"], report["lora"]["dropout"]) == (8, 32, 0.1)
+    model, recipe_name, train, val, test, r, alpha, dropout, targets, top, epochs, _ = study_preset()
+    assert (train, val, test) == (500, 200, 100) and recipe_name == preset.recipe
+    assert model in (preset.model, preset.fallback_model)  # offline: T5-small cannot load, so the bundled model
+    assert (r["value"], alpha["value"], dropout["value"], epochs["value"]) == (8, 32, 0.1, 1)
+    assert targets["value"] == ["q", "v"] if model == "t5-small" else ["query", "value"]
