@@ -131,6 +131,21 @@ def _train_reference(model, train_set, args, collator=None) -> Trainer:
     return trainer
 
 
+def predict_in_order(trainer: Trainer, dataset: datasets.Dataset) -> np.ndarray:
+    """The Trainer's predictions in the dataset's order.
+
+    A Trainer that groups training batches by length groups (and shuffles) evaluation batches too, so its
+    `predict` would answer in another order than the reviews'.
+    """
+    grouped = trainer.args
+    trainer.args = copy.copy(grouped)  # `replace` would set up the accelerator again
+    trainer.args.train_sampling_strategy = "random"
+    try:
+        return np.asarray(trainer.predict(dataset).predictions)
+    finally:
+        trainer.args = grouped
+
+
 def _merged_fp32(model) -> torch.nn.Module:
     """The adapter merged into a copy of the weights, fp32: how the references are served for latency."""
     merged = copy.deepcopy(model).merge_and_unload()
@@ -171,7 +186,7 @@ def run_same_tokens_reference(splits: Splits, plan: BenchPlan, seed: int, loader
         test_set = tokenize_split(bundle, splits.test, 256)
         order = np.argsort([-n for n in test_set["length"]], kind="stable")  # length-sorted: little padding
         logits = np.empty((len(test_set), 2), dtype=np.float32)
-        logits[order] = trainer.predict(test_set.select(order.tolist())).predictions
+        logits[order] = predict_in_order(trainer, test_set.select(order.tolist()))
         eval_seconds = time.perf_counter() - started
     latency = _single_review_latency(
         _merged_fp32(tuned.model), lambda text: encode_head_tail(bundle.tokenizer, [text], 256)[0]

@@ -256,12 +256,7 @@ def prepare_data(bundle: ModelBundle, train_frame, val_frame, lora: LoraSettings
             collator = DataCollatorForSeq2Seq(bundle.tokenizer, model=bundle.model, label_pad_token_id=-100)
         else:
             collator = DataCollatorWithPadding(bundle.tokenizer)
-    # validation batches in length order: the mean loss is the same, the padding far smaller
-    val_set = None
-    if len(sets) > 1:
-        lengths = sets[1]["length"]
-        val_set = sets[1].select(sorted(range(len(lengths)), key=lambda i: -lengths[i]))
-    return sets[0], val_set, collator
+    return sets[0], (sets[1] if len(sets) > 1 else None), collator
 
 
 @contextlib.contextmanager

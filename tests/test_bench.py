@@ -195,3 +195,19 @@ def test_bf16_training_of_tiny_t5_stays_close_to_fp32():
     assert bf16.val_loss == pytest.approx(fp32.val_loss, rel=0.01)
     same = sum(a == b for a, b in zip(fp32_words, bf16_words)) / len(fp32_words)
     assert same >= 0.95 and not math.isnan(bf16.train_loss)
+
+
+def test_predict_in_order_answers_in_the_datasets_order_under_length_grouping(tmp_path):
+    import datasets
+    from transformers import DataCollatorWithPadding, Trainer
+
+    tiny = build_tiny_encoder()
+    lengths = [3 + (i * 7) % 11 for i in range(40)]  # unsorted lengths, so a grouped order differs
+    ids = [[2] + [5 + (i + k) % 20 for k in range(n)] + [3] for i, n in enumerate(lengths)]
+    dataset = datasets.Dataset.from_dict({"input_ids": ids, "labels": [0] * 40, "length": [len(x) for x in ids]})
+    args = bench._reference_args(str(tmp_path), 1, 0, train_sampling_strategy="group_by_length")
+    trainer = Trainer(model=tiny.model, args=args, data_collator=DataCollatorWithPadding(tiny.tokenizer))
+    rows = [torch.tensor([x]) for x in ids]
+    expected = [tiny.model(input_ids=r, attention_mask=torch.ones_like(r)).logits[0].detach().numpy() for r in rows]
+    assert np.allclose(bench.predict_in_order(trainer, dataset), np.stack(expected), atol=1e-4)
+    assert trainer.args.train_sampling_strategy == "group_by_length"  # put back for training

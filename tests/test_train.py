@@ -265,15 +265,6 @@ def test_bf16_default_follows_the_hardware(monkeypatch):
     assert build_training_args(TrainConfig(bf16=False), 500, "unused", seq2seq=False).bf16 is False
 
 
-def test_validation_reviews_are_batched_longest_first(tiny_encoder, toy_reviews):
-    from lora_demo.train import prepare_data
-
-    train, val, _ = toy_reviews
-    _, val_set, _ = prepare_data(tiny_encoder, train, val, LoraSettings(top_layers=0), 64)
-    lengths = val_set["length"]
-    assert len(lengths) == len(val) and lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]
-
-
 def test_frozen_weights_are_bf16_only_while_training_under_bf16(tiny_t5):
     from lora_demo.lora import apply_lora
     from lora_demo.train import frozen_weights_in_bf16
