@@ -43,14 +43,17 @@ def sentence_windows(frame: pd.DataFrame, count: int, seed: int, max_sentences: 
 
 
 def add_sentence_windows(frame: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
-    """The reviews of `frame` followed by `round(share * len(frame))` sentence windows of them.
+    """The reviews of `frame` followed by sentence windows of those that have two sentences or more.
+
+    A review of one sentence is already short: a window of it would only repeat it.
 
     Args:
         frame: training reviews (`text`, `label`).
-        share: extra examples per training review (0: none, 1: one window per review).
+        share: windows per review of two sentences or more (0: none, 1: one window each).
         seed: the draw's seed, so a run is reproducible.
     """
-    count = round(share * len(frame))
+    long_enough = frame[frame["text"].map(lambda text: len(split_sentences(text)) > 1)]
+    count = round(share * len(long_enough))
     if count == 0:
         return frame
-    return pd.concat([frame[["text", "label"]], sentence_windows(frame, count, seed)], ignore_index=True)
+    return pd.concat([frame[["text", "label"]], sentence_windows(long_enough, count, seed)], ignore_index=True)

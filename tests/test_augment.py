@@ -49,11 +49,14 @@ def test_windows_keep_labels_cover_reviews_and_are_seeded():
     assert sorted(first_ten["label"]) == [0] * 5 + [1] * 5  # every review once before any twice
 
 
-def test_add_sentence_windows_appends_a_share():
-    frame = pd.DataFrame({"text": ["A. B. C."] * 8, "label": [0, 1] * 4})
+def test_add_sentence_windows_appends_a_share_of_the_reviews_with_sentences_to_cut():
+    frame = pd.DataFrame({"text": ["A. B. C."] * 8 + ["One sentence only."] * 4, "label": [0, 1] * 6})
     assert add_sentence_windows(frame, 0.0, seed=1) is frame
     more = add_sentence_windows(frame, 0.5, seed=1)
-    assert len(more) == 12 and more.iloc[:8].equals(frame)
+    assert len(more) == 16 and more.iloc[:12].equals(frame)  # half of the 8 reviews of several sentences
+    assert "One sentence only." not in set(more["text"].iloc[12:])
+    short = frame.iloc[8:]
+    assert add_sentence_windows(short, 1.0, seed=1) is short  # nothing to cut: no duplicates either
 
 
 def test_short_windows_is_validated():
@@ -64,6 +67,7 @@ def test_short_windows_is_validated():
 @pytest.mark.parametrize("top_layers", [1, 0])  # cached bottom layers, and the full model
 def test_training_sees_the_windows(tiny_encoder, toy_reviews, monkeypatch, top_layers):
     train, val, _ = toy_reviews
+    train = train.assign(text=train["text"] + " . it was")  # two sentences each
     seen = []
     prepare = train_module.prepare_data
     monkeypatch.setattr(train_module, "prepare_data", lambda b, t, *a: seen.append(t) or prepare(b, t, *a))

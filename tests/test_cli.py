@@ -269,7 +269,13 @@ def test_params_of_the_two_recipes(capsys):
 
 
 def test_train_with_the_study_recipe(capsys, tmp_path, toy_csv, monkeypatch, tiny_encoder_factory):
-    bundles = []
+    from lora_demo import inference
+
+    bundles, training_steps = [], []
+
+    def record_precision(module, inputs, output):
+        if module.training:  # a training step, not the evaluation passes
+            training_steps.append((torch.is_autocast_enabled("cpu"), output.dtype))
 
     def tiny(name, seed=42):
         bundles.append(tiny_encoder_factory(0))
@@ -277,9 +283,11 @@ def test_train_with_the_study_recipe(capsys, tmp_path, toy_csv, monkeypatch, tin
         for module in bundles[-1].model.encoder.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.1
+        bundles[-1].model.encoder.encoder.layer[-1].attention.self.query.register_forward_hook(record_precision)
         return bundles[-1]
 
     models = Models(loader=tiny)
+    monkeypatch.setattr(inference, "fast_bf16", lambda: True)  # a host where the fast recipe would use bf16
     report_file = tmp_path / "report.json"
     code, _, err = run_cli(
         capsys, "train", "--data", str(toy_csv), "--recipe", "study", "--epochs", "1", "--batch-size", "16",
@@ -296,5 +304,7 @@ def test_train_with_the_study_recipe(capsys, tmp_path, toy_csv, monkeypatch, tin
         "target_modules": ["query", "value"],
         "layers": "all",
     }
-    # the study keeps the checkpoint's dropout (and trains in bf16 only where the CPU runs it natively)
+    # the study keeps the checkpoint's dropout, and trains under bf16 autocast where the CPU runs it natively
     assert {m.p for m in bundles[-1].model.encoder.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+    assert len(training_steps) >= 4  # 64 reviews in batches of 16 (and the rungs and measured steps after)
+    assert set(training_steps) == {(True, torch.bfloat16)}

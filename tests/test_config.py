@@ -19,13 +19,14 @@ from lora_demo.config import (
 
 def test_defaults_are_the_fast_recipe_with_the_studys_sizes_and_rank():
     data, lora, train = DataConfig(), LoraSettings(), TrainConfig()
-    assert (data.train_size, data.val_size, data.test_size) == (500, 200, 100)
+    assert (data.train_size, data.val_size, data.test_size) == (500, 200, 1000)
     assert data.source is None
     assert (lora.r, lora.alpha, lora.dropout) == (8, 32, 0.0)
     assert lora.target_modules is None and lora.top_layers is None  # the model's recipe decides
     assert train.epochs == 3 and train.batch_size == 16 and train.max_length == 256
     assert train.learning_rate == pytest.approx(1e-3)
     assert train.model_dropout == 0.0 and train.bf16 is None and train.evals_per_epoch == 1
+    assert train.short_windows == 1.0  # one sentence window per training review, chosen on validation
     assert field_default(LoraSettings, "r") == 8
     assert field_range(LoraSettings, "r") == (1, 256)
 
@@ -39,6 +40,7 @@ def test_study_recipe_is_the_original_lora():
         assert lora.layers_for(spec) is None
         # the checkpoint's dropout; bf16 only where native and one validation pass are speed, not the study's LoRA
         assert train.model_dropout is None and train.bf16 is None and train.evals_per_epoch == 1
+        assert train.short_windows == 0.0  # whole reviews only, as the study trained
     assert recipe("study", get_model_spec("minilm"))[0].targets_for(get_model_spec("minilm")) == ("query", "value")
     assert recipe("fast", get_model_spec("minilm")) == (LoraSettings(), TrainConfig())
     with pytest.raises(UserError, match="unknown recipe 'slow': choose one of fast, study"):

@@ -257,7 +257,8 @@ def test_split_sizes_and_stratification(two_splits):
     assert (len(train), len(val), len(test)) == (30, 20, 10)
     for frame, half in ((train, 15), (val, 10), (test, 5)):
         assert frame["label"].value_counts().to_dict() == {0: half, 1: half}
-    assert test["text"].str.startswith("review 1").all()  # test comes from the test split
+    assert set(test["text"]) <= set(two_splits["test"]["text"])  # test comes from the test split
+    assert set(train["text"]) | set(val["text"]) <= set(two_splits["train"]["text"])  # the rest from train
     assert not set(train["text"]) & set(val["text"])
 
 

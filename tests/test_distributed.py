@@ -17,7 +17,7 @@ def test_torchrun_trains_data_parallel_and_saves_one_adapter(tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "lora_demo", "train", "--data", "builtin", "--train-size", "32", "--val-size", "8",
-        "--test-size", "8", "--epochs", "1", "--batch-size", "8", "--max-length", "64",
+        "--test-size", "8", "--epochs", "1", "--batch-size", "8", "--max-length", "64", "--short-windows", "0",
         "--output", str(output), "--report", str(report_file),
     ]  # fmt: skip
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)

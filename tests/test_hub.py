@@ -28,7 +28,8 @@ T5 = "google-t5/t5-small"
 IMDB = "stanfordnlp/imdb"
 SHARD = "plain_text/train-00000-of-00001.parquet"
 TRAIN_SHARD = f"{IMDB}/{SHARD}"  # as the stand-in's faults name it
-TINY_TRAIN = ["--epochs", "1", "--max-length", "16", "--batch-size", "16", "--no-resources"]
+# whole reviews only (no sentence windows), so a step is 16 of the 32 training reviews
+TINY_TRAIN = ["--epochs", "1", "--max-length", "16", "--batch-size", "16", "--short-windows", "0", "--no-resources"]
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ def test_short_training_run_writes_a_full_report_and_a_working_adapter(imdb_dir,
     sizes = ["--train-size", "32", "--val-size", "16", "--test-size", "32", "--seed", "7"]
     code = main(
         ["train", "--data", str(imdb_dir), *sizes, "--epochs", "1", "--batch-size", "16", "--max-length", "128",
-         "--logging-steps", "1", "--output", str(output), "--report", str(report_file)]
+         "--logging-steps", "1", "--short-windows", "0", "--output", str(output), "--report", str(report_file)]
     )  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 0, err

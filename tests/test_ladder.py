@@ -41,9 +41,9 @@ def test_head_only_trains_the_head_alone_from_the_prototypes(tiny_encoder, toy_r
     assert not torch.equal(trained.classifier.weight, head_before)
     assert result.trainable == 2 * 32 + 2
     assert result.steps == 24  # 64 reviews, batches of 8, 3 epochs
-    evals = [e for e in events if e["type"] == "eval"]
-    assert [e["epoch"] for e in evals] == [1.0, 2.0, 3.0] and result.history == events
-    assert result.val_accuracy == evals[-1]["val_accuracy"]
+    evals = [e for e in events if e.type == "eval"]
+    assert [e.epoch for e in evals] == [1.0, 2.0, 3.0] and result.history == [e.to_dict() for e in events]
+    assert result.val_accuracy == evals[-1].val_accuracy
     # the model predicts through classify_texts like the LoRA model, and scores what the history says
     predictions = model.predict(val["text"].tolist())
     assert predictions.labels == classify_texts(model.bundle, val["text"].tolist(), max_length=32).labels
@@ -80,6 +80,7 @@ def test_head_only_follows_the_learning_rate_schedule(tiny_encoder, toy_reviews,
 
 def test_head_only_trains_on_the_same_sentence_windows_as_lora(tiny_encoder, toy_reviews):
     train, val, _ = toy_reviews
+    train = train.assign(text=train["text"] + " . it was")  # two sentences each
     _, result = train_head_only(tiny_encoder, train, val, TrainConfig(**{**vars(CONFIG), "short_windows": 0.5}))
     assert result.steps == 36  # 64 reviews + 32 windows, batches of 8, 3 epochs
 

@@ -1,6 +1,7 @@
 """LoRA: the PEFT config, parameter counts (offline, exact), and adapters saved and loaded safely."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,7 +116,8 @@ def test_save_load_round_trip_gives_identical_predictions(request, tmp_path, fac
     assert after.confidence == pytest.approx(before.confidence, abs=1e-6)
     assert after.outputs == before.outputs
     assert untouched.confidence != pytest.approx(before.confidence, abs=1e-3)  # the adapter changed the model
-    assert metadata == {"model": tuned.spec.name, "note": "round trip"}
+    written = sorted(p.name for p in folder.iterdir())
+    assert metadata == {"model": tuned.spec.name, "note": "round trip", "files": written}
     assert not any(p.requires_grad for p in loaded.model.parameters())
 
 
@@ -129,13 +131,62 @@ def test_adapter_folder_holds_safetensors_only(tmp_path, tiny_encoder):
     assert config["r"] == 2 and config["modules_to_save"] == ["classifier"]
 
 
-def test_save_replaces_an_existing_folder_and_leaves_no_temporary(tmp_path, tiny_encoder):
+def test_save_replaces_an_adapter_it_wrote_and_leaves_no_temporary(tmp_path, tiny_encoder):
     output = tmp_path / "adapter"
-    output.mkdir()
-    (output / "stale.txt").write_text("from an older run")
+    save_adapter(adapted(tiny_encoder, LoraSettings(r=2)), output, {"run": 1})
+    (output / "report.json").write_text("{}")  # the CLI writes the run's report beside the adapter
     save_adapter(adapted(tiny_encoder, LoraSettings(r=2)), output, {"run": 2})
-    assert not (output / "stale.txt").exists()
+    assert not (output / "report.json").exists()
     assert read_adapter_metadata(output)["run"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        {"notes.txt": "my thesis"},  # a folder of the user's
+        {METADATA_FILE: '{"model": "minilm"}', "adapter_model.safetensors": "", "thesis.tex": "mine"},  # ours + theirs
+        {"adapter_model.safetensors": "", "README.md": "no lora_demo.json"},  # someone else's adapter
+    ],
+)
+def test_save_refuses_a_folder_that_is_not_an_adapter_it_wrote(tmp_path, tiny_encoder, foreign):
+    output = tmp_path / "home"
+    output.mkdir()
+    for name, text in foreign.items():
+        (output / name).write_text(text)
+    with pytest.raises(UserError, match="refusing to replace .*not an adapter folder written by lora_demo"):
+        save_adapter(adapted(tiny_encoder, LoraSettings(r=2)), output, {})
+    assert {p.name: p.read_text() for p in output.iterdir()} == foreign  # nothing touched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]  # no staging folder left
+
+
+def test_save_refuses_a_file_and_a_subfolder(tmp_path, tiny_encoder):
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        save_adapter(adapted(tiny_encoder, LoraSettings(r=2)), tmp_path / "file", {})
+    output = tmp_path / "adapter"
+    save_adapter(adapted(tiny_encoder, LoraSettings(r=2)), output, {})
+    (output / "photos").mkdir()  # a folder inside is never ours
+    with pytest.raises(UserError, match=r"refusing to replace .*\(photos\)"):
+        save_adapter(adapted(tiny_encoder, LoraSettings(r=2)), output, {})
+    assert (output / "photos").is_dir() and (tmp_path / "file").read_text() == "mine"
+
+
+def test_the_swap_keeps_the_old_adapter_when_the_new_one_cannot_move_in(tmp_path, tiny_encoder, monkeypatch):
+    """Renamed aside, not deleted, until the new folder is in place: a failed rename puts the old one back."""
+    output = (tmp_path / "adapter").resolve()
+    save_adapter(adapted(tiny_encoder, LoraSettings(r=2)), output, {"run": 1})
+    rename = Path.rename
+
+    def failing_rename(self, target):
+        if Path(target) == output and self.name.startswith(".adapter-new-"):
+            raise OSError("rename failed")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(OSError, match="rename failed"):
+        save_adapter(adapted(tiny_encoder, LoraSettings(r=2)), output, {"run": 2})
+    assert read_adapter_metadata(output)["run"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
 
 

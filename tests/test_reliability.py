@@ -109,8 +109,9 @@ def test_two_sessions_training_at_once_see_only_their_own_data_and_results(app, 
     assert two.predict("minilm", api_name="/evaluate_baseline")[3]["n"] == 30
     jobs = [one.submit(*SHORT_RUN, api_name="/train"), two.submit(*SHORT_RUN, api_name="/train")]
     (_, result_one, details_one), (_, result_two, details_two) = (job.result(timeout=300) for job in jobs)
-    assert (details_one["train"]["max_steps"], details_one["finetuned"]["n"]) == (5, 20)  # 40 reviews, batches of 8
-    assert (details_two["train"]["max_steps"], details_two["finetuned"]["n"]) == (8, 30)  # 64 reviews
+    # 40 reviews + 37 sentence windows, batches of 8; 64 reviews + 53 windows (one per review of 2+ sentences)
+    assert (details_one["train"]["max_steps"], details_one["finetuned"]["n"]) == (10, 20)
+    assert (details_two["train"]["max_steps"], details_two["finetuned"]["n"]) == (15, 30)
     assert "on 20 test reviews" in result_one and "on 30 test reviews" in result_two
 
     sessions = server_session(app, one), server_session(app, two)
@@ -420,19 +421,72 @@ def test_models_come_only_from_the_registry(app, connect, model):
     assert "minilm" in message  # the choices are listed
 
 
-def test_the_app_serves_no_extra_folders():
-    from lora_demo.ui import LAUNCH_OPTIONS
+def test_the_app_serves_no_folder_an_operator_might_expose(app, tmp_path, monkeypatch):
+    """Files in the places `allowed_paths` would most likely name (the temporary folder, the working directory,
+    the runs folder, the package's assets) are refused: gradio serves only its cache of the app's outputs."""
+    import os
+    import tempfile
 
-    assert LAUNCH_OPTIONS["allowed_paths"] == []
+    import httpx
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    monkeypatch.setenv("LORA_DEMO_RUNS", str(runs))
+    handle, in_tmp = tempfile.mkstemp(suffix=".txt", prefix="lora-demo-probe-")
+    os.close(handle)
+    probes = [Path(in_tmp), Path.cwd() / "README.md", runs / "probe.txt", REPO_ROOT / "assets" / "reviews.jsonl"]
+    try:
+        for probe in probes:
+            if not probe.exists():
+                probe.write_text("not to be served")
+            response = httpx.get(f"{app.url}gradio_api/file={probe}", timeout=30)
+            assert response.status_code in (403, 404), (probe, response.status_code)
+    finally:
+        Path(in_tmp).unlink()
 
 
-# 10. Safe artefacts (atomic safetensors-only adapters and the pickle refusal: tests/test_lora.py)
+# 11. Remote code is never trusted: a model or tokenizer folder that asks to run its own code is refused unrun
 
 
-def test_remote_code_is_never_trusted():
-    sources = [path for path in (REPO_ROOT / "lora_demo").rglob("*.py")] + [REPO_ROOT / "app.py"]
-    offenders = [str(path) for path in sources if "trust_remote_code=True" in path.read_text(encoding="utf-8")]
-    assert offenders == []
+def remote_code_folder(folder: Path, marker: Path, asks: str) -> Path:
+    """A copy of the bundled MiniLM whose config (`asks="model"`) or tokenizer config asks to run `evil.py`,
+    which writes `marker` when imported."""
+    import json
+    import shutil
+
+    from lora_demo.models import bundled_minilm_path
+
+    shutil.copytree(bundled_minilm_path(), folder)
+    (folder / "evil.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('remote code ran')\n"
+        "from transformers import BertConfig, BertModel, BertTokenizerFast\n"
+        "class EvilConfig(BertConfig):\n    model_type = 'evil'\n"
+        "class EvilModel(BertModel):\n    config_class = EvilConfig\n"
+        "class EvilTokenizer(BertTokenizerFast):\n    pass\n"
+    )
+    name = "config.json" if asks == "model" else "tokenizer_config.json"
+    config = json.loads((folder / name).read_text())
+    if asks == "model":
+        config.update(model_type="evil", auto_map={"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"})
+    else:
+        config["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizer"]}
+    (folder / name).write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("asks", ["model", "tokenizer"])
+def test_remote_code_is_never_trusted(tmp_path, monkeypatch, asks):
+    from lora_demo import models
+
+    marker = tmp_path / "ran.txt"
+    folder = remote_code_folder(tmp_path / "model", marker, asks)
+    monkeypatch.setattr(models, "bundled_minilm_path", lambda: str(folder))
+    if asks == "model":  # an architecture only its own code knows: refused
+        with pytest.raises(ValueError, match="trust_remote_code"):
+            models.load_bundle("minilm")
+    else:  # a tokenizer transformers has a class for: that class, never the folder's
+        assert type(models.load_bundle("minilm").tokenizer).__name__ != "EvilTokenizer"
+    assert not marker.exists()
 
 
 def test_gradio_is_pinned_past_the_known_advisories():

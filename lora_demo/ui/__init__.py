@@ -12,7 +12,7 @@ import os
 import gradio as gr
 
 from ..config import DEFAULT_MODEL, get_model_spec
-from . import baseline, classify, compare, dataset, train
+from . import baseline, classify, compare, dataset, train, whole_study
 from .errors import guard
 from .session import SessionData, end_session
 
@@ -99,15 +99,16 @@ def build_demo(max_queue: int | None = None) -> gr.Blocks:
         # one SessionData per browser tab or API client; closed when the tab closes, and when gradio drops the state
         session = gr.State(SessionData(), delete_callback=SessionData.close)
         header = gr.Markdown(header_markdown(DEFAULT_MODEL, "(checking …)"), elem_id="header")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("1. Dataset"):
+                whole = whole_study.build_whole_study()
                 data_tab = dataset.build(session)
             with gr.Tab("2. Baseline"):
                 baseline_tab = baseline.build(session)
             with gr.Tab("3. Train LoRA"):
                 train_tab = train.build(session, baseline_tab.model, demo)
-            with gr.Tab("4. Compare") as compare_tab:
-                compare.build(session, compare_tab)
+            with gr.Tab("4. Compare", id=whole_study.COMPARE_TAB) as compare_tab:
+                compare_ns = compare.build(session, compare_tab)
             with gr.Tab("5. Classify"):
                 classify_tab = classify.build(session)
 
@@ -142,5 +143,6 @@ def build_demo(max_queue: int | None = None) -> gr.Blocks:
             event.then(
                 guard(session_header), inputs=session, outputs=header, api_visibility="private", show_progress="hidden"
             )
+        whole_study.wire_whole_study(whole, session, tabs, compare_ns.refresh)
         demo.unload(guard(end_session(session)))
     return demo.queue(max_size=max_queue or queue_size(), default_concurrency_limit=1)

@@ -8,6 +8,7 @@ import gradio as gr
 
 from ..config import LABEL_NAMES
 from .errors import guard
+from .pictures import NO_PICTURES, build_change_pictures, build_result_sentence, compare_pictures, result_outputs
 from .runs import build_loader
 from .session import EVALUATE_SLOTS, SessionData
 from .widgets import study_progress
@@ -130,7 +131,7 @@ def compare(session: SessionData, progress=gr.Progress()):
 
     study = session.study
     if study.tuned is None:
-        return BEFORE_TRAINING, gr.update(visible=False), *([None] * 10)
+        return BEFORE_TRAINING, gr.update(visible=False), *([None] * 10), *NO_PICTURES
     study.ensure_data()  # a saved run may be loaded before any data
     report = study.report(progress=study_progress(progress)).to_dict()
     baseline, finetuned, result = report["baseline"], report["finetuned"], report["comparison"]
@@ -155,6 +156,7 @@ def compare(session: SessionData, progress=gr.Progress()):
         ),
         runs_loss_figure([{"name": run.name, "history": run.history} for run in study.runs]),
         run_rows(study.runs),
+        *compare_pictures(report, test["label"].tolist(), before.labels, after.labels, test["text"].tolist()),
     )
 
 
@@ -177,6 +179,7 @@ def summary_markdown(report: dict) -> str:
 
 def build(session: gr.State, tab: gr.Tab) -> SimpleNamespace:
     loaded_run = build_loader(session, "saved-runs-compare")
+    sentence = build_result_sentence()
     summary = gr.Markdown(BEFORE_TRAINING)
     with gr.Column(visible=False) as results:
         ladder = gr.Dataframe(
@@ -192,6 +195,7 @@ def build(session: gr.State, tab: gr.Tab) -> SimpleNamespace:
             lora_confusion = gr.Plot(label="LoRA confusion matrix", show_label=False)
         table = gr.Dataframe(headers=TABLE_HEADERS, label="Baseline vs LoRA", interactive=False)
         significance = gr.Markdown(elem_id="significance")
+        pictures = build_change_pictures()
         fixed, broken = (
             gr.Dataframe(
                 headers=FLIP_HEADERS,
@@ -226,10 +230,11 @@ def build(session: gr.State, tab: gr.Tab) -> SimpleNamespace:
             broken,
             runs_chart,
             runs_table,
+            *result_outputs(sentence, pictures),
         ],
         api_visibility="private",
         **EVALUATE_SLOTS,
     )
     tab.select(**compare_args)
     loaded_run.success(**compare_args)  # a saved run compared at once
-    return SimpleNamespace(summary=summary)
+    return SimpleNamespace(summary=summary, refresh=compare_args)

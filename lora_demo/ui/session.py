@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import secrets
 import shutil
 import tempfile
 import threading
@@ -66,6 +67,7 @@ class SessionData:
         self._study = None
         self._scratch: str | None = None  # see scratch_dir()
         self.export_zip: str | None = None  # the latest run's adapter zip, for the download button
+        self.runs_key = secrets.token_hex(16)  # names this session's folder of app-saved runs (lora_demo.runs)
         self.closed = False
         self.last_used = time.monotonic()  # set by `guard` at every event of the session, which also reopens it
 

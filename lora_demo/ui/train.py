@@ -28,6 +28,7 @@ from ..config import (
     recipe,
 )
 from .errors import guard
+from .pictures import build_lora_picture, wire_lora_picture
 from .session import TRAIN_SLOTS, SessionData
 from .widgets import download_progress, notes_markdown, slider, study_progress, whole_number
 
@@ -200,11 +201,11 @@ def train(
 
 def export_run(session: SessionData, report) -> str:
     """Zip the run's adapter and report into the session's own folder, replacing the previous run's."""
-    from ..runs import new_run_name, runs_root, saving_enabled
+    from ..runs import new_run_name, saving_enabled, session_runs_root
 
     archive = session.study.export_zip(session.scratch_dir(), report)
     if saving_enabled():  # the operator's choice; off by default, so a public Space never fills its disk
-        session.study.save(runs_root() / new_run_name(), report)
+        session.study.save(session_runs_root(session.runs_key) / new_run_name(), report)  # listed to this session only
     return str(archive)
 
 
@@ -306,6 +307,7 @@ def _controls(spec) -> SimpleNamespace:
                 label="Top layers to adapt (encoder models; 0 = all)",
                 info=field_help(LoraSettings, "top_layers"),
             )
+            picture = build_lora_picture()
         with gr.Column():
             epochs = slider(TrainConfig, "epochs", "Epochs", 0.1)
             low, high = field_range(TrainConfig, "learning_rate")
@@ -325,6 +327,7 @@ def _controls(spec) -> SimpleNamespace:
         epochs=epochs,
         training=[epochs, learning_rate, batch_size, max_length],
         params=params,
+        picture=picture,
     )
 
 
@@ -384,6 +387,7 @@ def _wire(ui: SimpleNamespace):
         show_progress="hidden",
         api_visibility="private",
     )
+    wire_lora_picture(controls.picture, ui.demo, model, controls.lora)
     ui.start.click(
         guard(lambda: ""), outputs=ui.stop_note, queue=False, api_visibility="private", show_progress="hidden"
     )
