@@ -120,9 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="our default recipe vs a tutorial pipeline and TF-IDF, side by side")
     bench.add_argument("--data", dest="source", default=None, help=field_help(DataConfig, "source"))
     bench.add_argument("--seed", type=int, default=42, help="seed of the split and of training")
-    bench.add_argument("--quick", action="store_true", help="small sizes: about 2 minutes instead of about 15")
+    bench.add_argument("--quick", action="store_true", help="small sizes and one epoch: a few minutes")
     bench.add_argument("--report", help="file to write bench.json to")
     _add_force(bench)
+    extra = bench.add_mutually_exclusive_group()
+    extra.add_argument(
+        "--ablation", action="store_true", help="where the speed comes from: one change at a time, validation accuracy"
+    )
+    extra.add_argument(
+        "--study-preset", action="store_true", help="the study's T5-small preset (random weights), before and now"
+    )
     return parser
 
 
@@ -285,15 +292,42 @@ def cmd_data(args, models=None) -> int:
 
 
 def cmd_bench(args, models=None) -> int:
-    from .bench import bench_table, run_bench
+    from . import bench
+
+    def log(line):
+        print(line, file=sys.stderr, flush=True)
 
     _check_targets(args)
-    report = run_bench(
-        args.source, quick=args.quick, seed=args.seed, log=lambda line: print(line, file=sys.stderr, flush=True)
-    )
+    plan = bench.QUICK_PLAN if args.quick else bench.FULL_PLAN
+    if args.ablation:
+        return _bench_ablation(args, plan, log)
+    if args.study_preset:
+        return _bench_study_preset(args, log)
+    report = bench.run_bench(bench.load_bench_splits(args.source, plan, args.seed), plan, seed=args.seed, log=log)
     _write_json(args.report, report, args.force)
-    print(bench_table(report))
-    print(json.dumps({"ratios": report["ratios"], "tfidf": report["tfidf"], "scaling": report["scaling"]}, indent=2))
+    print(bench.bench_table(report))
+    print("\n".join(bench.goals_lines(report)))
+    print(json.dumps({"ratios": report["ratios"], "scaling": report["scaling"]}, indent=2))
+    return 0
+
+
+def _bench_ablation(args, plan, log) -> int:
+    from .ablation import ablation_table, run_ablation
+    from .bench import load_bench_splits
+
+    rows = run_ablation(load_bench_splits(args.source, plan, args.seed), plan.epochs, args.seed, log=log)
+    _write_json(args.report, {"ablation": rows}, args.force)
+    print(ablation_table(rows))
+    return 0
+
+
+def _bench_study_preset(args, log) -> int:
+    from .preset_timing import load_study_splits, preset_table, time_study_preset
+
+    report = time_study_preset(load_study_splits(args.source, args.seed), args.seed, log=log)
+    _write_json(args.report, report, args.force)
+    print(preset_table(report))
+    print(f"training: {report['train_speedup']:.2f}x faster than before")
     return 0
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .bench import PeakRSS
 from .config import LoraSettings
 from .lora import apply_lora, count_parameters, count_parameters_offline, save_adapter
+from .measure import PeakRSS
 from .models import ModelBundle, load_bundle
 from .train import tokenize_split
 

@@ -6,6 +6,7 @@ chart, the CLI's log), one stops training when a flag is set, one reports progre
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -258,6 +259,32 @@ def prepare_data(bundle: ModelBundle, train_frame, val_frame, lora: LoraSettings
     return sets[0], (sets[1] if len(sets) > 1 else None), collator
 
 
+@contextlib.contextmanager
+def frozen_weights_in_bf16(model: torch.nn.Module, enabled: bool):
+    """Hold the frozen linear weights in bf16 while training under bf16 autocast; the fp32 originals come back.
+
+    Autocast casts a frozen weight to bf16 at every use (it caches only trainable ones): a quarter of a
+    T5-small training step on a CPU. The products see the same bf16 values either way. Weights shared with
+    an embedding (T5's tied output layer) stay as they are; the originals return for saving and merging.
+    """
+    if not enabled:
+        yield
+        return
+    embedded = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    originals = {
+        m: m.weight.data
+        for m in model.modules()
+        if type(m) is torch.nn.Linear and not m.weight.requires_grad and id(m.weight) not in embedded
+    }
+    for module, weight in originals.items():
+        module.weight.data = weight.to(torch.bfloat16)
+    try:
+        yield
+    finally:
+        for module, weight in originals.items():
+            module.weight.data = weight
+
+
 def build_training_args(config: TrainConfig, n_train: int, output_dir: str, seq2seq: bool) -> TrainingArguments:
     steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
     eval_steps = max(1, steps_per_epoch // config.evals_per_epoch) if config.evals_per_epoch else None
@@ -346,7 +373,8 @@ def train_lora(
             preprocess_logits_for_metrics=predicted_label_ids,
         )
         trainer.remove_callback(PrinterCallback)  # events go to on_event, not to stdout
-        output = trainer.train()
+        with frozen_weights_in_bf16(tuned.model, trainer.args.bf16):
+            output = trainer.train()
         state = trainer.state
     tuned.model.eval()
     evals = [e for e in history if e["type"] == "eval"]

@@ -38,7 +38,8 @@ def test_study_recipe_is_the_original_lora():
         assert (lora.r, lora.alpha, lora.dropout) == (8, 32, 0.1)
         assert lora.targets_for(spec) == spec.study_targets
         assert lora.layers_for(spec) is None
-        assert train.model_dropout is None and train.bf16 is False
+        # the checkpoint's dropout; bf16 only where native and one validation pass are speed, not the study's LoRA
+        assert train.model_dropout is None and train.bf16 is None and train.evals_per_epoch == 1
         assert train.short_windows == 0.0  # whole reviews only, as the study trained
     assert recipe("study", get_model_spec("minilm"))[0].targets_for(get_model_spec("minilm")) == ("query", "value")
     assert recipe("fast", get_model_spec("minilm")) == (LoraSettings(), TrainConfig())

@@ -263,3 +263,19 @@ def test_bf16_default_follows_the_hardware(monkeypatch):
         monkeypatch.setattr(inference, "fast_bf16", lambda native=native: native)
         assert build_training_args(TrainConfig(), 500, "unused", seq2seq=False).bf16 is native
     assert build_training_args(TrainConfig(bf16=False), 500, "unused", seq2seq=False).bf16 is False
+
+
+def test_frozen_weights_are_bf16_only_while_training_under_bf16(tiny_t5):
+    from lora_demo.lora import apply_lora
+    from lora_demo.train import frozen_weights_in_bf16
+
+    model = apply_lora(tiny_t5, LoraSettings(target_modules=("q", "v"), top_layers=0)).model
+    query = model.base_model.model.encoder.block[0].layer[0].SelfAttention.q
+    before = query.base_layer.weight.detach().clone()
+    with frozen_weights_in_bf16(model, enabled=True):
+        assert query.base_layer.weight.dtype == torch.bfloat16  # frozen: held in bf16
+        assert query.lora_A["default"].weight.dtype == torch.float32  # trained: fp32 master weights
+        assert model.base_model.model.shared.weight.dtype == torch.float32  # tied to the output layer
+    assert query.base_layer.weight.dtype == torch.float32 and torch.equal(query.base_layer.weight, before)
+    with frozen_weights_in_bf16(model, enabled=False):
+        assert query.base_layer.weight.dtype == torch.float32
