@@ -6,10 +6,10 @@ from lora_demo import resources
 from lora_demo.config import LoraSettings
 
 
-def test_lora_and_full_fine_tuning_measured_on_the_same_batch(tiny_encoder_factory, toy_reviews, monkeypatch):
-    monkeypatch.setattr(resources, "load_bundle", lambda name, seed=42: tiny_encoder_factory(0))
+def test_lora_and_full_fine_tuning_measured_on_the_same_batch(tiny_encoder_factory, toy_reviews):
     lora = LoraSettings(r=4, target_modules=("query", "value"), top_layers=0)
-    result = resources.measure("minilm", lora, toy_reviews[0].head(8), steps=2, max_length=32)
+    tiny = lambda name, seed=42: tiny_encoder_factory(0)  # noqa: E731
+    result = resources.measure("minilm", lora, toy_reviews[0].head(8), steps=2, max_length=32, loader=tiny)
     assert result["batch"] == {"reviews": 8, "max_length": 32, "steps": 2}
     lora_row, full = result["lora"], result["full"]
     # q and v of 2 layers at hidden 32, r 4, plus the 2-label head
