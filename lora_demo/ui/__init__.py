@@ -27,6 +27,9 @@ STUDY = (
 CSS = """
 .gradio-container { max-width: 1240px !important; margin: auto; }
 #header p { margin: 0.25em 0; }
+/* on a phone a wide table scrolls inside its own box instead of widening the page, and every figure with it */
+.gradio-container .table-container, .gradio-container .table-wrap { max-width: 100%; overflow-x: auto; }
+.gradio-container .block, .gradio-container .form { min-width: 0; }
 """
 QUEUE_SIZE = 16  # events waiting at most, over all sessions; past it users are told the app is busy
 CACHE_HOURS = 1  # gradio's copies of uploads and downloads are deleted after this long
