@@ -355,27 +355,11 @@ def train_lora(
     train_frame = add_sentence_windows(train_frame, config.short_windows, config.seed)
     train_set, val_set, collator = prepare_data(bundle, train_frame, val_frame, lora, config.max_length)
     tuned = apply_lora(bundle, lora)
-    seq2seq = bundle.spec.kind == "seq2seq"
+    if val_set is None:
+        config = replace(config, evals_per_epoch=0)
     history: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="lora-demo-trainer-") as scratch:
-        if val_set is None:
-            config = replace(config, evals_per_epoch=0)
-        trainer_class = Seq2SeqTrainer if seq2seq else Trainer
-        trainer = trainer_class(
-            model=tuned.model,
-            args=build_training_args(config, len(train_set), scratch, seq2seq),
-            train_dataset=train_set,
-            eval_dataset=val_set,
-            data_collator=collator,
-            processing_class=tuned.tokenizer,
-            callbacks=[StreamCallback(on_event, history), StopCallback(stop_event or threading.Event())],
-            compute_metrics=label_accuracy,
-            preprocess_logits_for_metrics=predicted_label_ids,
-        )
-        trainer.remove_callback(PrinterCallback)  # events go to on_event, not to stdout
-        with frozen_weights_in_bf16(tuned.model, trainer.args.bf16):
-            output = trainer.train()
-        state = trainer.state
+    callbacks = [StreamCallback(on_event, history), StopCallback(stop_event or threading.Event())]
+    output, state = _run_trainer(tuned, config, (train_set, val_set, collator), callbacks)
     tuned.model.eval()
     evals = [e for e in history if e["type"] == "eval"]
     result = TrainResult(
@@ -390,3 +374,25 @@ def train_lora(
         val_accuracy=evals[-1]["val_accuracy"] if evals else None,
     )
     return tuned, result
+
+
+def _run_trainer(tuned: ModelBundle, config: TrainConfig, data, callbacks):
+    """The Hugging Face Trainer over (train set, validation set, collator); returns its output and final state."""
+    train_set, val_set, collator = data
+    seq2seq = tuned.spec.kind == "seq2seq"
+    with tempfile.TemporaryDirectory(prefix="lora-demo-trainer-") as scratch:
+        trainer = (Seq2SeqTrainer if seq2seq else Trainer)(
+            model=tuned.model,
+            args=build_training_args(config, len(train_set), scratch, seq2seq),
+            train_dataset=train_set,
+            eval_dataset=val_set,
+            data_collator=collator,
+            processing_class=tuned.tokenizer,
+            callbacks=callbacks,
+            compute_metrics=label_accuracy,
+            preprocess_logits_for_metrics=predicted_label_ids,
+        )
+        trainer.remove_callback(PrinterCallback)  # events go to on_event, not to stdout
+        with frozen_weights_in_bf16(tuned.model, trainer.args.bf16):
+            output = trainer.train()
+        return output, trainer.state
