@@ -561,7 +561,24 @@ def load_splits(
         config, more = fit_sizes(config, reviews)
         notes += more
     train, val, test = split_reviews(reviews, config)
+    test, dropped = drop_seen_reviews(test, [train, val])
+    if dropped:
+        notes.append(
+            f"{dropped} of the {len(test) + dropped} test reviews also stand, word for word, among the training or "
+            "validation reviews (the data holds duplicates): they were left out of the test set"
+        )
     return Splits(train=train, val=val, test=test, source=source, config=replace(config, source=source), notes=notes)
+
+
+def drop_seen_reviews(test: pd.DataFrame, seen: list[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
+    """`test` without the reviews whose text is also in one of `seen`, and how many were dropped.
+
+    IMDb's own train and test splits share a few identical reviews; a model must never be tested on a review it
+    trained on, so such a review leaves the test set (the rest of the split is unchanged).
+    """
+    texts = set().union(*(frame["text"] for frame in seen))
+    keep = ~test["text"].isin(texts)
+    return test[keep].reset_index(drop=True), int((~keep).sum())
 
 
 def review_hash(text: str) -> str:

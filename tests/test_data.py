@@ -437,3 +437,15 @@ def test_real_imdb_parquet(imdb_dir):
     assert splits.label_counts()["train"] == {"negative": 20, "positive": 20}
     assert not splits.train["text"].str.contains("<br", regex=False).any()
     assert not set(splits.train["text"]) & set(splits.val["text"])
+
+
+def test_a_test_review_that_duplicates_a_training_review_leaves_the_test_set(tmp_path):
+    # IMDb's train and test splits share a few identical reviews: none may be a test of a model trained on it
+    train = unique_reviews(60)
+    test = pd.concat([unique_reviews(40).assign(text=lambda f: "test " + f["text"]), train.iloc[:30]])
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    splits = load_splits(DataConfig(source=str(tmp_path), train_size=40, val_size=20, test_size=70, seed=1))
+    seen = set(splits.train["text"]) | set(splits.val["text"])
+    assert not set(splits.test["text"]) & seen
+    assert len(splits.test) == 40 and "30 of the 70 test reviews also stand" in splits.notes[-1]
