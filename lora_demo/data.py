@@ -564,8 +564,8 @@ def load_splits(
     test, dropped = drop_seen_reviews(test, [train, val])
     if dropped:
         notes.append(
-            f"{dropped} of the {len(test) + dropped} test reviews also stand, word for word, among the training or "
-            "validation reviews (the data holds duplicates): they were left out of the test set"
+            f"Left out of the test set: {dropped} of its {len(test) + dropped} reviews, which stand word for word "
+            "among the training or validation reviews too (the data holds duplicates)"
         )
     return Splits(train=train, val=val, test=test, source=source, config=replace(config, source=source), notes=notes)
 

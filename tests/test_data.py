@@ -448,4 +448,4 @@ def test_a_test_review_that_duplicates_a_training_review_leaves_the_test_set(tmp
     splits = load_splits(DataConfig(source=str(tmp_path), train_size=40, val_size=20, test_size=70, seed=1))
     seen = set(splits.train["text"]) | set(splits.val["text"])
     assert not set(splits.test["text"]) & seen
-    assert len(splits.test) == 40 and "30 of the 70 test reviews also stand" in splits.notes[-1]
+    assert len(splits.test) == 40 and "Left out of the test set: 30 of its 70 reviews" in splits.notes[-1]
