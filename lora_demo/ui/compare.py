@@ -187,6 +187,7 @@ def build(session: gr.State, tab: gr.Tab) -> SimpleNamespace:
             label="The ladder: what each step up buys, on the same test reviews",
             interactive=False,
             wrap=True,
+            column_widths=["26%", "11%", "12%", "17%", "34%"],
             elem_id="ladder",
         )
         bars = gr.Plot(label="Metrics", show_label=False)
