@@ -48,14 +48,13 @@ def _f1(y, p, axis=-1):
 METRICS = {"accuracy": _accuracy, "f1": _f1}
 
 
-def bootstrap_interval(y_true, predicted, metric: str, seed: int = 0) -> list[float]:
-    """The 95% percentile-bootstrap interval of `metric` ("accuracy" or "f1") over the test reviews."""
-    y_true, predicted = np.asarray(y_true, dtype=int), np.asarray(predicted, dtype=int)
+def _percentile_interval(data: tuple, statistic, seed: int) -> list[float]:
+    """The 95% paired percentile-bootstrap interval of `statistic` over the test reviews (`data`'s arrays)."""
     with warnings.catch_warnings():  # identical resamples (e.g. all right) are a point, not an error
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         result = stats.bootstrap(
-            (y_true, predicted),
-            METRICS[metric],
+            data,
+            statistic,
             paired=True,
             vectorized=True,
             n_resamples=RESAMPLES,
@@ -63,11 +62,15 @@ def bootstrap_interval(y_true, predicted, metric: str, seed: int = 0) -> list[fl
             method="percentile",
             rng=np.random.default_rng(seed),
         )
-    low, high = result.confidence_interval
-    value = float(METRICS[metric](y_true, predicted))
-    low = value if np.isnan(low) else float(low)
-    high = value if np.isnan(high) else float(high)
+    value = float(statistic(*data))
+    low, high = (value if np.isnan(end) else float(end) for end in result.confidence_interval)
     return [round(low, 4), round(high, 4)]
+
+
+def bootstrap_interval(y_true, predicted, metric: str, seed: int = 0) -> list[float]:
+    """The 95% percentile-bootstrap interval of `metric` ("accuracy" or "f1") over the test reviews."""
+    data = (np.asarray(y_true, dtype=int), np.asarray(predicted, dtype=int))
+    return _percentile_interval(data, METRICS[metric], seed)
 
 
 def _accuracy_gain(y, before, after, axis=-1):
@@ -80,22 +83,8 @@ def gain_interval(y_true, before, after, seed: int = 0) -> list[float]:
     Each resample draws test reviews with replacement and keeps both models' answers to a review together, so
     the interval reflects how the two models differ on the same reviews, not two independent spreads.
     """
-    y_true, before, after = (np.asarray(v, dtype=int) for v in (y_true, before, after))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        result = stats.bootstrap(
-            (y_true, before, after),
-            _accuracy_gain,
-            paired=True,
-            vectorized=True,
-            n_resamples=RESAMPLES,
-            confidence_level=CONFIDENCE,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
-    value = float(_accuracy_gain(y_true, before, after))
-    low, high = (value if np.isnan(end) else float(end) for end in result.confidence_interval)
-    return [round(low, 4), round(high, 4)]
+    data = tuple(np.asarray(v, dtype=int) for v in (y_true, before, after))
+    return _percentile_interval(data, _accuracy_gain, seed)
 
 
 def compare_models(y_true, before, after, seed: int = 0) -> dict:

@@ -406,6 +406,12 @@ class Study:
             raise UserError("no data is loaded: load it first (the Dataset tab, or --data)")
         return self.splits, spec.name
 
+    def finish_run(self, progress: Progress | None = None) -> tuple[Evaluation, Report]:
+        """After a training job: score the new LoRA model on the test reviews, keep the run, and report."""
+        evaluation = self.finetuned(progress=progress)
+        self.record_run(evaluation)
+        return evaluation, self.report(progress=progress)
+
     def record_run(self, evaluation: Evaluation) -> RunRecord:
         """Keep the latest run's settings, scores and loss history for the Compare tab's list of runs."""
         tuned = self._require_tuned()
@@ -603,9 +609,7 @@ class Study:
         self._check_training(lora)
         self.baseline(max_length=config.max_length)
         self.train(lora, config, recipe, on_event, stop_event)
-        report = self.report()
-        self.record_run(self.finetuned())
-        return report
+        return self.finish_run()[1]
 
 
 def _lora_fields(summary: dict) -> dict:

@@ -188,9 +188,7 @@ def train(
     tuned = job.result()
     if session.closed:  # the tab closed while the run was ending: nobody is left to use the model
         return
-    evaluation = study.finetuned(progress=study_progress(progress))
-    study.record_run(evaluation)
-    report = study.report(progress=study_progress(progress))
+    evaluation, report = study.finish_run(progress=study_progress(progress))
     session.export_zip = export_run(session, report)
     yield (
         loss_figure(tuned.result.history, config.epochs),

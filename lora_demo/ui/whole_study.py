@@ -67,9 +67,7 @@ def run_whole_study(session: SessionData, progress=gr.Progress()):
     job.result()
     if session.closed:  # the tab closed while the run was ending: nobody is left to see the comparison
         return
-    evaluation = study.finetuned(progress=study_progress(progress))
-    study.record_run(evaluation)
-    report = study.report(progress=study_progress(progress))
+    evaluation, report = study.finish_run(progress=study_progress(progress))
     session.export_zip = export_run(session, report)
     done = (
         f"LoRA accuracy {evaluation.metrics['accuracy']:.3f} (zero-shot {accuracy:.3f}). The comparison is on "
