@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+from types import SimpleNamespace
 
 import gradio as gr
 
@@ -146,6 +147,12 @@ def build_demo(max_queue: int | None = None) -> gr.Blocks:
             event.then(
                 guard(session_header), inputs=session, outputs=header, api_visibility="private", show_progress="hidden"
             )
-        whole_study.wire_whole_study(whole, session, tabs, compare_ns.refresh)
+        others = SimpleNamespace(
+            data_view=data_tab.view,
+            baseline_view=baseline_tab.view,
+            train=train_tab,
+            compare_refresh=compare_ns.refresh,
+        )
+        whole_study.wire_whole_study(whole, session, tabs, others)
         demo.unload(guard(end_session(session)))
     return demo.queue(max_size=max_queue or queue_size(), default_concurrency_limit=1)

@@ -46,14 +46,22 @@ def per_class_rows(metrics: dict) -> list[list]:
 
 def evaluate_baseline(model_name, session: SessionData, progress=gr.Progress()):
     """Score the untouched model on the test reviews; it becomes the session's model."""
-    from ..plots import confusion_figure
-
     study = session.study
     study.select_model(model_name)
     study.check_model()
     notes = study.ensure_data(download_progress(progress, "Downloading IMDb from the Hugging Face Hub"))
     study.download_model(download_progress(progress, f"Downloading {study.model_name} from the Hugging Face Hub"))
     metrics = study.baseline(progress=study_progress(progress)).metrics
+    return baseline_view(study, metrics, notes)
+
+
+def baseline_view(study, metrics: dict, notes=()) -> tuple:
+    """What the tab shows of a zero-shot score: the summary, the per-class rows, the confusion matrix, the JSON.
+
+    The whole-study button fills the tab with it too.
+    """
+    from ..plots import confusion_figure
+
     heading = f"**Zero-shot `{study.model_name}`** on {metrics['n']} test reviews from `{study.splits.source}`.\n\n"
     return (
         heading + metrics_markdown(metrics) + notes_markdown(notes),
@@ -80,11 +88,12 @@ def build(session: gr.State) -> SimpleNamespace:
     with gr.Accordion("All metrics (JSON)", open=False):
         details = gr.JSON(label="Baseline metrics")
 
+    view = [summary, per_class, confusion, details]  # baseline_view's outputs, in its order
     evaluate.click(
         guard(evaluate_baseline),
         inputs=[model, session],
-        outputs=[summary, per_class, confusion, details],
+        outputs=view,
         api_name="evaluate_baseline",
         **EVALUATE_SLOTS,
     )
-    return SimpleNamespace(model=model)
+    return SimpleNamespace(model=model, view=view)

@@ -90,9 +90,6 @@ def describe_splits(splits) -> str:
 
 def load_data(source, upload, train_size, val_size, test_size, seed, session: SessionData, progress=gr.Progress()):
     """Load and split the reviews; returns the summary, sample rows, charts and the text-to-text example."""
-    from ..models import token_lengths
-    from ..plots import label_balance_figure, length_histogram_figure
-
     path, shown_as = data_source(source, upload)
     sizes = [whole_number(value, name) for value, name in zip((train_size, val_size, test_size), SIZE_FIELDS)]
     config = DataConfig(path, *sizes, seed=whole_number(seed, "seed"))
@@ -102,9 +99,21 @@ def load_data(source, upload, train_size, val_size, test_size, seed, session: Se
     downloading = download_progress(progress, "Downloading IMDb from the Hugging Face Hub")
     splits = session.study.load_data(config, fit_to_data=untouched, shown_as=shown_as, progress=downloading)
     progress(0.6, desc="Counting tokens")
+    return data_view(splits)
+
+
+def data_view(splits, notes=()) -> tuple:
+    """What the tab shows of loaded splits: the summary, sample rows, the two charts and the text-to-text example.
+
+    The whole-study button fills the tab with it too, so the tab never says "no data" about data a study loaded.
+    """
+    from ..models import token_lengths
+    from ..plots import label_balance_figure, length_histogram_figure
+
     texts = [*splits.train["text"], *splits.val["text"], *splits.test["text"]]
     lengths = token_lengths(minilm_tokenizer(), texts)
-    summary = f"Loaded {describe_splits(splits)} (seed {splits.config.seed})." + notes_markdown(splits.notes)
+    notes = list(dict.fromkeys([*notes, *splits.notes]))  # a study's own notes repeat the split's
+    summary = f"Loaded {describe_splits(splits)} (seed {splits.config.seed})." + notes_markdown(notes)
     return (
         summary,
         sample_rows(splits.train),
@@ -152,8 +161,8 @@ def build(session: gr.State) -> SimpleNamespace:
         value="No data loaded yet: press **Load data** (other tabs load the defaults if you skip this).",
     )
     with gr.Row():
-        balance = gr.Plot(label="Label balance", show_label=False)
-        lengths = gr.Plot(label="Review lengths", show_label=False)
+        balance = gr.Plot(label="Label balance", show_label=False, elem_id="label-balance")
+        lengths = gr.Plot(label="Review lengths", show_label=False, elem_id="review-lengths")
     rows = gr.Dataframe(
         headers=["review (shortened)", "label"],
         label="Sample of the training reviews",
@@ -163,13 +172,14 @@ def build(session: gr.State) -> SimpleNamespace:
     )
     example = gr.Markdown(label="text-to-text example")
 
+    view = [summary, rows, balance, lengths, example]  # data_view's outputs, in its order
     load_args = {
         "fn": guard(load_data),
         "inputs": [source, upload, *sizes, seed, session],
-        "outputs": [summary, rows, balance, lengths, example],
+        "outputs": view,
         **EVALUATE_SLOTS,
     }
     loaded = load.click(**load_args, api_name="load_data")
     upload.upload(guard(lambda: "upload"), outputs=source, api_visibility="private", queue=False)
     # other tabs (the study preset) reload the data with the same handler
-    return SimpleNamespace(loaded=loaded, source=source, sizes=sizes, load_args=load_args)
+    return SimpleNamespace(loaded=loaded, source=source, sizes=sizes, load_args=load_args, view=view)

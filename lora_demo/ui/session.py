@@ -70,6 +70,7 @@ class SessionData:
         self.runs_key = secrets.token_hex(16)  # names this session's folder of app-saved runs (lora_demo.runs)
         self.closed = False
         self.last_used = time.monotonic()  # set by `guard` at every event of the session, which also reopens it
+        self._lock = threading.Lock()  # the page's load event and a first click make the study at the same time
 
     def __deepcopy__(self, memo):
         # gradio deep-copies the initial state for each new session; a session starts empty
@@ -80,12 +81,18 @@ class SessionData:
 
     @property
     def study(self):
-        """The session's `lora_demo.study.Study`."""
-        if self._study is None:
-            from ..study import Study
+        """The session's `lora_demo.study.Study`, made on first use, once.
 
-            self._study = Study(self._model_name, models=MODELS.get())
-        return self._study
+        A session's events run in several concurrency groups at once: a visitor who presses "Run the whole study"
+        while the page's load event still runs would otherwise get two studies, train in one and find the other
+        (no model) when the run ends.
+        """
+        with self._lock:
+            if self._study is None:
+                from ..study import Study
+
+                self._study = Study(self._model_name, models=MODELS.get())
+            return self._study
 
     @property
     def holds_study(self) -> bool:

@@ -143,7 +143,7 @@ def running_markdown(name: str, event, seconds: float) -> str:
 
 
 def stream(job, name: str, epochs: float, session: SessionData, progress):
-    """Yield (chart, status) while `job` trains: the loss chart only when new points came in."""
+    """Yield (chart, status, latest progress event) while `job` trains: the loss chart only when new points came in."""
     import time
 
     from ..plots import loss_figure
@@ -160,7 +160,7 @@ def stream(job, name: str, epochs: float, session: SessionData, progress):
                     history.append(event.to_dict())
             if latest is not None:
                 chart = loss_figure(history, epochs) if any(e.type != "progress" for e in batch) else gr.skip()
-                yield chart, running_markdown(name, latest, time.monotonic() - started)
+                yield chart, running_markdown(name, latest, time.monotonic() - started), latest
     finally:
         job.stop()  # the client went away or the handler failed: end the run, never orphan it
 
@@ -183,13 +183,13 @@ def train(
     config = train_config(epochs, learning_rate, batch_size, max_length, len(splits.train), splits.config.seed, base)
     progress(0, desc=f"Loading {study.model_name}")
     job = study.start_training(lora, config, recipe_name)
-    for chart, status in stream(job, study.model_name, config.epochs, session, progress):
+    for chart, status, _ in stream(job, study.model_name, config.epochs, session, progress):
         yield chart, status, gr.skip()
     tuned = job.result()
     if session.closed:  # the tab closed while the run was ending: nobody is left to use the model
         return
     evaluation, report = study.finish_run(progress=study_progress(progress))
-    session.export_zip = export_run(session, report)
+    session.export_zip = export_run(session, study, report)
     yield (
         loss_figure(tuned.result.history, config.epochs),
         result_markdown(tuned, evaluation.metrics, notes),
@@ -197,13 +197,13 @@ def train(
     )
 
 
-def export_run(session: SessionData, report) -> str:
-    """Zip the run's adapter and report into the session's own folder, replacing the previous run's."""
+def export_run(session: SessionData, study, report) -> str:
+    """Zip `study`'s run (the session's) and its report into the session's folder, replacing the previous run's."""
     from ..runs import new_run_name, saving_enabled, session_runs_root
 
-    archive = session.study.export_zip(session.scratch_dir(), report)
+    archive = study.export_zip(session.scratch_dir(), report)
     if saving_enabled():  # the operator's choice; off by default, so a public Space never fills its disk
-        session.study.save(session_runs_root(session.runs_key) / new_run_name(), report)  # listed to this session only
+        study.save(session_runs_root(session.runs_key) / new_run_name(), report)  # listed to this session only
     return str(archive)
 
 

@@ -1,8 +1,11 @@
 """The whole study in one click, on the first tab: data, zero-shot baseline, LoRA with the default recipe,
 comparison; the visitor ends on the Compare tab.
 
-Each step's progress shows as it happens; Stop (here or on the Train tab) and closing the tab end the training
-as they do for a run started on the Train tab, and what was trained so far is compared.
+The first tab fills in as each step finishes (the data's summary, charts and sample rows, the zero-shot score, the
+live loss chart with the time so far and the time left), and the other tabs are filled with the same state (the
+Dataset and Baseline views, the Train tab's chart, result and download). Stop (here or on the Train tab) and
+closing the tab end the training as they do for a run started on the Train tab, and what was trained so far is
+compared.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..config import DEFAULT_RECIPE
-from .errors import guard
+from .errors import guard, translate
 from .session import TRAIN_SLOTS, SessionData
 from .widgets import notes_markdown, study_progress
 
 COMPARE_TAB = "compare"  # the id of the Compare tab, selected when the study ends
+STEPS = 4
 INTRO = (
     "**New here? Run the whole study in one click:** the loaded data (or the default data), the untrained model's "
     "zero-shot answers, LoRA training with the default recipe (`{recipe}`), then both models on the same test "
@@ -26,54 +30,110 @@ INTRO = (
 
 
 def build_whole_study() -> SimpleNamespace:
-    """The button, its Stop and its progress line (placed where the caller is in the layout)."""
+    """The button, its Stop, its progress line, the zero-shot score and the live loss chart."""
     gr.Markdown(INTRO.format(recipe=DEFAULT_RECIPE))
     with gr.Row():
         run = gr.Button("Run the whole study", variant="primary", scale=3, elem_id="whole-study")
         stop = gr.Button("Stop", variant="stop", scale=1, elem_id="whole-study-stop")
     status = gr.Markdown(elem_id="whole-study-status")
-    return SimpleNamespace(run=run, stop=stop, status=status)
+    score = gr.Markdown(elem_id="whole-study-score")
+    chart = gr.Plot(label="Loss", show_label=False, visible=False, elem_id="whole-study-chart")
+    return SimpleNamespace(run=run, stop=stop, status=status, score=score, chart=chart)
 
 
 def step_markdown(step: int, text: str, started: float) -> str:
-    return f"**Step {step} of 4** ({time.monotonic() - started:.0f} s so far): {text}"
+    return f"**Step {step} of {STEPS}** ({time.monotonic() - started:.0f} s so far): {text}"
+
+
+def time_left(steps_timed: int, steps_left: int, seconds: float) -> str:
+    """The training time left, from the measured speed of the steps timed so far (`seconds` for `steps_timed`)."""
+    if steps_timed <= 0:
+        return "time left: measuring"
+    left = steps_left * seconds / steps_timed
+    return f"about {left:.0f} s left" if left < 90 else f"about {left / 60:.0f} min left"
+
+
+def score_markdown(name: str, metrics: dict) -> str:
+    text = f"**Zero-shot `{name}`** on {metrics['n']} test reviews: accuracy **{metrics['accuracy']:.3f}**"
+    text += f", F1 (positive) {metrics['f1']:.3f}."
+    if metrics.get("warning"):
+        text += f" ⚠️ {metrics['warning']}"
+    return text
 
 
 def run_whole_study(session: SessionData, progress=gr.Progress()):
-    """Data, baseline, training (streamed, stoppable), comparison; yields (status, tab selection)."""
+    """Data, baseline, training (streamed, stoppable), comparison.
+
+    Yields dicts of the outputs that changed, by name (`status`, `chart`, …, `data:<i>` for the Dataset view,
+    `baseline:<i>` for the Baseline view); `wire_whole_study` maps the names to components.
+    """
     from ..config import recipe
-    from .train import export_run, stream, train_config
+    from ..plots import loss_figure
+    from .baseline import baseline_view
+    from .dataset import data_view, describe_splits
+    from .train import export_run, result_markdown, run_details, stream, train_config
 
     study, started = session.study, time.monotonic()
     study.check_model()
     notes = study.ensure_data()
     splits = study.splits
-    sizes = splits.sizes()
-    data = (
-        f"{sizes['train']} / {sizes['val']} / {sizes['test']} train / validation / test reviews from `{splits.source}`"
-    )
-    yield step_markdown(1, f"data: {data}. Scoring the untrained model …", started), gr.skip()
+    yield {
+        "status": step_markdown(1, f"data: {describe_splits(splits)}. Scoring the untrained model …", started),
+        **_named("data", data_view(splits, notes)),
+    }
     lora, base = recipe(DEFAULT_RECIPE, study.spec)
     config = train_config(
-        base.epochs, base.learning_rate, base.batch_size, base.max_length, sizes["train"], splits.config.seed, base
+        base.epochs, base.learning_rate, base.batch_size, base.max_length, len(splits.train), splits.config.seed, base
     )
     baseline = study.baseline(max_length=config.max_length, progress=study_progress(progress))
     accuracy = baseline.metrics["accuracy"]
-    yield step_markdown(2, f"zero-shot accuracy {accuracy:.3f}. Training LoRA …", started), gr.skip()
-    progress(0, desc=f"Loading {study.model_name}")
+    yield {
+        "status": step_markdown(2, f"zero-shot accuracy {accuracy:.3f}. Loading {study.model_name} …", started),
+        "score": score_markdown(study.model_name, baseline.metrics),
+        "chart": gr.update(value=loss_figure([], config.epochs), visible=True),
+        **_named("baseline", baseline_view(study, baseline.metrics, notes)),
+    }
     job = study.start_training(lora, config, DEFAULT_RECIPE)
-    for _, running in stream(job, study.model_name, config.epochs, session, progress):
-        yield step_markdown(3, running, started), gr.skip()
-    job.result()
+    first = None  # (time, step) of the first step seen: loading the model is not a step's time
+    for chart, running, event in stream(job, study.model_name, config.epochs, session, progress):
+        first = first or (time.monotonic(), event.step)
+        left = time_left(event.step - first[1], event.max_steps - event.step, time.monotonic() - first[0])
+        yield {"status": step_markdown(3, f"{running} ({left})", started), "chart": chart, "train_chart": chart}
+    tuned = job.result()
     if session.closed:  # the tab closed while the run was ending: nobody is left to see the comparison
         return
+    yield {"status": step_markdown(4, "scoring the LoRA model and the ladder on the test reviews …", started)}
     evaluation, report = study.finish_run(progress=study_progress(progress))
-    session.export_zip = export_run(session, report)
+    session.export_zip = export_run(session, study, report)
     done = (
         f"LoRA accuracy {evaluation.metrics['accuracy']:.3f} (zero-shot {accuracy:.3f}). The comparison is on "
         "**4. Compare**."
     )
-    yield step_markdown(4, done, started) + notes_markdown(notes), gr.Tabs(selected=COMPARE_TAB)
+    final_chart = loss_figure(tuned.result.history, config.epochs)
+    yield {
+        "status": step_markdown(4, done, started) + notes_markdown(notes),
+        "chart": final_chart,
+        "train_chart": final_chart,
+        "train_status": result_markdown(tuned, evaluation.metrics, notes),
+        "download": gr.update(value=session.export_zip, visible=True),
+        "tabs": gr.Tabs(selected=COMPARE_TAB),
+        "details": run_details(report),
+    }
+
+
+def failure_markdown(message: str, session: SessionData) -> str:
+    """What the status says when a step failed: what happened, and what the session still has."""
+    tuned = session.holds_study and session.study.tuned is not None
+    kept = (
+        "The trained LoRA model is kept: **Classify** uses it and **Compare** scores it when you open it."
+        if tuned
+        else "Nothing trained was lost; what was loaded and scored so far is kept."
+    )
+    return f"**The study stopped:** {message} {kept}"
+
+
+def _named(prefix: str, values: tuple) -> dict:
+    return {f"{prefix}:{i}": value for i, value in enumerate(values)}
 
 
 def stop_whole_study(session: SessionData) -> str:
@@ -84,16 +144,46 @@ def stop_whole_study(session: SessionData) -> str:
     return "Stopping after the current step; the model trained so far is compared."
 
 
-def wire_whole_study(parts: SimpleNamespace, session: gr.State, tabs: gr.Tabs, compare_refresh: dict) -> None:
-    """Run on click, then fill the Compare tab (`compare_refresh`: the Compare tab's event arguments)."""
+def wire_whole_study(parts: SimpleNamespace, session: gr.State, tabs: gr.Tabs, others: SimpleNamespace) -> None:
+    """Run on click, then fill the Compare tab.
+
+    Args:
+        others: the other tabs' parts: `data_view` and `baseline_view` (their views' components, in order),
+            `train` (the Train tab: `loss_chart`, `status`, `download`, `details`) and `compare_refresh` (the Compare
+            tab's event arguments).
+    """
+    train = others.train
+    components = {
+        "status": parts.status,
+        "score": parts.score,
+        "chart": parts.chart,
+        "tabs": tabs,
+        "train_chart": train.loss_chart,
+        "train_status": train.status,
+        "download": train.download,
+        "details": train.details,
+        **_named("data", others.data_view),
+        **_named("baseline", others.baseline_view),
+    }
+
+    def whole_study(session: SessionData, progress=gr.Progress()):
+        try:
+            for update in run_whole_study(session, progress):
+                yield {components[name]: value for name, value in update.items()}
+        except Exception as err:  # said where the visitor looks, not only in a toast that fades; then raised
+            error = translate(err, "run_whole_study")
+            yield {parts.status: failure_markdown(error.message, session)}
+            raise error from None
+
+    whole_study.__name__ = run_whole_study.__name__  # the server log names the handler
     parts.run.click(
-        guard(run_whole_study),
+        guard(whole_study),
         inputs=session,
-        outputs=[parts.status, tabs],
+        outputs=list(components.values()),
         api_visibility="private",  # the API runs the same steps through load_data, evaluate_baseline and train
         show_progress_on=[parts.status],
         **TRAIN_SLOTS,
-    ).success(**compare_refresh)
+    ).success(**others.compare_refresh)
     # outside the queue, as the Train tab's Stop: it never waits behind the run it stops
     parts.stop.click(
         guard(stop_whole_study), inputs=session, outputs=parts.status, queue=False, api_visibility="private"
