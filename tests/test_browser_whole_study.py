@@ -87,7 +87,7 @@ def test_the_whole_study_at_the_default_sizes_shows_itself_and_ends_on_compare(p
     page.get_by_role("tab", name="4. Compare", selected=True).wait_for()
     wait_for_text(page, "#result-sentence", "LoRA trained")
     sentence = text(page, "#result-sentence")
-    assert "on 500 reviews" in sentence and "on 1000 test reviews" in sentence, sentence
+    assert "on 500 reviews" in sentence and "on 1,000 test reviews" in sentence, sentence
     page.get_by_text("Baseline vs LoRA on the same test reviews").wait_for()
     page.screenshot(path=ARTIFACTS / "compare-1280.png", full_page=True)
     status = page.locator("#whole-study-status").text_content()
