@@ -36,8 +36,19 @@ logger = logging.getLogger("lora_demo")
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a mistake is one line on stderr and exit status 2."""
 
+    commands = None  # the top parser's subcommand parsers, by name (set in `build_parser`)
+
     def error(self, message):
-        self.exit(2, f"error: {message} (see `python -m lora_demo {self.prog.split()[-1]} --help`)\n")
+        # `prog` is the whole command: "python -m lora_demo" for the top parser, "python -m lora_demo train" for one
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        # flags a subcommand does not know are found by the top parser: point at that subcommand's help
+        args, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = (self.commands or {}).get(getattr(args, "command", None), self)
+            command.error(f"unrecognized arguments: {' '.join(extras)}")
+        return args
 
 
 def _add_fields(parser, cls, rename: dict[str, str] | None = None, skip=()):
@@ -64,6 +75,7 @@ def _from_args(cls, args, base=None):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m lora_demo", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    parser.commands = commands.choices
 
     def with_data(p):
         _add_fields(p, DataConfig, rename={"source": "data"})

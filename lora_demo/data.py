@@ -34,6 +34,7 @@ HUB_DATASET_FILES = ("plain_text/train-*.parquet", "plain_text/test-*.parquet")
 BUILTIN_FILE = ASSETS_DIR / "reviews.jsonl"
 SAMPLE_DIR = ASSETS_DIR / "imdb-sample"  # written by scripts/make_imdb_sample.py
 DATA_ENV = "LORA_DEMO_DATA"
+NAMED_SOURCES = ("hub", "sample", "builtin")  # sources given by name rather than by path
 SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
 _LABEL_WORDS = {"negative": 0, "neg": 0, "positive": 1, "pos": 1, "0": 0, "1": 1}
 COLUMNS = ("text", "label")
@@ -160,11 +161,9 @@ def resolve_source(source: str | None) -> tuple[str, list[str]]:
         return os.environ[DATA_ENV], []
     if hub_reachable() or _hub_dataset_cached():
         return "hub", []
-    train, test = count_sample()
     note = (
-        f"Using the shipped sample of real IMDb ({train:,} training and {test:,} test reviews, "
-        f"assets/imdb-sample): no data was given and the Hugging Face Hub is not reachable. "
-        f"Point at the full data set with --data PATH or {DATA_ENV}=PATH."
+        f"Using {describe_source('sample')} (`sample`, shipped in assets/imdb-sample): no data was given and the "
+        f"Hugging Face Hub is not reachable. Point at the full data set with --data PATH or {DATA_ENV}=PATH."
     )
     logger.info(note)  # callers show the note to the user
     return "sample", [note]
@@ -178,8 +177,24 @@ def count_sample() -> tuple[int, int]:
     return tuple(pq.read_metadata(SAMPLE_DIR / f"{split}.parquet").num_rows for split in ("train", "test"))
 
 
+def describe_source(source: str) -> str:
+    """What a source is, in words for the user, with its counts read from the files.
+
+    `sample`: "a 1,000 + 1,000 review sample of real IMDb"; `builtin`: "the 160 hand-written short reviews
+    shipped with the app, not IMDb"; `hub`: IMDb from the Hub; anything else (a path) is named as it is.
+    """
+    if source == "sample":
+        train, test = count_sample()
+        return f"a {train:,} + {test:,} review sample of real IMDb"
+    if source == "builtin":
+        return f"the {count_builtin():,} hand-written short reviews shipped with the app, not IMDb"
+    if source == "hub":
+        return f"IMDb from the Hugging Face Hub ({HUB_DATASET})"
+    return f"`{source}`"
+
+
 def load_short_reviews() -> pd.DataFrame:
-    """The 160 hand-written short reviews of `assets/reviews.jsonl`: the out-of-domain test set.
+    """The hand-written short reviews of `assets/reviews.jsonl`: the out-of-domain test set.
 
     They are shorter and plainer than IMDb's (a median of 25 words), like the reviews people type in the
     app, and none of them is in IMDb; every one is a test review, none is ever trained on by default.

@@ -28,7 +28,7 @@ from .config import (
     get_model_spec,
     get_preset,
 )
-from .data import SplitRecord, Splits, load_splits, review_hash, trained_on
+from .data import NAMED_SOURCES, SplitRecord, Splits, describe_source, load_splits, review_hash, trained_on
 from .inference import ModelCache, Predictions, classify_texts, serving_copy
 from .metrics import evaluate_predictions
 from .models import ModelBundle, load_bundle
@@ -208,9 +208,10 @@ class Study:
             return []
         splits = self.load_data(DataConfig(), fit_to_data=True, progress=progress)
         sizes = splits.sizes()
+        what = f" ({describe_source(splits.source)})" if splits.source in NAMED_SOURCES else ""
         return [
             f"No data was loaded yet, so the default data was loaded: {sizes['train']} / {sizes['val']} / "
-            f"{sizes['test']} train / validation / test reviews from `{splits.source}`.",
+            f"{sizes['test']} train / validation / test reviews from `{splits.source}`{what}.",
             *splits.notes,
         ]
 

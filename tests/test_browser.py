@@ -188,7 +188,7 @@ def check_verdict(text: str, fixed_label: str, n: int):
 
 def test_study_preset_sets_the_studys_configuration(page):
     open_tab(page, "1. Dataset")
-    choose_source(page, "The server's IMDb")  # what the preset reloads with its sizes: here the shipped sample
+    choose_source(page, "The server's default")  # what the preset reloads with its sizes: here the shipped sample
     open_tab(page, "3. Train LoRA")
     page.get_by_role("button", name="Original study preset").click()
     note = page.locator("#preset-note")

@@ -310,3 +310,21 @@ def test_train_with_the_study_recipe(capsys, tmp_path, toy_csv, monkeypatch, tin
     assert len(training_steps) >= 4  # 64 reviews in batches of 16 (and the rungs and measured steps after)
     # the LoRA run's 4 steps come first; the rungs and the measured steps after them train without autocast
     assert training_steps[:4] == [(True, torch.bfloat16)] * 4
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["train", "--bogus"], "(see `python -m lora_demo train --help`)"),  # found by the top parser
+        (["train", "--r", "eight"], "(see `python -m lora_demo train --help`)"),
+        (["bogus"], "(see `python -m lora_demo --help`)"),
+        ([], "(see `python -m lora_demo --help`)"),
+    ],
+)
+def test_usage_errors_name_the_program_once(argv, hint):
+    done = subprocess.run(
+        [sys.executable, "-m", "lora_demo", *argv], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("error: ") and done.stderr.endswith(hint + "\n"), done.stderr
+    assert done.stderr.count("lora_demo") == 1, done.stderr

@@ -345,7 +345,7 @@ def test_offline_falls_back_to_the_imdb_sample_without_waiting(monkeypatch):
     assert elapsed < 1.0  # the offline flag is read, the network is never tried
     source, notes = resolve_source(None)
     assert source == "sample"
-    assert len(notes) == 1 and "sample of real IMDb (1,000 training and 1,000 test" in notes[0]
+    assert len(notes) == 1 and "a 1,000 + 1,000 review sample of real IMDb (`sample`" in notes[0]
     assert "LORA_DEMO_DATA" in notes[0]
 
 

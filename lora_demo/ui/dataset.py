@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..config import DEFAULT_MAX_LENGTH, DataConfig, UserError, field_default, field_help
+from .classify import MAX_BATCH_BYTES as MAX_UPLOAD_BYTES  # the app's `max_file_size`, for every upload
 from .errors import guard
 from .session import EVALUATE_SLOTS, SessionData
 from .widgets import download_progress, notes_markdown, number, whole_number
@@ -19,19 +20,54 @@ SIZE_FIELDS = ("train_size", "val_size", "test_size")
 # The app never reads a path a user typed: the source is one of these names, and a user's own data comes as an upload
 # (into gradio's upload folder, limited to the app's `max_file_size`).
 SOURCES = {
-    "default": "The server's IMDb (its local copy, else the Hugging Face Hub, else the built-in sample)",
+    "default": "The server's default data",  # page_load names what it resolves to here: see `source_choices`
     "hub": "IMDb from the Hugging Face Hub",
-    "builtin": "The built-in sample (160 reviews shipped with the app)",
+    "builtin": "The built-in sample: hand-written short reviews shipped with the app (not IMDb)",
     "upload": "My own file: upload it below",
 }
 DATA_FILE_TYPES = [".csv", ".parquet", ".jsonl"]
 
 
+def source_kind(source: str) -> str:
+    """What a resolved source is: `hub`, `sample` and `builtin` described, a path the server's local copy.
+
+    The app never reads a path a user typed, so a path here is the server's own (`$LORA_DEMO_DATA`).
+    """
+    from ..data import NAMED_SOURCES, describe_source
+
+    return describe_source(source) if source in NAMED_SOURCES else "the server's local copy"
+
+
+def source_words(source: str) -> str:
+    """A resolved source in words for the header; a path is named too."""
+    from ..data import NAMED_SOURCES
+
+    return source_kind(source) if source in NAMED_SOURCES else f"{source_kind(source)}, `{source}`"
+
+
+def splits_words(splits, with_name: bool = False) -> str:
+    """The loaded data's source in words (`with_name`: after its name, as the CLI's `--data` takes it); an upload
+    keeps the name it was loaded under (its file name)."""
+    if splits.source != splits.config.source:
+        return splits.source
+    return f"`{splits.source}` ({source_kind(splits.source)})" if with_name else source_words(splits.source)
+
+
 def source_choices(default_source: str) -> list[tuple[str, str]]:
-    """The source dropdown's choices, with what `default` means on this server (`default_source`, resolved)."""
-    where = {"hub": "the Hugging Face Hub", "builtin": "the built-in sample: no IMDb copy here and no Hub"}
-    default = f"The server's IMDb ({where.get(default_source, 'its local copy')})"
-    return [(default if name == "default" else label, name) for name, label in SOURCES.items()]
+    """The source dropdown's choices; the `default` one says what it resolves to here (`default_source`)."""
+    from ..data import count_builtin, describe_source
+
+    where = {
+        "hub": describe_source("hub"),
+        "sample": f"{describe_source('sample')} (no local copy here and no Hub)",
+    }.get(default_source, "its local copy")
+    labels = {
+        **SOURCES,
+        "default": f"The server's default: {where}",
+        "builtin": f"The built-in sample: the {count_builtin():,} hand-written short reviews shipped with the app "
+        "(not IMDb)",
+    }
+    return [(labels[name], name) for name in SOURCES]
 
 
 def data_source(source, upload) -> tuple[str | None, str | None]:
@@ -84,7 +120,8 @@ def seq2seq_example(frame) -> str:
 def describe_splits(splits) -> str:
     sizes = splits.sizes()
     return (
-        f"{sizes['train']} / {sizes['val']} / {sizes['test']} train / validation / test reviews from `{splits.source}`"
+        f"{sizes['train']} / {sizes['val']} / {sizes['test']} train / validation / test reviews from "
+        f"{splits_words(splits, with_name=True)}"
     )
 
 
@@ -150,7 +187,7 @@ def build(session: gr.State) -> SimpleNamespace:
             for name, label in zip(SIZE_FIELDS, ("Train reviews", "Validation reviews", "Test reviews"))
         ]
     upload = gr.File(
-        label="Your own reviews: .csv, .parquet or .jsonl, up to 5 MB",
+        label=f"Your own reviews: .csv, .parquet or .jsonl, up to {MAX_UPLOAD_BYTES // 2**20} MB",
         file_types=DATA_FILE_TYPES,
         height=120,
         elem_id="data-upload",
