@@ -163,15 +163,19 @@ def test_classify_answers_with_both_models_after_training(trained):
         confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
         assert set(confidences) == {"positive", "negative"}
         assert confidences[label["label"]] >= 0.5 and sum(confidences.values()) == pytest.approx(1.0)
+    assert lora["confidences"] != baseline["confidences"], "the second answer must be the trained model's"
     assert "LoRA" in note
 
 
 @needs_minilm
 def test_an_error_keeps_the_session(trained):
     client = trained["client"]
+    review = "Terrible acting and a boring plot."
+    _, before, _ = client.predict(review, api_name="/classify")
     app_error(lambda: client.predict("builtin", None, 400, 20, 20, 42, api_name="/load_data"))
-    _, lora, _ = client.predict("Terrible acting and a boring plot.", api_name="/classify")
-    assert lora["label"] in ("positive", "negative"), "the trained model must survive a failed call"
+    baseline, lora, _ = client.predict(review, api_name="/classify")
+    assert lora == before, "the trained model must survive a failed call"
+    assert lora["confidences"] != baseline["confidences"]  # and it is the trained model, not the baseline
 
 
 @needs_minilm
@@ -225,8 +229,8 @@ def test_stop_training_ends_the_run_early_and_keeps_the_model(client):
     assert details["train"]["stopped"] is True and details["train"]["steps"] < details["train"]["max_steps"]
     assert details["train"]["max_steps"] >= 400  # and as many again at most: the default recipe's sentence windows
     assert "Stopped" in result
-    _, lora, _ = client.predict("What a great film.", api_name="/classify")
-    assert lora["label"] in ("positive", "negative"), "the partly trained model is used"
+    baseline, lora, _ = client.predict("What a great film.", api_name="/classify")
+    assert lora and lora["confidences"] != baseline["confidences"], "the partly trained model is used"
 
 
 @needs_minilm

@@ -56,6 +56,16 @@ def server_session(app, client):
     return next(value for value in values if isinstance(value, SessionData))
 
 
+def assert_the_tuned_models_answer(client, session, review: str):
+    """The app's LoRA answer for `review` is the session's own trained model's, not the baseline's nor another's."""
+    baseline, lora, _ = client.predict(review, api_name="/classify")
+    expected = session.study.classify([review])[1]
+    confidences = {c["label"]: c["confidence"] for c in lora["confidences"]}
+    assert lora["label"] == expected.label_names()[0]
+    assert confidences[lora["label"]] == pytest.approx(expected.confidence[0], abs=1e-6)
+    assert lora["confidences"] != baseline["confidences"]
+
+
 def released(session) -> bool:
     """`session.close()` has run to its end: the flag is set first, the folder is deleted last."""
     return session.closed and session._scratch is None
@@ -125,8 +135,8 @@ def test_two_sessions_training_at_once_see_only_their_own_data_and_results(app, 
         assert Path(session.export_zip).parent == session.scratch_dir()
         with zipfile.ZipFile(session.export_zip) as archive:
             assert f'"n": {n}' in archive.read("lora-adapter/report.json").decode()
-    for client in (one, two):
-        assert client.predict("A wonderful film.", api_name="/classify")[1]["label"] in ("positive", "negative")
+    for client, session in zip((one, two), sessions):  # each answers with its own trained model
+        assert_the_tuned_models_answer(client, session, "A wonderful film.")
 
 
 # 2. Queueing
@@ -182,8 +192,7 @@ def test_stop_ends_the_thread_and_keeps_a_usable_adapter(app, connect):
         archive.extractall(session.scratch_dir() / "unzipped")
     tuned, metadata = load_adapter(session.scratch_dir() / "unzipped" / "lora-adapter")
     assert metadata["model"] == "minilm"
-    _, lora, _ = client.predict("What a great film.", api_name="/classify")
-    assert lora["label"] in ("positive", "negative"), "the partly trained model answers"
+    assert_the_tuned_models_answer(client, session, "What a great film.")  # the partly trained model answers
 
 
 # 4. Disconnect: the run ends and the session's memory is freed
@@ -403,10 +412,11 @@ def test_files_outside_the_apps_own_outputs_are_never_served(app, tmp_path):
         "../../../../../../etc/passwd",
         "..%2F..%2F..%2F..%2Fetc%2Fpasswd",
         str(REPO_ROOT / "app.py"),
-        str(REPO_ROOT / "lora_demo" / "ui" / "state.py"),
+        str(REPO_ROOT / "lora_demo" / "ui" / "session.py"),
         str(IMDB_DIR / "train.parquet"),
         scratch_file,  # a session's own folder: downloads are served from gradio's cached copy only
     ]
+    assert all(Path(probe).is_file() for probe in probes[3:]), "a probe of a file that exists means something"
     for probe in probes:
         for route in ("gradio_api/file=", "file="):
             response = httpx.get(f"{app.url}{route}{probe}", timeout=30)
