@@ -295,7 +295,8 @@ def test_browser_study_preset_downloads_and_trains_t5_small_from_the_hub(hub, tm
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(url)
         page.locator("#header").get_by_text("Data:").wait_for()
-        page.wait_for_function("() => document.querySelector('#header').innerText.includes('Data: hub')")
+        on_the_hub = "() => document.querySelector('#header').innerText.includes('Data: IMDb from the Hugging Face')"
+        page.wait_for_function(on_the_hub)
         open_tab(page, "3. Train LoRA")
         page.get_by_role("button", name="Original study preset").click()
         note = page.locator("#preset-note")
