@@ -104,7 +104,7 @@ def test_click_through_every_tab(page):
 
     open_tab(page, "2. Baseline")
     page.get_by_role("button", name="Evaluate baseline").click()
-    page.get_by_text("Zero-shot minilm").wait_for()
+    page.get_by_text("Zero-shot minilm on 20 test reviews").wait_for()  # the result, not the progress line
     page.get_by_text("Baseline confusion matrix").wait_for()
     screenshot(page, "2-baseline")
 
