@@ -107,6 +107,25 @@ def _help(text: str, **extra) -> dict:
     return {"help": text, **extra}
 
 
+def _check_ranges(settings, whole: tuple[str, ...] = ()) -> None:
+    """Every field with a `minimum` and `maximum` in its metadata (what the sliders and the CLI's help show)
+    lies within them; the fields named in `whole` are whole numbers. An optional field may be left unset.
+
+    Raises:
+        UserError: naming the first field out of range, its range and the value given.
+    """
+    for f in fields(settings):
+        low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
+        value = getattr(settings, f.name)
+        if low is None or (value is None and "None" in str(f.type)):
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+            kind = "a whole number" if f.name in whole else "a number"
+            raise UserError(f"`{f.name}` must be {kind} from {low:g} to {high:g}, got {value!r}")
+        if f.name in whole and int(value) != value:
+            raise UserError(f"`{f.name}` must be a whole number from {low:g} to {high:g}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the reviews come from and how they are split."""
@@ -163,12 +182,7 @@ class LoraSettings:
     )
 
     def __post_init__(self):
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or not 1 <= self.r <= 256:
-            raise UserError(f"`r` must be an integer from 1 to 256, got {self.r!r}")
-        if not 0 < self.alpha <= 512:
-            raise UserError(f"`alpha` must be above 0 and at most 512, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"`dropout` must be at least 0 and below 1, got {self.dropout!r}")
+        _check_ranges(self, whole=("r",))
         if self.target_modules is not None and len(self.target_modules) == 0:
             raise UserError("`target_modules` must name at least one module")
         if self.top_layers is not None and (not isinstance(self.top_layers, int) or self.top_layers < 0):
@@ -249,16 +263,7 @@ class TrainConfig:
     seed: int = field(default=42, metadata=_help("seed of the head's initialisation and of the shuffling"))
 
     def __post_init__(self):
-        for f in fields(self):
-            low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
-            value = getattr(self, f.name)
-            if low is None or (value is None and "None" in str(f.type)):  # an optional field left unset
-                continue
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-                raise UserError(f"`{f.name}` must be from {low:g} to {high:g}, got {value!r}")
-        for name in ("batch_size", "max_length", "logging_steps", "evals_per_epoch"):
-            if int(getattr(self, name)) != getattr(self, name):
-                raise UserError(f"`{name}` must be a whole number, got {getattr(self, name)!r}")
+        _check_ranges(self, whole=("batch_size", "max_length", "logging_steps", "evals_per_epoch"))
 
 
 RECIPES = ("fast", "study")

@@ -92,7 +92,7 @@ def screenshot(page, name: str):
     page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
 
 
-def test_click_through_every_tab(page):
+def test_click_through_every_tab(page, app):
     open_tab(page, "1. Dataset")
     choose_source(page, "The built-in sample")
     for label, value in (("Train reviews", 40), ("Validation reviews", 20), ("Test reviews", 20)):
@@ -143,14 +143,28 @@ def test_click_through_every_tab(page):
     screenshot(page, "4-compare")
 
     open_tab(page, "5. Classify")
-    page.get_by_role("textbox", name="Review").fill("The visuals were stunning, but the story was weak.")
+    review = "The visuals were stunning, but the story was weak."
+    page.get_by_role("textbox", name="Review").fill(review)
     page.get_by_role("button", name="Classify").click()
+    shown = {}
     for block in ("#baseline-label", "#lora-label"):
         answer = page.locator(f"{block} [data-testid=label-output-value]")
         answer.wait_for()
-        assert answer.inner_text().strip() in ("positive", "negative")
         confidence = page.locator(f"{block} meter").first.get_attribute("aria-valuenow")
-        assert 50 <= int(confidence) <= 100, f"{block}: the predicted label's confidence, got {confidence}%"
+        shown[block] = (answer.inner_text().strip(), float(confidence))
+    # each block shows its own model's answer: the zero-shot model's, and a model trained in this server
+    expected = {}
+    for study in trained_studies(app):
+        baseline, tuned = study.classify([review])
+        expected["#baseline-label"] = answer_of(baseline)
+        expected.setdefault("#lora-label", []).append(answer_of(tuned))
+    assert shown["#baseline-label"][0] == expected["#baseline-label"][0]
+    assert shown["#baseline-label"][1] == pytest.approx(expected["#baseline-label"][1], abs=1)
+    assert any(
+        shown["#lora-label"][0] == label and shown["#lora-label"][1] == pytest.approx(confidence, abs=1)
+        for label, confidence in expected["#lora-label"]
+    ), f"the LoRA block shows {shown['#lora-label']}, no trained model's answer: {expected['#lora-label']}"
+    assert shown["#lora-label"] != shown["#baseline-label"], "the LoRA block repeats the baseline's answer"
     for block in ("#baseline-words", "#lora-words"):  # why this label: the review's words, coloured
         page.locator(block).get_by_text("visuals").first.wait_for()
     page.get_by_text("Batch: label a CSV of reviews").click()
@@ -163,6 +177,24 @@ def test_click_through_every_tab(page):
     screenshot(page, "5-classify")
     shots = ("1-dataset", "2-baseline", "3-train", "4-compare", "5-classify")
     assert all((ARTIFACTS / f"{name}.png").stat().st_size > 0 for name in shots)
+
+
+def trained_studies(app):
+    """The studies of the server's sessions that hold a trained LoRA model."""
+    from lora_demo.ui.session import SessionData
+
+    sessions = [
+        value
+        for session in list(app.demo.state_holder.session_data.values())
+        for value in session.state_data.values()
+        if isinstance(value, SessionData)
+    ]
+    return [session.study for session in sessions if session.holds_study and session.study.tuned is not None]
+
+
+def answer_of(predictions) -> tuple[str, float]:
+    """One review's label and its confidence in percent, as the page shows them."""
+    return predictions.label_names()[0], 100 * float(predictions.confidence[0])
 
 
 def check_verdict(text: str, fixed_label: str, n: int):

@@ -49,7 +49,7 @@ def wrong_columns(tmp_path):
         (["train", "--data", "/nonexistent/reviews.csv"], ["does not exist"]),
         (["params", "--model", "gpt2"], ["invalid choice: 'gpt2'", "minilm"]),
         (["train", "--model", "gpt2"], ["invalid choice"]),
-        (["params", "--r", "0"], ["`r` must be an integer from 1 to 256, got 0"]),
+        (["params", "--r", "0"], ["`r` must be a whole number from 1 to 256, got 0"]),
         (["params", "--dropout", "1.5"], ["`dropout`"]),
         (["params", "--r", "eight"], ["invalid int value: 'eight'"]),
         (["train", "--data", "builtin", "--r", "0"], ["`r`"]),
@@ -255,7 +255,7 @@ def test_entry_point_error_has_no_traceback():
         env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(REPO_ROOT)},
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: `r` must be an integer from 1 to 256, got 0"]
+    assert result.stderr.strip().splitlines() == ["error: `r` must be a whole number from 1 to 256, got 0"]
 
 
 def test_params_of_the_two_recipes(capsys):

@@ -1,6 +1,6 @@
 """Settings: the study's defaults, one clear UserError per bad value, and the registry's module checks."""
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 
@@ -17,18 +17,34 @@ from lora_demo.config import (
 )
 
 
-def test_defaults_are_the_fast_recipe_with_the_studys_sizes_and_rank():
-    data, lora, train = DataConfig(), LoraSettings(), TrainConfig()
-    assert (data.train_size, data.val_size, data.test_size) == (500, 200, 1000)
-    assert data.source is None
-    assert (lora.r, lora.alpha, lora.dropout) == (8, 32, 0.0)
-    assert lora.target_modules is None and lora.top_layers is None  # the model's recipe decides
-    assert train.epochs == 3 and train.batch_size == 16 and train.max_length == 256
-    assert train.learning_rate == pytest.approx(1e-3)
-    assert train.model_dropout == 0.0 and train.bf16 is None and train.evals_per_epoch == 1
-    assert train.short_windows == 1.0  # one sentence window per training review, chosen on validation
-    assert field_default(LoraSettings, "r") == 8
-    assert field_range(LoraSettings, "r") == (1, 256)
+def ranged_fields(cls):
+    """(name, minimum, maximum) of each field whose metadata gives a range: what the sliders and the CLI offer."""
+    return [(f.name, *field_range(cls, f.name)) for f in fields(cls) if field_range(cls, f.name)[0] is not None]
+
+
+@pytest.mark.parametrize(
+    ("cls", "name", "low", "high"),
+    [(cls, *ranged) for cls in (LoraSettings, TrainConfig) for ranged in ranged_fields(cls)],
+    ids=lambda value: getattr(value, "__name__", str(value)),
+)
+def test_every_ranged_setting_accepts_its_bounds_and_refuses_past_them(cls, name, low, high):
+    """The ranges the UI and the CLI show are the ranges the settings enforce, whatever the field."""
+    whole = isinstance(field_default(cls, name), int) and not isinstance(field_default(cls, name), bool)
+    step = 1 if whole else max(abs(high - low) * 1e-3, 1e-9)
+    for value in (low, high):
+        assert getattr(cls(**{name: value}), name) == value
+    for value in (low - step, high + step):
+        with pytest.raises(UserError, match=f"`{name}` must be a .* from {low:g} to {high:g}, got"):
+            cls(**{name: value})
+
+
+def test_the_defaults_are_the_fast_recipe_and_lie_in_their_ranges():
+    assert recipe("fast", get_model_spec("minilm")) == (LoraSettings(), TrainConfig())
+    for cls in (LoraSettings, TrainConfig):
+        for name, low, high in ranged_fields(cls):
+            default = field_default(cls, name)
+            assert default is None or low <= default <= high, (cls.__name__, name, default)
+    assert ranged_fields(LoraSettings) and ranged_fields(TrainConfig)
 
 
 def test_study_recipe_is_the_original_lora():
@@ -102,7 +118,7 @@ def test_train_config_refuses_bad_values(kwargs, field_name):
 
 
 def test_train_config_error_names_the_allowed_range():
-    with pytest.raises(UserError, match=r"`learning_rate` must be from 1e-06 to 0\.1, got -0\.5"):
+    with pytest.raises(UserError, match=r"`learning_rate` must be a number from 1e-06 to 0\.1, got -0\.5"):
         TrainConfig(learning_rate=-0.5)
 
 

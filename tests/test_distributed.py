@@ -30,9 +30,23 @@ def test_torchrun_trains_data_parallel_and_saves_one_adapter(tmp_path):
     assert {"adapter_config.json", "adapter_model.safetensors", "lora_demo.json"} <= saved
     assert not [name for name in saved if name.endswith((".bin", ".pt"))]  # the same safetensors format
 
-    predicted = subprocess.run(
-        [sys.executable, "-m", "lora_demo", "predict", "--adapter", str(output), "A wonderful, moving film."],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert predicted.returncode == 0, predicted.stderr
-    assert json.loads(predicted.stdout)["label"] in {"positive", "negative"}
+    review = "A wonderful, moving film."
+
+    def predict(*options):
+        done = subprocess.run(
+            [sys.executable, "-m", "lora_demo", "predict", *options, review],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    # the saved adapter answers, as the same adapter loaded here does, and not as the zero-shot model
+    from lora_demo.study import Study
+
+    study = Study("minilm")
+    study.load_adapter(str(output))
+    _, tuned = study.classify([review])
+    with_adapter, zero_shot = predict("--adapter", str(output)), predict()
+    assert with_adapter["label"] == tuned.label_names()[0]
+    assert with_adapter["confidence"] == pytest.approx(float(tuned.confidence[0]), abs=0.02)
+    assert (with_adapter["label"], with_adapter["confidence"]) != (zero_shot["label"], zero_shot["confidence"])

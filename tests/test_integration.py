@@ -106,3 +106,46 @@ def test_fresh_bundles_are_independent():
     first, second = load_bundle("minilm"), load_bundle("minilm")
     assert first.model is not second.model
     assert (first.model.classifier.weight == second.model.classifier.weight).all()  # seeded head
+
+
+@pytest.mark.slow
+@pytest.mark.native_bf16
+def test_the_cli_study_trains_and_serves_in_bf16_where_native(tmp_path, capsys):
+    """Where bf16 is native every reported figure comes from bf16 training and a bf16 serving copy: the CLI study
+    runs that path (no fp32 stand-in), and its scores are the saved adapter's, reloaded and served again."""
+    import torch
+
+    from lora_demo.study import Models
+
+    seen = {"training": [], "serving": []}
+
+    def record(module, inputs, output):
+        seen["training" if module.training else "serving"].append((torch.is_autocast_enabled("cpu"), output.dtype))
+
+    def loader(name, seed=42):
+        bundle = load_bundle(name, seed=seed)
+        for layer in bundle.model.encoder.encoder.layer:  # the top layers train, the bottom ones are cached
+            layer.attention.self.query.register_forward_hook(record)
+        return bundle
+
+    output, report_file = tmp_path / "adapter", tmp_path / "report.json"
+    code = main(
+        ["train", "--data", "sample", "--train-size", "48", "--val-size", "16", "--test-size", "48", "--seed", "3",
+         "--epochs", "1", "--max-length", "96", "--output", str(output), "--report", str(report_file)],
+        models=Models(loader=loader),
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    report = json.loads(report_file.read_text())
+    steps = report["train"]["steps"]
+    assert steps > 0 and report["train"]["train_loss"] > 0
+    # every step of the LoRA run under bf16 autocast: 3 adapted layers a step (the rungs and the measured
+    # LoRA-vs-full steps after it train without autocast)
+    assert seen["training"][: 3 * steps] == [(True, torch.bfloat16)] * (3 * steps), seen["training"][: 3 * steps]
+    # the zero-shot and tuned serving copies hold bf16 weights: their products are bf16 whether autocast is on or not
+    assert {dtype for _, dtype in seen["serving"]} == {torch.bfloat16}, set(seen["serving"])
+
+    study = Study()  # the saved adapter, loaded and served in bf16 again, gives the report's answers
+    study.load_adapter(output)
+    study.load_data(DataConfig(source="sample", train_size=48, val_size=16, test_size=48, seed=3))
+    assert study.finetuned().metrics["confusion"] == report["finetuned"]["confusion"]

@@ -109,6 +109,23 @@ def rss_mb() -> float:
 # 1. Isolation
 
 
+@pytest.mark.slow
+@pytest.mark.native_bf16
+def test_the_app_trains_and_answers_in_bf16_where_native(app, connect):
+    """As a Space with native bf16 runs: training under bf16 autocast, a bf16 serving copy, and Classify's LoRA
+    answer is that copy's."""
+    import torch
+
+    client = connect()
+    client.predict(*SIZES, api_name="/load_data")
+    _, _, details = client.submit(*SHORT_RUN, api_name="/train").result(timeout=300)
+    assert details["train"]["steps"] == details["train"]["max_steps"] > 0
+    session = server_session(app, client)
+    serving = session.study.tuned.serving.model
+    assert {p.dtype for p in serving.parameters() if p.is_floating_point()} == {torch.bfloat16}
+    assert_the_tuned_models_answer(client, session, "A gripping story, and the cast is superb.")
+
+
 def test_two_sessions_training_at_once_see_only_their_own_data_and_results(app, connect):
     import zipfile
 
