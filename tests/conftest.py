@@ -373,9 +373,12 @@ def _fp32_inference(request, monkeypatch):
     """Inference in float32 on every host: bf16 autocast (the default where a CPU has AMX / AVX-512 BF16) would
     make exact comparisons between batched and single predictions depend on the machine. Tests of the bf16
     path ask for it explicitly, or are marked `native_bf16`: they run as the app does where bf16 is native,
-    and are skipped where it is not (a property of the machine, not something CI can install)."""
+    and are skipped where it is not (a property of the machine, not something CI can install). Tests marked
+    `as_deployed` run as a visitor's app does on this machine, bf16 or not."""
     from lora_demo import inference
 
+    if request.node.get_closest_marker("as_deployed"):
+        return
     if request.node.get_closest_marker("native_bf16"):
         if not inference.fast_bf16():
             pytest.skip("this machine has no native bf16 (AVX-512 BF16, AMX or a CUDA GPU with bf16)")

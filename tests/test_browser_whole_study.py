@@ -53,6 +53,7 @@ def chart_points(page) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.as_deployed
 def test_the_whole_study_at_the_default_sizes_shows_itself_and_ends_on_compare(page):
     page.get_by_role("button", name="Run the whole study").click()
     clicked = time.monotonic()
