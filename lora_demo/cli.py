@@ -217,7 +217,7 @@ def cmd_train(args, models=None) -> int:
     _check_targets(args)
     _print_notes(choice.notes)
     _print_notes(study.load_data(choice.data, fit_to_data=_sizes_not_given(args)).notes)
-    report = study.run(choice.lora, config, choice.recipe, on_event=_log_event)
+    report = study.run(choice.lora, config, choice.recipe, on_event=_print_event)
     if not is_main_process():  # torchrun: rank 0 reports
         return 0
     if args.resources:
@@ -348,10 +348,17 @@ def _sizes_not_given(args) -> bool:
     return not given and not getattr(args, "preset", None)
 
 
-def _log_event(event):
-    from .train import is_main_process
+def _print_event(event):
+    """One line for each step of the study's stream (`Study.steps`) worth a line: the baseline, losses."""
+    from .study import BaselineScored
+    from .train import TrainEvent, is_main_process
 
     if not is_main_process():
+        return
+    if isinstance(event, BaselineScored):
+        metrics = event.evaluation.metrics
+        print(f"zero-shot on {metrics['n']} test reviews: accuracy {metrics['accuracy']:.3f}", flush=True)
+    if not isinstance(event, TrainEvent):
         return
     if event.type == "log":
         print(f"step {event.step:>4}  epoch {event.epoch:.2f}  train loss {event.loss:.4f}", flush=True)

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ASSETS_DIR = REPO_ROOT / "assets"
 LABEL_NAMES = ("negative", "positive")
 METADATA_FILE = "lora_demo.json"  # beside every adapter we save: its base model, settings and training record
 DEFAULT_MAX_LENGTH = 256  # tokens kept per review, head + tail: the one place this default lives
@@ -20,6 +21,13 @@ ModelKind = Literal["encoder", "seq2seq"]
 
 class UserError(ValueError):
     """A mistake the user can fix: shown as one line (CLI exit 2, `gr.Error` in the app), never a traceback."""
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Python's MemoryError, torch's OutOfMemoryError, or the CPU allocator's failure (a plain RuntimeError)."""
+    return (
+        isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(err)
+    )
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import functools
 import re
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -13,7 +12,7 @@ import torch
 
 from .config import DEFAULT_MAX_LENGTH, LABEL_NAMES
 from .data import format_seq2seq
-from .models import ModelBundle, encode_head_tail, label_targets, load_bundle
+from .models import ModelBundle, encode_head_tail, label_targets
 
 UNMAPPED = -1
 
@@ -73,13 +72,14 @@ def length_sorted_batches(encoded: list[list[int]], batch_size: int) -> Iterator
 
 @functools.cache
 def fast_bf16() -> bool:
-    """Whether this machine runs bfloat16 matrix products natively (CUDA, or a CPU with AVX-512 BF16 / AMX).
+    """Whether the device policy's device runs bfloat16 matrix products natively (`compute.device.bf16_native`:
+    a CUDA GPU with bf16, or a CPU with AVX-512 BF16 / AMX).
 
     Elsewhere bf16 is emulated and several times slower than fp32, so it is only a default where it pays.
     """
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    from .compute.device import bf16_native
+
+    return bf16_native()
 
 
 def serving_copy(bundle: ModelBundle) -> ModelBundle:
@@ -98,7 +98,7 @@ def serving_copy(bundle: ModelBundle) -> ModelBundle:
         model = (model if model is not bundle.model else copy.deepcopy(model)).to(torch.bfloat16)
     if model is bundle.model:
         return bundle  # nothing to merge and no native bf16: the model as it is
-    model.eval()
+    model.to(next(bundle.model.parameters()).device).eval()
     return replace(bundle, model=model)
 
 
@@ -117,12 +117,19 @@ def run_batches(bundle: ModelBundle, encoded, batch_size, step, progress=None, b
         for indices in length_sorted_batches(encoded, batch_size):
             batch = bundle.tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt")
             batch = {k: v.to(device) for k, v in batch.items()}
-            for i, result in zip(indices, step(batch)):
+            for i, result in zip(indices, _on_cpu(step(batch))):
                 results[i] = result
             done += len(indices)
             if progress:
                 progress(done, len(encoded))
     return results
+
+
+def _on_cpu(out):
+    """A batch's results on the CPU (from a GPU, one copy per batch), so callers never see the device."""
+    if isinstance(out, torch.Tensor):
+        return out.cpu()
+    return [item.cpu() if isinstance(item, torch.Tensor) else item for item in out]
 
 
 def classify_texts(
@@ -194,22 +201,3 @@ def label_log_probs(model, input_ids, attention_mask, targets: list[list[int]], 
         log_probs = torch.log_softmax(out.logits.float(), dim=-1)
         scores.append(log_probs.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1).sum(dim=-1))
     return torch.stack(scores, dim=-1)
-
-
-class ModelCache:
-    """Untouched models for zero-shot inference, loaded on first use and keyed by registry name.
-
-    Args:
-        loader: loads a fresh registry model by name (`models.load_bundle`; tests give tiny models).
-    """
-
-    def __init__(self, loader: Callable[[str], ModelBundle] = load_bundle):
-        self._loader = loader
-        self._bundles: dict[str, ModelBundle] = {}
-        self._lock = threading.Lock()
-
-    def get(self, name: str) -> ModelBundle:
-        with self._lock:
-            if name not in self._bundles:
-                self._bundles[name] = serving_copy(self._loader(name))
-            return self._bundles[name]

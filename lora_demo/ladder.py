@@ -8,7 +8,6 @@ the encoder frozen, the same epochs and learning-rate schedule: a linear probe o
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -82,26 +81,27 @@ class HeadResult:
 
 @dataclass
 class HeadOnlyModel:
-    """The head-only rung, ready to label reviews.
+    """The head-only rung as plain data, ready to label reviews with its frozen base model.
 
     Attributes:
-        bundle: for encoders, a model with the trained head that `inference.classify_texts` runs like the
-            LoRA model (None for seq2seq, whose probe is not a generating model).
+        max_length: tokens kept per review (head + tail), as in training.
+        head: for encoders, the trained head's `weight` and `bias` (on the CPU), applied to the frozen encoder's
+            unit-length mean-pooled features as the LoRA model's head is.
         probe: for seq2seq, the fitted logistic regression on mean-pooled encoder states.
     """
 
-    base: ModelBundle
     max_length: int
-    bundle: ModelBundle | None = None
+    head: dict | None = None
     probe: object | None = None
 
-    def predict(self, texts: list[str], batch_size: int = 64) -> Predictions:
-        """Label reviews (head + tail of `max_length` tokens, as in training)."""
-        if self.bundle is not None:
-            from .inference import classify_texts
-
-            return classify_texts(self.bundle, list(texts), self.max_length, batch_size)
-        probs = self.probe.predict_proba(t5_encoder_features(self.base, list(texts), self.max_length, batch_size))
+    def predict(self, base: ModelBundle, texts: list[str], batch_size: int = 64) -> Predictions:
+        """Label reviews with the untouched `base` model under this head."""
+        if self.head is not None:
+            features = embed_texts(base, list(texts), self.max_length, batch_size)
+            weight, bias = (self.head[name].to(features.device, torch.float32) for name in ("weight", "bias"))
+            logits = nn.functional.linear(features, weight, bias)
+            return Predictions.from_scores(logits)
+        probs = self.probe.predict_proba(t5_encoder_features(base, list(texts), self.max_length, batch_size))
         return Predictions(
             labels=probs.argmax(axis=1).tolist(), confidence=probs.max(axis=1).tolist(), positive=probs[:, 1].tolist()
         )
@@ -117,8 +117,7 @@ def train_head_only(
     """Train the head-only rung on the same reviews and settings as a LoRA run.
 
     Args:
-        bundle: an untouched registry model (no LoRA); it is not changed (encoders: the returned model is
-            a copy with the trained head, so LoRA can still adapt `bundle` in place afterwards).
+        bundle: an untouched registry model (no LoRA); it is not changed.
         train, val: the LoRA run's training and validation reviews.
         config: the LoRA run's settings: epochs, batch size, learning rate, warm-up, max length, sentence
             windows (`short_windows`), seed.
@@ -153,9 +152,6 @@ def _fit_encoder_head(bundle, train, val, config: TrainConfig, on_event) -> tupl
     history, train_loss, steps = fit_linear_head(
         head, dropout, (features, labels), val_set if len(val) else None, config, on_event
     )
-    model = copy.deepcopy(bundle.model)
-    model.classifier.load_state_dict(head.state_dict())
-    model.eval()
     evals = [e for e in history if e["type"] == "eval"]
     result = HeadResult(
         method=HEAD_METHODS["encoder"],
@@ -167,8 +163,8 @@ def _fit_encoder_head(bundle, train, val, config: TrainConfig, on_event) -> tupl
         trainable=sum(p.numel() for p in head.parameters()),
         history=history,
     )
-    trained = ModelBundle(spec=bundle.spec, model=model, tokenizer=bundle.tokenizer)
-    return HeadOnlyModel(base=bundle, max_length=config.max_length, bundle=trained), result
+    state = {name: value.detach().clone() for name, value in head.state_dict().items()}
+    return HeadOnlyModel(max_length=config.max_length, head=state), result
 
 
 def fit_linear_head(head: nn.Linear, dropout: nn.Module, train_set, val_set, config: TrainConfig, on_event=None):
@@ -243,10 +239,11 @@ def _fit_t5_probe(bundle, train, val, config: TrainConfig) -> tuple[HeadOnlyMode
 
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=config.seed))
     probe.fit(t5_encoder_features(bundle, train["text"].tolist(), config.max_length), train["label"].astype(int))
-    model = HeadOnlyModel(base=bundle, max_length=config.max_length, probe=probe)
+    model = HeadOnlyModel(max_length=config.max_length, probe=probe)
     val_accuracy = None
     if len(val):
-        val_accuracy = float(np.mean(np.array(model.predict(val["text"].tolist()).labels) == val["label"].to_numpy()))
+        predicted = model.predict(bundle, val["text"].tolist()).labels
+        val_accuracy = float(np.mean(np.array(predicted) == val["label"].to_numpy()))
     hidden = bundle.model.config.d_model
     result = HeadResult(
         method=HEAD_METHODS["seq2seq"],

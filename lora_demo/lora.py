@@ -7,13 +7,22 @@ by renames; only a folder of our own files is ever replaced), next to a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import (
+    LoraConfig,
+    PeftModel,
+    TaskType,
+    get_peft_model,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
 from .config import ASSETS_DIR, LABEL_NAMES, METADATA_FILE, LoraSettings, ModelSpec, UserError, get_model_spec
@@ -37,6 +46,17 @@ def build_lora_config(settings: LoraSettings, spec: ModelSpec) -> LoraConfig:
         modules_to_save=["classifier"] if encoder else None,
         task_type=None if encoder else TaskType.SEQ_2_SEQ_LM,
     )
+
+
+def lora_summary(settings: LoraSettings, spec: ModelSpec) -> dict:
+    """The settings as reports and saved adapters keep them, with the modules and layers they adapt in `spec`."""
+    return {
+        "r": settings.r,
+        "alpha": settings.alpha,
+        "dropout": settings.dropout,
+        "target_modules": list(settings.targets_for(spec)),
+        "layers": settings.layers_for(spec) or "all",
+    }
 
 
 def apply_lora(bundle: ModelBundle, settings: LoraSettings) -> ModelBundle:
@@ -138,8 +158,83 @@ def _recorded_files(folder: Path) -> set[str]:
     return {name for name in recorded if isinstance(name, str)}
 
 
+@dataclass(frozen=True, eq=False)
+class AdapterWeights:
+    """A trained adapter as plain data: what crosses a job's process boundary, what a study keeps, what is saved.
+
+    Attributes:
+        model: the registry model it adapts.
+        lora: the settings it was made with (rank, alpha, targets, layers).
+        state: PEFT's saved tensors (`get_peft_model_state_dict`: the LoRA matrices and, for encoders, the
+            classification head), on the CPU: a few hundred KB.
+        peft_config: PEFT's `adapter_config.json` for it, as made where the adapter was trained.
+        key: a hash of the tensors, naming this adapter in caches of serving copies.
+    """
+
+    model: str
+    lora: LoraSettings
+    state: dict[str, torch.Tensor]
+    peft_config: dict
+    key: str
+
+    @classmethod
+    def of(cls, model: str, lora: LoraSettings, state: dict[str, torch.Tensor], peft_config: dict) -> AdapterWeights:
+        state = {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in state.items()}
+        digest = hashlib.sha256(model.encode())
+        for name in sorted(state):
+            digest.update(name.encode())
+            digest.update(state[name].float().numpy().tobytes())
+        return cls(model, lora, state, peft_config, digest.hexdigest()[:16])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(tensor.numel() * tensor.element_size() for tensor in self.state.values())
+
+
+def adapter_weights(bundle: ModelBundle, lora: LoraSettings) -> AdapterWeights:
+    """The adapter of a PEFT-wrapped `bundle` as plain tensors."""
+    return AdapterWeights.of(bundle.spec.name, lora, _state_dict(bundle), _config_dict(bundle))
+
+
+def _state_dict(bundle: ModelBundle) -> dict[str, torch.Tensor]:
+    # the embeddings are never adapted: no look-up of the base model's files to check for a changed vocabulary
+    return get_peft_model_state_dict(bundle.model, save_embedding_layers=False)
+
+
+def _config_dict(bundle: ModelBundle) -> dict:
+    config = {**bundle.model.peft_config["default"].to_dict(), "inference_mode": True}
+    if bundle.spec.source != "bundled":
+        config["base_model_name_or_path"] = bundle.spec.source
+    return json.loads(json.dumps(config, default=sorted))  # sets as lists
+
+
+def attach(bundle: ModelBundle, weights: AdapterWeights) -> ModelBundle:
+    """`bundle` (a fresh, unwrapped model) with `weights`' adapter in place, for prediction or measuring.
+
+    Raises:
+        UserError: the weights belong to another model.
+    """
+    if weights.model != bundle.spec.name:
+        raise UserError(f"this adapter belongs to {weights.model}, not {bundle.spec.name}")
+    adapted = apply_lora(bundle, weights.lora)
+    device = next(bundle.model.parameters()).device
+    result = set_peft_model_state_dict(adapted.model, {k: v.to(device) for k, v in weights.state.items()})
+    missing = [name for name in getattr(result, "unexpected_keys", []) if "lora_" in name]
+    if missing:
+        raise UserError(f"the adapter's tensors do not fit {bundle.spec.name}: {', '.join(missing[:3])}")
+    adapted.model.eval()
+    return adapted
+
+
 def save_adapter(bundle: ModelBundle, output_dir: str | Path, metadata: dict) -> Path:
-    """Write the adapter (safetensors) and its metadata into a new folder, then swap it into place.
+    """Write a PEFT-wrapped bundle's adapter (see `save_weights`), with its tokenizer."""
+    weights = AdapterWeights(bundle.spec.name, LoraSettings(), _state_dict(bundle), _config_dict(bundle), key="")
+    return save_weights(weights, output_dir, metadata, tokenizer=bundle.tokenizer)
+
+
+def save_weights(weights: AdapterWeights, output_dir: str | Path, metadata: dict, tokenizer=None) -> Path:
+    """Write the adapter (safetensors, PEFT's `adapter_config.json`) and its metadata into a new folder, then
+    swap it into place. No model is needed: PEFT loads the folder onto the base model (`PeftModel.from_pretrained`).
 
     The adapter is written into a staging folder beside `output_dir`; an existing `output_dir` is replaced
     only when it is an adapter folder this project wrote (see `check_adapter_target`): it is renamed aside,
@@ -148,21 +243,36 @@ def save_adapter(bundle: ModelBundle, output_dir: str | Path, metadata: dict) ->
     Raises:
         UserError: `output_dir` is a file or a folder of someone else's files (left untouched).
     """
+    from safetensors.torch import save_file
+
     output_dir = check_adapter_target(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-new-", dir=output_dir.parent))
     try:
-        bundle.model.save_pretrained(staging, safe_serialization=True)
-        bundle.tokenizer.save_pretrained(staging)
+        (staging / "adapter_config.json").write_text(json.dumps(weights.peft_config, indent=2, sort_keys=True))
+        state = {name: tensor.contiguous() for name, tensor in weights.state.items()}
+        save_file(state, staging / "adapter_model.safetensors", metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
         files = sorted({p.name for p in staging.iterdir()} | {METADATA_FILE})
         (staging / METADATA_FILE).write_text(
-            json.dumps({"model": bundle.spec.name, **metadata, "files": files}, indent=2)
+            json.dumps({"model": weights.model, **metadata, "files": files}, indent=2)
         )
         _swap_into_place(staging, check_adapter_target(output_dir))  # checked again: it may have changed meanwhile
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output_dir
+
+
+def read_weights(adapter_dir: str | Path, lora: LoraSettings) -> AdapterWeights:
+    """The tensors of a saved adapter folder (checked by `read_adapter_metadata` first), as `AdapterWeights`."""
+    from safetensors.torch import load_file
+
+    folder = Path(adapter_dir)
+    metadata = read_adapter_metadata(folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    return AdapterWeights.of(metadata["model"], lora, load_file(folder / "adapter_model.safetensors"), config)
 
 
 def _swap_into_place(staging: Path, output_dir: Path) -> None:

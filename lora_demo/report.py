@@ -35,6 +35,8 @@ class Report:
         short_reviews: the hand-written short reviews scored by each model, or why they were left out.
         resources: LoRA vs full fine-tuning, measured (`resources.measure`), when asked for.
         update_norms, projection: where the adapter changed the model and how the reviews moved, when computed.
+        runtime: where the compute ran: `device`, `device_name`, `dtype` (of training's products), `runner` and
+            `jobs_in_workers` (how many jobs crossed a process boundary: ZeroGPU, or its stand-in).
         adapter: the folder the adapter was saved to.
     """
 
@@ -56,6 +58,7 @@ class Report:
     resources: dict | None = None
     update_norms: list | None = None
     projection: dict | None = None
+    runtime: dict | None = None
     adapter: str | None = None
 
     def to_dict(self) -> dict[str, Any]:

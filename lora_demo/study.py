@@ -1,22 +1,25 @@
-"""The study as one API, under the CLI and every tab of the app.
+"""The study as one API, under the CLI and every tab of the app: state and orchestration, no models.
 
 load data -> zero-shot baseline -> train LoRA (a job that streams its events and can be stopped) -> evaluate ->
 compare (the ladder, significance, short reviews) -> report / save / export.
 
-A `Study` holds the split, the session's models and what each trained model trained and validated on, so that
-no front end can score a model on reviews it has seen. The CLI runs it start to end (`run`); the app keeps one per
-session and calls one step per click.
+A `Study` holds the split, what each trained model trained and validated on (so that no front end can score a
+model on reviews it has seen), the trained adapter's weights, the scores and the runs. Every piece of work that
+needs the accelerator is a pure job (`compute.jobs`) that `Models.runner` runs in this process or in a ZeroGPU
+worker; the study only keeps what comes back. `steps()` is the whole study as one stream of typed events, which
+the CLI prints and the app lays out; the app keeps one study per session and calls one step per click.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
+from .compute.models import ModelRef, register_loader
+from .compute.stop import StopFlag
 from .config import (
     DEFAULT_MAX_LENGTH,
     DEFAULT_MODEL,
@@ -29,7 +32,8 @@ from .config import (
     get_preset,
 )
 from .data import NAMED_SOURCES, SplitRecord, Splits, describe_source, load_splits, review_hash, trained_on
-from .inference import ModelCache, Predictions, classify_texts, serving_copy
+from .inference import Predictions
+from .lora import AdapterWeights
 from .metrics import evaluate_predictions
 from .models import ModelBundle, load_bundle
 from .report import Report, head_only_sentence, train_summary
@@ -51,38 +55,42 @@ class Evaluation:
 
 @dataclass
 class TunedModel:
-    """A LoRA-adapted model with what it needs to predict, be saved, be reported and be checked.
+    """A trained LoRA adapter as the study keeps it: its weights and what it needs to be scored, saved, reported
+    and checked. No model: the jobs make one from the weights where they run.
 
     Attributes:
-        adapter: the PEFT-wrapped model, adapter kept separate (saved and exported as such).
-        serving: a merged copy for prediction (`inference.serving_copy`).
+        weights: the adapter's tensors and settings (`lora.AdapterWeights`).
+        kind: the model's kind (`encoder` or `seq2seq`).
         trained_on: what it trained and validated on.
         result: the training run's figures; None for an adapter loaded from disk.
         saved_report: the report it was saved with, for an adapter loaded from disk.
+        runtime: where it trained (`compute.device.runtime`); None for an adapter loaded from disk.
     """
 
-    adapter: ModelBundle
-    serving: ModelBundle
+    weights: AdapterWeights
+    kind: str
     lora: LoraSettings
+    summary: dict  # `lora_summary` as where it trained: r, alpha, dropout, the modules and layers it adapts
     config: TrainConfig
     recipe: str
     trained_on: SplitRecord
     result: TrainResult | None = None
     saved_report: dict | None = None
+    runtime: dict | None = None
     train_frames: tuple[pd.DataFrame, pd.DataFrame] | None = None  # (train, val), for the rungs trained alike
-    head_only: object | None = None  # the ladder's head-only model on the same reviews, trained on first use
+    head_only: object | None = None  # the ladder's head-only rung (`ladder.HeadOnlyModel`), trained on first use
     head_result: object | None = None
 
     @property
     def name(self) -> str:
-        return self.adapter.spec.name
+        return self.weights.model
 
     def metadata(self) -> dict:
         """What `lora_demo.json` keeps beside the adapter weights."""
         return {
-            "kind": self.adapter.spec.kind,
+            "kind": self.kind,
             "recipe": self.recipe,
-            "lora": lora_summary(self.lora, self.adapter),
+            "lora": self.summary,
             "train_config": asdict(self.config),
             "trained_on": self.trained_on.to_dict(),
         }
@@ -107,50 +115,72 @@ class RunRecord:
     history: list[dict]
 
 
-def lora_summary(settings: LoraSettings, bundle: ModelBundle) -> dict:
-    return {
-        "r": settings.r,
-        "alpha": settings.alpha,
-        "dropout": settings.dropout,
-        "target_modules": list(settings.targets_for(bundle.spec)),
-        "layers": settings.layers_for(bundle.spec) or "all",
-    }
-
-
 def texts_fingerprint(texts) -> str:
     return review_hash("\n".join(review_hash(text) for text in texts))
 
 
 class Models:
-    """Where a study gets its models: shared untouched copies for zero-shot answers, fresh copies to train.
+    """Where a study's jobs get their models and where the jobs run.
 
     Args:
-        zero_shot: cache of untouched serving copies, shared read-only (the app shares one between sessions).
-        loader: loads a fresh registry model by name and seed (`models.load_bundle`; tests give tiny models).
+        loader: loads a fresh registry model by name and seed (`models.load_bundle`; tests give tiny models). The
+            jobs name it (`compute.models.register_loader`), never carry it.
         check: raises the UserError loading a model would raise, without loading it (`models.check_available`).
         fetch: downloads a model's files ahead of loading, reporting bytes (`models.download_model`); with a
             loader of one's own, nothing by default.
+        runner: where jobs run (`compute.runner.runner()`: this process, or ZeroGPU workers).
     """
 
     def __init__(
         self,
-        zero_shot: ModelCache | None = None,
         loader: Callable[..., ModelBundle] = load_bundle,
         check: Callable[[ModelSpec], None] | None = None,
         fetch: Callable[..., None] | None = None,
+        runner=None,
     ):
+        from .compute.runner import runner as default_runner
         from .models import check_available, download_model
 
-        self.loader = loader
-        self.cache = zero_shot or ModelCache(loader=lambda name: loader(name))
+        self.loader = register_loader(loader)
         self.check = check or check_available
         self.fetch = fetch or (download_model if loader is load_bundle else (lambda name, progress=None: None))
+        self.runner = runner or default_runner()
 
-    def zero_shot(self, name: str) -> ModelBundle:
-        return self.cache.get(name)
+    def ref(self, name: str) -> ModelRef:
+        return ModelRef(name, self.loader)
 
-    def fresh(self, name: str, seed: int) -> ModelBundle:
-        return self.loader(name, seed=seed)
+
+@dataclass
+class DataReady:
+    """The study's data is loaded (`notes`: what is worth telling the user about it)."""
+
+    splits: Splits
+    notes: list[str]
+
+
+@dataclass
+class BaselineScored:
+    """The zero-shot model has answered on the test reviews."""
+
+    evaluation: Evaluation
+
+
+@dataclass
+class Trained:
+    """A training run ended (finished or stopped) and its model is the study's LoRA model."""
+
+    tuned: TunedModel
+
+
+@dataclass
+class Compared:
+    """The LoRA model is scored on the test reviews and compared with the ladder: the study's report."""
+
+    evaluation: Evaluation
+    report: Report
+
+
+StudyEvent = DataReady | BaselineScored | TrainEvent | Trained | Compared
 
 
 class Study:
@@ -158,7 +188,7 @@ class Study:
 
     Args:
         model_name: the registry model to study.
-        models: where models come from (default: the registry, loaded on first use).
+        models: where models come from and where jobs run (default: the registry, loaded on first use).
     """
 
     def __init__(self, model_name: str = DEFAULT_MODEL, models: Models | None = None):
@@ -168,14 +198,29 @@ class Study:
         self.tuned: TunedModel | None = None
         self.runs: list[RunRecord] = []
         self.resources: dict | None = None
+        self.jobs_in_workers = 0  # jobs that crossed a process boundary (ZeroGPU, or its stand-in)
         self._scores: dict[tuple, Evaluation | dict] = {}  # keyed by (what, model, max_length, reviews): computed once
-        self._job = None  # the running TrainingJob, if any
+        self._stop: StopFlag | None = None  # the running training's stop request, if any
+        self._busy = False  # a run is training or being scored: the data must not change under it
+
+    # --- jobs -------------------------------------------------------------------------------------------------
+
+    def _run(self, job: str, *args, progress=None, **kwargs):
+        """Run a compute job where the study's runner runs jobs; count it if it crossed a process boundary."""
+        runner = self.models.runner
+        self.jobs_in_workers += runner.in_workers
+        return runner.call(job, *args, progress=progress, **kwargs)
+
+    def _ref(self, name: str | None = None) -> ModelRef:
+        return self.models.ref(name or self.model_name)
 
     # --- data -------------------------------------------------------------------------------------------------
 
     @property
     def training(self) -> bool:
-        return self._job is not None and self._job.running
+        """Whether a training job of this study is running (it may be stopping)."""
+        stop = self._stop
+        return stop is not None and not stop.finished()
 
     def load_data(
         self,
@@ -193,10 +238,10 @@ class Study:
             progress: called with (bytes done, bytes in all) while the Hub's IMDb downloads.
 
         Raises:
-            UserError: while a training run of this study is going (it trains on the current split), or for any
+            UserError: while a run of this study is training or being scored (on the current split), or for any
                 problem with the source or the sizes.
         """
-        if self.training:
+        if self._busy:
             raise UserError("a training run is going on this data: wait for it to finish or press Stop, then load")
         splits = load_splits(config, fit_to_data=fit_to_data, progress=progress)
         self.splits = replace(splits, source=shown_as) if shown_as else splits
@@ -251,15 +296,13 @@ class Study:
         self, frame: pd.DataFrame | None = None, max_length: int = DEFAULT_MAX_LENGTH, progress: Progress | None = None
     ) -> Evaluation:
         """The untouched model's zero-shot answers on `frame` (default: the test reviews), computed once."""
-        from .baseline import zero_shot_predict
-
         frame = self._test_frame() if frame is None else frame
-        bundle = self.models.zero_shot(self.model_name)
         report = _reporter(progress, f"Zero-shot {self.model_name} on {len(frame)} reviews")
+        ref = self._ref()
         return self._score(
             ("baseline", self.model_name, max_length),
             frame,
-            lambda texts: zero_shot_predict(bundle, texts, max_length=max_length, progress=report),
+            lambda texts: self._run("zero_shot", ref, texts, max_length, progress=report),
         )
 
     def finetuned(self, frame: pd.DataFrame | None = None, progress: Progress | None = None) -> Evaluation:
@@ -272,10 +315,11 @@ class Study:
         frame = self._test_frame() if frame is None else frame
         tuned.trained_on.check_unseen(frame["text"])
         report = _reporter(progress, f"The LoRA model on {len(frame)} reviews")
+        max_length, ref = tuned.config.max_length, self._ref(tuned.name)
         return self._score(
-            ("finetuned", id(tuned), tuned.config.max_length),
+            ("finetuned", tuned.weights.key, max_length),
             frame,
-            lambda texts: classify_texts(tuned.serving, texts, max_length=tuned.config.max_length, progress=report),
+            lambda texts: self._run("score", ref, tuned.weights, texts, max_length, progress=report),
         )
 
     def tfidf(self, frame: pd.DataFrame | None = None) -> Evaluation | None:
@@ -294,19 +338,17 @@ class Study:
     def head_only(self, frame: pd.DataFrame | None = None, progress: Progress | None = None) -> Evaluation | None:
         """The same head trained with the model frozen, on the LoRA model's training reviews and settings, on
         `frame`; None for a saved adapter."""
-        from .ladder import train_head_only
-
         tuned = self._require_tuned()
         if tuned.train_frames is None:
             return None
         frame = self._test_frame() if frame is None else frame
         tuned.trained_on.check_unseen(frame["text"])
+        ref = self._ref(tuned.name)
         if tuned.head_only is None:
             if progress:
                 progress("Training the head alone on the same reviews", 0, 1)
-            base = self.models.zero_shot(tuned.name)
-            tuned.head_only, tuned.head_result = train_head_only(base, *tuned.train_frames, tuned.config)
-        return self._score(("head_only",), frame, tuned.head_only.predict)
+            tuned.head_only, tuned.head_result = self._run("head_only", ref, *tuned.train_frames, tuned.config)
+        return self._score(("head_only",), frame, lambda texts: self._run("score_head", ref, tuned.head_only, texts))
 
     def short_reviews(self) -> dict:
         """Every rung on the hand-written short reviews ("reviews like the ones you type"), or why not."""
@@ -337,65 +379,86 @@ class Study:
 
     # --- training ---------------------------------------------------------------------------------------------
 
-    def train(
-        self,
-        lora: LoraSettings,
-        config: TrainConfig,
-        recipe: str = "fast",
-        on_event: Callable[[TrainEvent], None] | None = None,
-        stop_event: threading.Event | None = None,
-    ) -> TunedModel:
-        """Train LoRA on the study's training reviews (in this thread) and make it the study's LoRA model.
+    def train_steps(
+        self, lora: LoraSettings, config: TrainConfig, recipe: str = "fast"
+    ) -> Iterator[TrainEvent | Trained]:
+        """Train LoRA on the study's training reviews, yielding each `TrainEvent` as it happens, then `Trained`
+        once the new model is the study's LoRA model. `stop_training` ends it after the current step, keeping what
+        was trained; closing the generator ends it too (and keeps nothing).
 
         Raises:
-            UserError: for settings that do not fit the model, or with no data loaded.
+            UserError: while another run of this study is going, for settings that do not fit the model, or with
+                no data loaded.
         """
-        from .train import train_lora
-
+        if self.training:
+            raise UserError("a training run is already going: wait for it or press Stop")
         splits, name = self._check_training(lora)
-        bundle = self.models.fresh(name, seed=config.seed)
-        adapter, result = train_lora(
-            bundle, splits.train, splits.val, lora, config, on_event=on_event, stop_event=stop_event
-        )
-        tuned = TunedModel(adapter, serving_copy(adapter), lora, config, recipe, trained_on(splits), result)
-        tuned.train_frames = (splits.train, splits.val)
-        return self._use(tuned)
+        runner, ref = self.models.runner, self._ref(name)
+        self._stop = stop = StopFlag()
+        try:
+            args = (ref, splits.train, splits.val, lora, config)
+            self.jobs_in_workers += runner.in_workers
+            for event in runner.stream("train", *args, stop=stop, seconds=runner.budget("train", *args)):
+                if isinstance(event, TrainEvent):
+                    yield event
+                    continue
+                tuned = TunedModel(
+                    weights=event.weights,
+                    kind=get_model_spec(name).kind,
+                    lora=lora,
+                    summary=event.summary,
+                    config=config,
+                    recipe=recipe,
+                    trained_on=trained_on(splits),
+                    result=event.result,
+                    runtime=event.runtime,
+                    train_frames=(splits.train, splits.val),
+                )
+                self._use(tuned)
+                yield Trained(tuned)
+        finally:
+            stop.clear()
+            self._stop = None
+
+    def train(self, lora: LoraSettings, config: TrainConfig, recipe: str = "fast", on_event=None) -> TunedModel:
+        """`train_steps` to its end, handing each `TrainEvent` to `on_event`; returns the new LoRA model."""
+        for event in self.train_steps(lora, config, recipe):
+            if isinstance(event, Trained):
+                return event.tuned
+            if on_event:
+                on_event(event)
+        raise UserError("the training run ended without a model")
 
     def _use(self, tuned: TunedModel) -> TunedModel:
-        """Make `tuned` the study's LoRA model; scores of the previous one are forgotten."""
+        """Make `tuned` the study's LoRA model; the previous one's scores and serving copies are forgotten."""
         self._scores = {key: value for key, value in self._scores.items() if key[0] == "baseline"}
+        self.release()
         self.tuned = tuned
         return tuned
 
-    def start_training(self, lora: LoraSettings, config: TrainConfig, recipe: str = "fast", stop_event=None):
-        """`train` in a thread of its own: returns the `jobs.TrainingJob`, whose events stream as it trains.
+    def release(self) -> None:
+        """Let this process drop the LoRA model's serving copies (the study is closing or replacing it)."""
+        from .compute.models import release
 
-        Raises:
-            UserError: while another run of this study is going, or for settings that do not fit the model.
-        """
-        from .jobs import TrainingJob
-
-        if self.training:
-            raise UserError("a training run is already going: wait for it or press Stop")
-        self._check_training(lora)
-        self._job = TrainingJob(
-            lambda on_event, stop: self.train(lora, config, recipe, on_event, stop),
-            name=f"lora-train-{self.model_name}",
-            stop_event=stop_event,
-        )
-        return self._job.start()
+        if self.tuned is not None and not self.models.runner.in_workers:
+            release(self.tuned.weights)
 
     def stop_training(self, wait: float | None = None) -> bool:
-        """Ask the running job, if any, to end after its current step; returns whether one was running.
+        """Ask the running training, if any, to end after its current step; returns whether one was running.
 
         Args:
             wait: seconds to wait for it to end (it ends after its current step); default: do not wait.
         """
-        if not self.training:
+        stop = self._stop
+        if stop is None or stop.finished():
             return False
-        self._job.stop()
+        stop.set()
         if wait:
-            self._job.join(timeout=wait)
+            import time
+
+            deadline = time.monotonic() + wait
+            while self.training and time.monotonic() < deadline:
+                time.sleep(0.05)
         return True
 
     def _check_training(self, lora: LoraSettings) -> tuple[Splits, str]:
@@ -408,7 +471,7 @@ class Study:
         return self.splits, spec.name
 
     def finish_run(self, progress: Progress | None = None) -> tuple[Evaluation, Report]:
-        """After a training job: score the new LoRA model on the test reviews, keep the run, and report."""
+        """After a training run: score the new LoRA model on the test reviews, keep the run, and report."""
         evaluation = self.finetuned(progress=progress)
         self.record_run(evaluation)
         return evaluation, self.report(progress=progress)
@@ -421,7 +484,7 @@ class Study:
             name=f"run {len(self.runs) + 1}: r {tuned.lora.r}, {tuned.recipe}",
             model=tuned.name,
             recipe=tuned.recipe,
-            lora=lora_summary(tuned.lora, tuned.adapter),
+            lora=tuned.summary,
             config=tuned.config,
             trainable=result.params["trainable"],
             seconds=round(result.seconds, 1),
@@ -435,6 +498,54 @@ class Study:
         self.runs.append(run)
         del self.runs[:-MAX_RUNS]
         return run
+
+    # --- the whole study --------------------------------------------------------------------------------------
+
+    def steps(
+        self,
+        lora: LoraSettings,
+        config: TrainConfig,
+        recipe: str = "fast",
+        with_baseline: bool = True,
+        progress: Progress | None = None,
+    ) -> Iterator[StudyEvent]:
+        """The whole study as one stream: the data (loaded, else the default), the zero-shot baseline, training,
+        then the comparison. The CLI prints these events, the app lays them out (the Train tab starts at training:
+        `with_baseline=False`).
+
+        Yields:
+            `DataReady`, `BaselineScored`, each `TrainEvent`, `Trained`, then `Compared`.
+
+        Raises:
+            UserError: for settings that do not fit the model, a model that cannot load, or a failed step.
+        """
+        self._check_settings(lora)
+        notes = self.ensure_data()
+        yield DataReady(self.splits, notes)
+        if with_baseline:
+            yield BaselineScored(self.baseline(max_length=config.max_length, progress=progress))
+        self._busy = True
+        try:
+            yield from self.train_steps(lora, config, recipe)
+            evaluation, report = self.finish_run(progress=progress)
+        finally:
+            self._busy = False
+        yield Compared(evaluation, report)
+
+    def run(self, lora: LoraSettings, config: TrainConfig, recipe: str = "fast", on_event=None) -> Report:
+        """`steps` start to end, on the loaded data; each event goes to `on_event`. Returns the report."""
+        for event in self.steps(lora, config, recipe):
+            if on_event:
+                on_event(event)
+            if isinstance(event, Compared):
+                return event.report
+        raise UserError("the study ended without a comparison")
+
+    def _check_settings(self, lora: LoraSettings) -> None:
+        spec = self.spec
+        lora.targets_for(spec)
+        lora.layers_for(spec)
+        self.check_model()
 
     # --- compare, report, save --------------------------------------------------------------------------------
 
@@ -458,9 +569,9 @@ class Study:
         changes = self.changes(progress)
         return Report(
             model=tuned.name,
-            model_kind=tuned.adapter.spec.kind,
+            model_kind=tuned.kind,
             data=self.splits.summary(),
-            lora=lora_summary(tuned.lora, tuned.adapter),
+            lora=tuned.summary,
             train_config=asdict(tuned.config),
             params=result.params if result else saved.get("params", {}),
             train=train_summary(result) if result else saved.get("train", {}),
@@ -475,23 +586,30 @@ class Study:
             resources=self.resources,
             update_norms=changes["update_norms"],
             projection=changes["projection"],
+            runtime=self.runtime(),
         )
+
+    def runtime(self) -> dict:
+        """Where the compute ran (the LoRA model's training; the saved report's for a loaded adapter) and how many
+        jobs crossed a process boundary."""
+        tuned = self._require_tuned()
+        trained = tuned.runtime or (tuned.saved_report or {}).get("runtime") or {}
+        where = {key: trained.get(key) for key in ("device", "device_name", "dtype")}
+        return {**where, "runner": self.models.runner.name, "jobs_in_workers": self.jobs_in_workers}
 
     def changes(self, progress: Progress | None = None) -> dict:
         """Where the LoRA model's adapter changed the model, and the test reviews before / after on one 2-D map
         (`anatomy.measure_changes`: two more passes over the test reviews), computed once per model and test set.
         """
-        from .anatomy import measure_changes
-
         tuned, test = self._require_tuned(), self._test_frame()
-        key = ("finetuned", "changes", id(tuned), tuned.config.max_length, texts_fingerprint(test["text"]))
+        key = ("finetuned", "changes", tuned.weights.key, tuned.config.max_length, texts_fingerprint(test["text"]))
         if key not in self._scores:  # "finetuned" first: forgotten with the model's scores when it is replaced
-            self._scores[key] = measure_changes(
-                self.models.zero_shot(tuned.name),
-                tuned.adapter,
+            self._scores[key] = self._run(
+                "changes",
+                self._ref(tuned.name),
+                tuned.weights,
                 test["text"].tolist(),
                 tuned.config.max_length,
-                serving=tuned.serving,
                 progress=_reporter(progress, f"Measuring how the {len(test)} test reviews moved"),
             )
         return self._scores[key]
@@ -509,13 +627,13 @@ class Study:
         return notes
 
     def save(self, output_dir: str | Path, report: Report | None = None) -> Path:
-        """Write the LoRA model's adapter (safetensors), its metadata and, if given, the report beside it."""
+        """Write the LoRA model's adapter (safetensors, PEFT's config), its metadata and, if given, the report."""
         import json
 
-        from .lora import save_adapter
+        from .lora import save_weights
 
         tuned = self._require_tuned()
-        folder = save_adapter(tuned.adapter, output_dir, tuned.metadata())
+        folder = save_weights(tuned.weights, output_dir, tuned.metadata())
         if report is not None:
             report.adapter = str(folder)
             (folder / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
@@ -532,54 +650,53 @@ class Study:
         """Make a saved adapter the study's LoRA model (and its model the study's model).
 
         Raises:
-            UserError: for a folder that is not one of our adapters, or one saved without its training record.
+            UserError: for a folder that is not one of our adapters, one saved without its training record, or one
+                whose tensors do not fit its model.
         """
         import json
 
-        from .lora import load_adapter, read_adapter_metadata
+        from .lora import read_adapter_metadata, read_weights
 
         metadata = read_adapter_metadata(folder)
-        adapter, metadata = load_adapter(folder, base=self.models.fresh(metadata["model"], seed=0))
         if "trained_on" not in metadata:
             raise UserError(
                 f"{Path(folder).name} does not record which reviews it trained on (saved by an older version), so "
                 "it cannot be scored honestly: train it again"
             )
+        spec = get_model_spec(metadata["model"])
+        lora = LoraSettings(**_lora_fields(metadata["lora"]))
         report_file = Path(folder) / "report.json"
         saved = json.loads(report_file.read_text()) if report_file.is_file() else None
-        self._use(
-            TunedModel(
-                adapter=adapter,
-                serving=serving_copy(adapter),
-                lora=LoraSettings(**_lora_fields(metadata["lora"])),
-                config=TrainConfig(**metadata["train_config"]),
-                recipe=metadata.get("recipe", "fast"),
-                trained_on=SplitRecord.from_dict(metadata["trained_on"]),
-                saved_report=saved,
-            )
+        tuned = TunedModel(
+            weights=read_weights(folder, lora),
+            kind=spec.kind,
+            lora=lora,
+            summary=metadata["lora"],
+            config=TrainConfig(**metadata["train_config"]),
+            recipe=metadata.get("recipe", "fast"),
+            trained_on=SplitRecord.from_dict(metadata["trained_on"]),
+            saved_report=saved,
         )
-        self.model_name = adapter.spec.name
+        self._run("classify", self._ref(spec.name), tuned.weights, ["a check that the adapter loads"])
+        self._use(tuned)
+        self.model_name = spec.name
         return self.tuned
 
     # --- your own reviews --------------------------------------------------------------------------------------
 
     def classify(self, texts: list[str]) -> tuple[Predictions, Predictions | None]:
-        """The zero-shot answers and, once there is a LoRA model, its answers, for the same texts."""
-        from .baseline import zero_shot_predict
-
-        baseline = zero_shot_predict(self.models.zero_shot(self.model_name), texts)
-        if self.tuned is None:
-            return baseline, None
-        return baseline, classify_texts(self.tuned.serving, texts, max_length=self.tuned.config.max_length)
+        """The zero-shot answers and, once there is a LoRA model, its answers, for the same texts (one job)."""
+        tuned = self.tuned
+        if tuned is None:
+            return self._run("classify", self._ref(), None, list(texts))
+        return self._run("classify", self._ref(tuned.name), tuned.weights, list(texts), tuned.config.max_length)
 
     def explain(self, text: str) -> list[list[tuple[str, float]]]:
         """Occlusion attributions of `text` for the zero-shot model and, once trained, the LoRA model."""
-        from .explain import word_attributions
-
-        results = [word_attributions(lambda texts: self.classify(texts)[0], text)]
-        if self.tuned is not None:
-            results.append(word_attributions(lambda texts: self.classify(texts)[1], text))
-        return results
+        tuned = self.tuned
+        if tuned is None:
+            return self._run("explain", self._ref(), None, text)
+        return self._run("explain", self._ref(tuned.name), tuned.weights, text, tuned.config.max_length)
 
     def measure_resources(self, lora: LoraSettings, reviews: int = 8, seed: int = 42) -> dict:
         """A few measured steps of LoRA and of full fine-tuning on the same training reviews; kept for the report.
@@ -587,30 +704,14 @@ class Study:
         Raises:
             UserError: with no data loaded, or settings that do not fit the model.
         """
-        from .resources import measure, trainable_by_rank
+        from .resources import trainable_by_rank
 
         splits, name = self._check_training(lora)
         self.resources = {
-            **measure(name, lora, splits.train.head(reviews), seed=seed, loader=self.models.loader),
+            **self._run("resources", self._ref(name), lora, splits.train.head(reviews), seed),
             "trainable_by_rank": trainable_by_rank(name, lora),
         }
         return self.resources
-
-    # --- the whole study --------------------------------------------------------------------------------------
-
-    def run(
-        self,
-        lora: LoraSettings,
-        config: TrainConfig,
-        recipe: str = "fast",
-        on_event: Callable[[TrainEvent], None] | None = None,
-        stop_event: threading.Event | None = None,
-    ) -> Report:
-        """Baseline, training, evaluation and comparison, start to end, on the loaded data."""
-        self._check_training(lora)
-        self.baseline(max_length=config.max_length)
-        self.train(lora, config, recipe, on_event, stop_event)
-        return self.finish_run()[1]
 
 
 def _lora_fields(summary: dict) -> dict:
@@ -635,8 +736,10 @@ def preset_model(name: str, models: Models | None = None) -> tuple[str, str | No
     Raises:
         UserError: for an unknown preset.
     """
+    from .models import check_available
+
     preset = get_preset(name)
-    check = (models or Models()).check
+    check = models.check if models is not None else check_available
     try:
         check(get_model_spec(preset.model))
         return preset.model, None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -243,14 +244,13 @@ def test_closing_the_training_stream_stops_the_run():
     session = SessionData()
     session.study.load_data(DataConfig(source="builtin", train_size=40, val_size=20, test_size=20))
     stream = train(8, 32, 0.1, ["query", "value"], 0, 20, 1e-3, 2, 32, "study", session, progress=lambda *a, **k: None)
-    next(stream)  # the first loss points: the worker is training
+    next(stream)  # the first loss points: the job is training
     assert session.training
-    job = session.study._job
-    stream.close()
-    job.join(timeout=60)
-    assert job.stop_event.is_set() and not session.training
-    result = job.result()
-    assert result.result.stopped and result.result.steps < result.result.max_steps, "the run ended early"
+    started = time.monotonic()
+    stream.close()  # 20 epochs of 40 reviews and their windows: minutes, unless it stops after its current step
+    assert time.monotonic() - started < 30
+    assert not session.training and not [t for t in threading.enumerate() if t.name.startswith("lora-train")]
+    assert session.study.tuned is None  # nobody was left to take the model
 
 
 def test_recipe_choice_sets_the_lora_controls():

@@ -208,7 +208,8 @@ def test_a_parquet_bomb_uploaded_to_the_app_is_refused_in_seconds_and_little_mem
     seconds = time.monotonic() - started
     assert "bomb.parquet holds at least 3,000,000 reviews, more than the limit of 100,000 per split" in message
     print(f"upload refused in {seconds:.1f} s; server RSS {before:.0f} MB before, peak {peak[0]:.0f} MB")
-    assert seconds < 30 and peak[0] - before < 300 and peak[0] < 1500
+    # growth, not the absolute figure: the server shares this process with whatever the suite ran before
+    assert seconds < 30 and peak[0] - before < 300
 
 
 def test_caps_hold_in_every_format(tmp_path):

@@ -7,9 +7,9 @@ from conftest import needs_minilm
 
 from lora_demo.baseline import zero_shot_predict
 from lora_demo.cli import main
+from lora_demo.compute.models import ModelRef, base
 from lora_demo.config import DataConfig
 from lora_demo.data import load_splits
-from lora_demo.inference import ModelCache
 from lora_demo.lora import read_adapter_metadata
 from lora_demo.models import load_bundle
 from lora_demo.study import Study
@@ -21,7 +21,7 @@ METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "per_class", "confusion"
 
 @pytest.mark.needs_data
 def test_zero_shot_on_clear_and_real_reviews(imdb_dir):
-    bundle = ModelCache().get("minilm")
+    bundle = base(ModelRef("minilm"))
     clear = zero_shot_predict(
         bundle, ["This movie was amazing! Wonderful acting.", "Terrible acting and a boring plot, a waste of time."]
     )

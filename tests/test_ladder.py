@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -35,18 +37,21 @@ def test_head_only_trains_the_head_alone_from_the_prototypes(tiny_encoder, toy_r
     model, result = train_head_only(tiny_encoder, train, val, CONFIG, on_event=events.append)
     # the untouched bundle is untouched: LoRA can still adapt it afterwards
     assert torch.equal(tiny_encoder.model.classifier.weight, head_before)
-    trained = model.bundle.model
-    for name, value in trained.encoder.state_dict().items():
+    for name, value in tiny_encoder.model.encoder.state_dict().items():
         assert torch.equal(value, encoder_before[name]), name
-    assert not torch.equal(trained.classifier.weight, head_before)
+    assert not torch.equal(model.head["weight"], head_before)
     assert result.trainable == 2 * 32 + 2
     assert result.steps == 24  # 64 reviews, batches of 8, 3 epochs
     evals = [e for e in events if e.type == "eval"]
     assert [e.epoch for e in evals] == [1.0, 2.0, 3.0] and result.history == [e.to_dict() for e in events]
     assert result.val_accuracy == evals[-1].val_accuracy
-    # the model predicts through classify_texts like the LoRA model, and scores what the history says
-    predictions = model.predict(val["text"].tolist())
-    assert predictions.labels == classify_texts(model.bundle, val["text"].tolist(), max_length=32).labels
+    # the trained head on the frozen model predicts as the LoRA model's classifier would, and scores what the
+    # history says
+    predictions = model.predict(tiny_encoder, val["text"].tolist())
+    with_head = copy.deepcopy(tiny_encoder)
+    with_head.model.classifier.load_state_dict(model.head)
+    assert predictions.labels == classify_texts(with_head, val["text"].tolist(), max_length=32).labels
+    assert predictions.confidence == pytest.approx(classify_texts(with_head, val["text"].tolist(), 32).confidence)
     assert accuracy(predictions.labels, val) == pytest.approx(result.val_accuracy)
     assert "prototypes" in result.method and result.seconds > 0
 
@@ -56,9 +61,9 @@ def test_head_only_starts_as_the_zero_shot_classifier(tiny_encoder, toy_reviews)
     config = TrainConfig(epochs=0.1, learning_rate=1e-6, batch_size=8, max_length=32, warmup_ratio=0.0)
     model, _ = train_head_only(tiny_encoder, train, val, config)
     expected = label_prototypes(tiny_encoder) * SIMILARITY_SCALE
-    assert torch.allclose(model.bundle.model.classifier.weight, expected, atol=1e-3)
+    assert torch.allclose(model.head["weight"], expected, atol=1e-3)
     texts = test["text"].tolist()
-    assert model.predict(texts).labels == zero_shot_predict(tiny_encoder, texts, max_length=32).labels
+    assert model.predict(tiny_encoder, texts).labels == zero_shot_predict(tiny_encoder, texts, max_length=32).labels
 
 
 def test_head_only_follows_the_learning_rate_schedule(tiny_encoder, toy_reviews, monkeypatch):
@@ -91,7 +96,7 @@ def test_head_only_is_seeded(tiny_encoder_factory, toy_reviews):
         train_head_only(tiny_encoder_factory(0), train, val, TrainConfig(**{**vars(CONFIG), "seed": s}))
         for s in (1, 1, 2)
     ]
-    weights = [model.bundle.model.classifier.weight for model, _ in runs]
+    weights = [model.head["weight"] for model, _ in runs]
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
 
 
@@ -99,10 +104,10 @@ def test_seq2seq_head_only_is_a_probe_on_the_frozen_encoder(tiny_t5, toy_reviews
     train, val, test = toy_reviews
     before = {k: v.clone() for k, v in tiny_t5.model.state_dict().items()}
     model, result = train_head_only(tiny_t5, train, val, CONFIG)
-    assert model.bundle is None and "logistic-regression probe" in result.method
-    predictions = model.predict(test["text"].tolist())
+    assert model.head is None and "logistic-regression probe" in result.method
+    predictions = model.predict(tiny_t5, test["text"].tolist())
     assert accuracy(predictions.labels, test) >= 0.9  # the encoder's states carry the deciding word
-    assert result.val_accuracy == pytest.approx(accuracy(model.predict(val["text"].tolist()).labels, val))
+    assert result.val_accuracy == pytest.approx(accuracy(model.predict(tiny_t5, val["text"].tolist()).labels, val))
     assert all(torch.equal(v, before[k]) for k, v in tiny_t5.model.state_dict().items())
     assert result.trainable == 33
 

@@ -1,13 +1,10 @@
 """Models: head + tail tokenisation, the encoder classifier (with and without cached layers), loading, cache."""
 
-import threading
-
 import pytest
 import torch
 
 from lora_demo import models
 from lora_demo.config import UserError
-from lora_demo.inference import ModelCache
 from lora_demo.models import (
     encode_head_tail,
     load_bundle,
@@ -142,30 +139,3 @@ def test_load_bundle_refuses_hub_models_offline(monkeypatch):
 def test_load_bundle_refuses_unknown_models():
     with pytest.raises(UserError, match="unknown model 'bert-large'"):
         load_bundle("bert-large")
-
-
-def test_model_cache_loads_each_name_once(monkeypatch, tiny_t5, tiny_encoder):
-    calls = []
-
-    def fake_load(name):
-        calls.append(name)
-        return {"t5-small": tiny_t5, "minilm": tiny_encoder}[name]
-
-    cache = ModelCache(loader=fake_load)
-    threads = [threading.Thread(target=cache.get, args=("t5-small",)) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert cache.get("t5-small") is tiny_t5
-    assert cache.get("t5-small") is cache.get("t5-small")
-    assert cache.get("minilm") is tiny_encoder
-    assert calls == ["t5-small", "minilm"]
-
-
-def test_model_cache_does_not_keep_failures():
-    cache = ModelCache()
-    with pytest.raises(UserError):
-        cache.get("t5-small")  # offline
-    with pytest.raises(UserError):
-        cache.get("t5-small")  # asked again, not a cached None

@@ -120,9 +120,13 @@ def test_the_app_trains_and_answers_in_bf16_where_native(app, connect):
     client.predict(*SIZES, api_name="/load_data")
     _, _, details = client.submit(*SHORT_RUN, api_name="/train").result(timeout=300)
     assert details["train"]["steps"] == details["train"]["max_steps"] > 0
+    from lora_demo.compute import models
+
     session = server_session(app, client)
-    serving = session.study.tuned.serving.model
+    study = session.study
+    serving = models.tuned(study.models.ref(study.model_name), study.tuned.weights).model  # what Classify runs
     assert {p.dtype for p in serving.parameters() if p.is_floating_point()} == {torch.bfloat16}
+    assert details["runtime"]["dtype"] == "bfloat16" and details["runtime"]["device"] == "cpu"
     assert_the_tuned_models_answer(client, session, "A gripping story, and the cast is superb.")
 
 

@@ -62,9 +62,8 @@ def test_the_app_loads_a_saved_run_for_classify(tmp_path, monkeypatch):
 
     from lora_demo.config import LoraSettings, TrainConfig
     from lora_demo.data import SplitRecord, review_hash
-    from lora_demo.lora import apply_lora, save_adapter
+    from lora_demo.lora import apply_lora, lora_summary, save_adapter
     from lora_demo.models import load_bundle
-    from lora_demo.study import lora_summary
     from lora_demo.ui.classify import classify
     from lora_demo.ui.runs import load_run, run_choices
     from lora_demo.ui.session import SessionData
@@ -72,7 +71,7 @@ def test_the_app_loads_a_saved_run_for_classify(tmp_path, monkeypatch):
     monkeypatch.setenv("LORA_DEMO_RUNS", str(tmp_path))
     bundle = apply_lora(load_bundle("minilm"), LoraSettings())
     metadata = {
-        "lora": lora_summary(LoraSettings(), bundle),
+        "lora": lora_summary(LoraSettings(), bundle.spec),
         "train_config": asdict(TrainConfig()),
         "trained_on": SplitRecord(
             "builtin", 1, {"train": 1, "val": 1}, frozenset({review_hash("A review.")})

@@ -115,30 +115,40 @@ def test_cli_evaluate_on_a_resplit_csv_exits_2_with_one_line(models, toy_csv, tm
     assert code == 2 and len(err.strip().splitlines()) == 1 and "trained and validated on" in err
 
 
-def test_loading_data_while_training_is_refused(models, toy_csv):
+def test_loading_data_while_a_run_trains_or_is_scored_is_refused(models, toy_csv):
+    from lora_demo.study import Compared, Trained
+    from lora_demo.train import TrainEvent
+
     study = Study(models=models)
     study.load_data(csv_config(toy_csv))
-    job = study.start_training(LORA, TrainConfig(epochs=20, batch_size=2, max_length=32, logging_steps=1))
-    next(batch for batch in job.batches(0.05) if batch)  # the run is under way
+    events = study.steps(LORA, TrainConfig(epochs=20, batch_size=2, max_length=32, logging_steps=1))
+    next(event for event in events if isinstance(event, TrainEvent))  # the run is under way
     with pytest.raises(UserError, match="training run is going"):
         study.load_data(csv_config(toy_csv, seed=5))
     with pytest.raises(UserError, match="already going"):
-        study.start_training(LORA, TINY)
-    job.stop()
-    tuned = job.result()
-    assert study.splits.config.seed == 1 and tuned.trained_on.seed == 1
+        next(study.train_steps(LORA, TINY))
+    assert study.stop_training()
+    trained = next(event for event in events if isinstance(event, Trained))
+    with pytest.raises(UserError, match="training run is going"):  # trained, not yet scored: still this split's
+        study.load_data(csv_config(toy_csv, seed=5))
+    assert isinstance(next(events), Compared)
+    assert study.splits.config.seed == 1 and trained.tuned.trained_on.seed == 1
     study.load_data(csv_config(toy_csv, seed=5))  # once it has ended, loading works again
 
 
-def test_stopping_the_job_keeps_the_partly_trained_model(models, toy_csv):
+def test_stopping_the_run_keeps_the_partly_trained_model(models, toy_csv):
+    from lora_demo.study import Trained
+    from lora_demo.train import TrainEvent
+
     study = Study(models=models)
     study.load_data(csv_config(toy_csv))
-    job = study.start_training(LORA, TrainConfig(epochs=20, batch_size=2, max_length=32, logging_steps=1))
-    for batch in job.batches(0.05):
-        if any(event.type == "progress" for event in batch):
-            job.stop()
-    tuned = job.result()
+    for event in study.train_steps(LORA, TrainConfig(epochs=20, batch_size=2, max_length=32, logging_steps=1)):
+        if isinstance(event, TrainEvent) and event.type == "progress":
+            study.stop_training()
+        elif isinstance(event, Trained):
+            tuned = event.tuned
     assert tuned.result.stopped and 0 < tuned.result.steps < tuned.result.max_steps
+    assert not study.training and not study.stop_training()
     assert study.tuned is tuned and study.finetuned().metrics["n"] == 32
 
 

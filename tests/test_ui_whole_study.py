@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from lora_demo.ui.whole_study import score_markdown, time_left
+from lora_demo.ui.train import time_left
+from lora_demo.ui.whole_study import score_markdown
 
 
 def test_time_left_comes_from_the_measured_speed_of_the_steps_so_far():

@@ -11,6 +11,7 @@ import traceback
 import gradio as gr
 
 from ..config import UserError
+from ..config import out_of_memory as out_of_memory
 from .session import SessionData, release_memory
 
 logger = logging.getLogger("lora_demo.ui")
@@ -20,13 +21,6 @@ OUT_OF_MEMORY = (
     "The server ran out of memory for this request. Try again with fewer reviews, a shorter max length or a "
     "smaller batch size; if many people are using the demo, try again in a few minutes."
 )
-
-
-def out_of_memory(err: BaseException) -> bool:
-    """Python's MemoryError, torch's OutOfMemoryError, or the CPU allocator's failure (a plain RuntimeError)."""
-    return (
-        isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(err)
-    )
 
 
 def translate(err: Exception, where: str) -> gr.Error:

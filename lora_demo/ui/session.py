@@ -122,6 +122,7 @@ class SessionData:
         study, self._study = self._study, None
         if study is not None:
             study.stop_training(wait=CLOSE_WAIT_SECONDS)  # it stops after its current step
+            study.release()
         del study
         self.export_zip = None
         if self._scratch is not None:

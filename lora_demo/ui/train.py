@@ -7,6 +7,7 @@ from the job's events at most every `REDRAW_SECONDS`. Stop asks the job to end a
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -142,27 +143,53 @@ def running_markdown(name: str, event, seconds: float) -> str:
     )
 
 
-def stream(job, name: str, epochs: float, session: SessionData, progress):
-    """Yield (chart, status, latest progress event) while `job` trains: the loss chart only when new points came in."""
-    import time
+def time_left(steps_timed: int, steps_left: int, seconds: float) -> str:
+    """The training time left, from the measured speed of the steps timed so far (`seconds` for `steps_timed`)."""
+    if steps_timed <= 0:
+        return "time left: measuring"
+    left = steps_left * seconds / steps_timed
+    return f"about {left:.0f} s left" if left < 90 else f"about {left / 60:.0f} min left"
 
-    from ..plots import loss_figure
 
-    history, latest, started = [], None, time.monotonic()
-    try:
-        for batch in job.batches(REDRAW_SECONDS):
-            session.last_used = time.monotonic()  # a long run is not an idle session
-            for event in batch:
-                if event.type == "progress":
-                    latest = event
-                    progress((event.step, event.max_steps), desc="Training", unit="steps")
-                else:
-                    history.append(event.to_dict())
-            if latest is not None:
-                chart = loss_figure(history, epochs) if any(e.type != "progress" for e in batch) else gr.skip()
-                yield chart, running_markdown(name, latest, time.monotonic() - started), latest
-    finally:
-        job.stop()  # the client went away or the handler failed: end the run, never orphan it
+class LiveChart:
+    """The loss chart and the status line of a run, from its `TrainEvent`s, redrawn at most every `REDRAW_SECONDS`.
+
+    Args:
+        name: the model's name, for the status line.
+        epochs: the run's epochs (the chart's x range).
+        progress: gradio's progress bar, moved at every step.
+    """
+
+    def __init__(self, name: str, epochs: float, progress):
+        self.name, self.epochs, self.progress = name, epochs, progress
+        self.history: list[dict] = []
+        self.latest = None  # the latest step's event
+        self.first = None  # (time, step) of the first step seen: loading the model is not a step's time
+        self.started, self._drawn = time.monotonic(), 0.0  # the first step is shown at once
+        self._new_points = False
+
+    def add(self, event) -> tuple | None:
+        """Take one event; returns (chart or `gr.skip()`, status) when it is time to redraw, else None."""
+        from ..plots import loss_figure
+
+        if event.type == "progress":
+            self.latest, self.first = event, self.first or (time.monotonic(), event.step)
+            self.progress((event.step, event.max_steps), desc="Training", unit="steps")
+        else:
+            self.history.append(event.to_dict())
+            self._new_points = True
+        if self.latest is None or time.monotonic() - self._drawn < REDRAW_SECONDS:
+            return None
+        chart = loss_figure(self.history, self.epochs) if self._new_points else gr.skip()
+        self._drawn, self._new_points = time.monotonic(), False
+        return chart, running_markdown(self.name, self.latest, time.monotonic() - self.started)
+
+    def time_left(self) -> str:
+        """The training time left, from the measured speed of the steps since the first one."""
+        if self.latest is None:
+            return time_left(0, 0, 0.0)
+        done, seconds = self.latest.step - self.first[1], time.monotonic() - self.first[0]
+        return time_left(done, self.latest.max_steps - self.latest.step, seconds)
 
 
 def train(
@@ -171,6 +198,8 @@ def train(
 ):  # fmt: skip
     """Train LoRA on the session's data and model, streaming the loss; then score and compare on the test set."""
     from ..plots import loss_figure
+    from ..study import Compared, DataReady, Trained
+    from ..train import TrainEvent
 
     study, recipe_name = session.study, recipe_name or DEFAULT_RECIPE
     lora = lora_settings(r, alpha, dropout, targets, top_layers)
@@ -182,19 +211,23 @@ def train(
     splits = study.splits
     config = train_config(epochs, learning_rate, batch_size, max_length, len(splits.train), splits.config.seed, base)
     progress(0, desc=f"Loading {study.model_name}")
-    job = study.start_training(lora, config, recipe_name)
-    for chart, status, _ in stream(job, study.model_name, config.epochs, session, progress):
-        yield chart, status, gr.skip()
-    tuned = job.result()
-    if session.closed:  # the tab closed while the run was ending: nobody is left to use the model
-        return
-    evaluation, report = study.finish_run(progress=study_progress(progress))
-    session.export_zip = export_run(session, study, report)
-    yield (
-        loss_figure(tuned.result.history, config.epochs),
-        result_markdown(tuned, evaluation.metrics, notes),
-        run_details(report),
-    )
+    live = LiveChart(study.model_name, config.epochs, progress)
+    for event in study.steps(lora, config, recipe_name, with_baseline=False, progress=study_progress(progress)):
+        session.last_used = time.monotonic()  # a long run is not an idle session
+        if isinstance(event, DataReady):
+            notes += event.notes
+        elif isinstance(event, TrainEvent) and (update := live.add(event)):
+            yield *update, gr.skip()
+        elif isinstance(event, Trained) and session.closed:
+            return  # the tab closed while the run was ending: nobody is left to use the model
+        elif isinstance(event, Compared):
+            tuned = study.tuned
+            session.export_zip = export_run(session, study, event.report)
+            yield (
+                loss_figure(tuned.result.history, config.epochs),
+                result_markdown(tuned, event.evaluation.metrics, notes),
+                run_details(event.report),
+            )
 
 
 def export_run(session: SessionData, study, report) -> str:

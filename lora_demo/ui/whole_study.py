@@ -45,14 +45,6 @@ def step_markdown(step: int, text: str, started: float) -> str:
     return f"**Step {step} of {STEPS}** ({time.monotonic() - started:.0f} s so far): {text}"
 
 
-def time_left(steps_timed: int, steps_left: int, seconds: float) -> str:
-    """The training time left, from the measured speed of the steps timed so far (`seconds` for `steps_timed`)."""
-    if steps_timed <= 0:
-        return "time left: measuring"
-    left = steps_left * seconds / steps_timed
-    return f"about {left:.0f} s left" if left < 90 else f"about {left / 60:.0f} min left"
-
-
 def score_markdown(name: str, metrics: dict) -> str:
     text = f"**Zero-shot `{name}`** on {metrics['n']} test reviews: accuracy **{metrics['accuracy']:.3f}**"
     text += f", F1 (positive) {metrics['f1']:.3f}."
@@ -62,63 +54,102 @@ def score_markdown(name: str, metrics: dict) -> str:
 
 
 def run_whole_study(session: SessionData, progress=gr.Progress()):
-    """Data, baseline, training (streamed, stoppable), comparison.
+    """Lay out the study's stream (`Study.steps`): data, baseline, training (streamed, stoppable), comparison.
 
     Yields dicts of the outputs that changed, by name (`status`, `chart`, …, `data:<i>` for the Dataset view,
     `baseline:<i>` for the Baseline view); `wire_whole_study` maps the names to components.
     """
     from ..config import recipe
-    from ..plots import loss_figure
-    from .baseline import baseline_view
-    from .dataset import data_view, describe_splits
-    from .train import export_run, result_markdown, run_details, stream, train_config
+    from ..study import Trained
+    from .train import train_config
 
-    study, started = session.study, time.monotonic()
+    study = session.study
     study.check_model()
     notes = study.ensure_data()
-    splits = study.splits
-    yield {
-        "status": step_markdown(1, f"data: {describe_splits(splits)}. Scoring the untrained model …", started),
-        **_named("data", data_view(splits, notes)),
-    }
     lora, base = recipe(DEFAULT_RECIPE, study.spec)
+    splits = study.splits
     config = train_config(
         base.epochs, base.learning_rate, base.batch_size, base.max_length, len(splits.train), splits.config.seed, base
     )
-    baseline = study.baseline(max_length=config.max_length, progress=study_progress(progress))
-    accuracy = baseline.metrics["accuracy"]
-    yield {
-        "status": step_markdown(2, f"zero-shot accuracy {accuracy:.3f}. Loading {study.model_name} …", started),
-        "score": score_markdown(study.model_name, baseline.metrics),
-        "chart": gr.update(value=loss_figure([], config.epochs), visible=True),
-        **_named("baseline", baseline_view(study, baseline.metrics, notes)),
-    }
-    job = study.start_training(lora, config, DEFAULT_RECIPE)
-    first = None  # (time, step) of the first step seen: loading the model is not a step's time
-    for chart, running, event in stream(job, study.model_name, config.epochs, session, progress):
-        first = first or (time.monotonic(), event.step)
-        left = time_left(event.step - first[1], event.max_steps - event.step, time.monotonic() - first[0])
-        yield {"status": step_markdown(3, f"{running} ({left})", started), "chart": chart, "train_chart": chart}
-    tuned = job.result()
-    if session.closed:  # the tab closed while the run was ending: nobody is left to see the comparison
-        return
-    yield {"status": step_markdown(4, "scoring the LoRA model and the ladder on the test reviews …", started)}
-    evaluation, report = study.finish_run(progress=study_progress(progress))
-    session.export_zip = export_run(session, study, report)
-    done = (
-        f"LoRA accuracy {evaluation.metrics['accuracy']:.3f} (zero-shot {accuracy:.3f}). The comparison is on "
-        "**4. Compare**."
-    )
-    final_chart = loss_figure(tuned.result.history, config.epochs)
-    yield {
-        "status": step_markdown(4, done, started) + notes_markdown(notes),
-        "chart": final_chart,
-        "train_chart": final_chart,
-        "train_status": result_markdown(tuned, evaluation.metrics, notes),
-        "download": gr.update(value=session.export_zip, visible=True),
-        "tabs": gr.Tabs(selected=COMPARE_TAB),
-        "details": run_details(report),
-    }
+    view = WholeStudyView(session, config.epochs, notes, progress)
+    for event in study.steps(lora, config, DEFAULT_RECIPE, progress=study_progress(progress)):
+        session.last_used = time.monotonic()  # a long run is not an idle session
+        if isinstance(event, Trained) and session.closed:
+            return  # the tab closed while the run was ending: nobody is left to see the comparison
+        if update := view.show(event):
+            yield update
+
+
+class WholeStudyView:
+    """What the first tab (and the tabs it fills) shows for each event of the study's stream."""
+
+    def __init__(self, session: SessionData, epochs: float, notes: list[str], progress):
+        from .train import LiveChart
+
+        self.session, self.study, self.epochs, self.notes = session, session.study, epochs, notes
+        self.started, self.accuracy = time.monotonic(), None
+        self.live = LiveChart(self.study.model_name, epochs, progress)
+
+    def show(self, event) -> dict | None:
+        from ..study import BaselineScored, Compared, DataReady, Trained
+
+        for kind, show in ((DataReady, self.data), (BaselineScored, self.baseline), (Compared, self.compared)):
+            if isinstance(event, kind):
+                return show(event)
+        if isinstance(event, Trained):
+            return {"status": self.status(4, "scoring the LoRA model and the ladder on the test reviews …")}
+        return self.training(event)
+
+    def status(self, step: int, text: str) -> str:
+        return step_markdown(step, text, self.started)
+
+    def data(self, event) -> dict:
+        from .dataset import data_view, describe_splits
+
+        self.notes += event.notes
+        return {
+            "status": self.status(1, f"data: {describe_splits(event.splits)}. Scoring the untrained model …"),
+            **_named("data", data_view(event.splits, self.notes)),
+        }
+
+    def baseline(self, event) -> dict:
+        from ..plots import loss_figure
+        from .baseline import baseline_view
+
+        metrics, name = event.evaluation.metrics, self.study.model_name
+        self.accuracy = metrics["accuracy"]
+        return {
+            "status": self.status(2, f"zero-shot accuracy {self.accuracy:.3f}. Loading {name} …"),
+            "score": score_markdown(name, metrics),
+            "chart": gr.update(value=loss_figure([], self.epochs), visible=True),
+            **_named("baseline", baseline_view(self.study, metrics, self.notes)),
+        }
+
+    def training(self, event) -> dict | None:
+        update = self.live.add(event)
+        if update is None:
+            return None
+        chart, running = update
+        return {"status": self.status(3, f"{running} ({self.live.time_left()})"), "chart": chart, "train_chart": chart}
+
+    def compared(self, event) -> dict:
+        from ..plots import loss_figure
+        from .train import export_run, result_markdown, run_details
+
+        tuned, metrics = self.study.tuned, event.evaluation.metrics
+        self.session.export_zip = export_run(self.session, self.study, event.report)
+        done = f"LoRA accuracy {metrics['accuracy']:.3f} (zero-shot {self.accuracy:.3f})."
+        done += " The comparison is on **4. Compare**."
+        chart = loss_figure(tuned.result.history, self.epochs)
+        return {
+            "status": self.status(4, done) + notes_markdown(self.notes),
+            "chart": chart,
+            "train_chart": chart,
+            "train_status": result_markdown(tuned, metrics, self.notes),
+            "download": gr.update(value=self.session.export_zip, visible=True),
+            "tabs": gr.Tabs(selected=COMPARE_TAB),
+            "details": run_details(event.report),
+        }
 
 
 def failure_markdown(message: str, session: SessionData) -> str:

@@ -1,0 +1,181 @@
+"""Every piece of work that needs the accelerator, as a pure job: plain, picklable inputs to plain outputs.
+
+A job gets texts, labels (data frames of `text` and `label`), settings, a model by name (`ModelRef`) and, for a
+trained model, its `AdapterWeights`; it returns predictions, figures and weights. No model, tokenizer, thread or
+lock crosses its boundary: each job loads (or reuses, within its process) what it needs (`compute.models`), so it
+can run in this process or in a forked worker (ZeroGPU, `compute.runner`). `progress`, where a job takes it, is a
+callback that only an in-process run receives.
+
+`WORK` says how much work each job is, for the duration a GPU call asks for.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ..config import DEFAULT_MAX_LENGTH, LoraSettings, TrainConfig
+from ..inference import Predictions
+from ..lora import AdapterWeights
+from ..train import TrainEvent, TrainResult
+from . import models
+from .device import runtime
+from .models import ModelRef
+from .stop import RunStop, StopFlag
+
+Progress = Callable[[int, int], None] | None
+
+
+@dataclass
+class Trained:
+    """The last event of a training job: the adapter it trained, the run's figures, and where it ran.
+
+    Attributes:
+        out_of_time: the job ended itself at its time budget (its GPU call's duration), keeping what it trained.
+    """
+
+    weights: AdapterWeights
+    result: TrainResult
+    runtime: dict
+    summary: dict  # `study.lora_summary` of the trained model: the modules and layers it adapts
+    out_of_time: bool = False
+
+
+def zero_shot(ref: ModelRef, texts: list[str], max_length: int = DEFAULT_MAX_LENGTH, progress: Progress = None):
+    """The untouched model's answers (`baseline.zero_shot_predict`)."""
+    from ..baseline import zero_shot_predict
+
+    return zero_shot_predict(models.base(ref), list(texts), max_length=max_length, progress=progress)
+
+
+def score(ref: ModelRef, weights: AdapterWeights, texts: list[str], max_length: int, progress: Progress = None):
+    """A trained adapter's answers (`inference.classify_texts` on its merged serving copy)."""
+    from ..inference import classify_texts
+
+    return classify_texts(models.tuned(ref, weights), list(texts), max_length=max_length, progress=progress)
+
+
+def classify(
+    ref: ModelRef, weights: AdapterWeights | None, texts: list[str], max_length: int = DEFAULT_MAX_LENGTH
+) -> tuple[Predictions, Predictions | None]:
+    """The zero-shot answers and, given an adapter, its answers, for the same texts: one call for both models."""
+    baseline = zero_shot(ref, texts)
+    return baseline, (score(ref, weights, texts, max_length) if weights is not None else None)
+
+
+def explain(
+    ref: ModelRef, weights: AdapterWeights | None, text: str, max_length: int = DEFAULT_MAX_LENGTH
+) -> list[list[tuple[str, float]]]:
+    """Occlusion attributions of `text` for the zero-shot model and, given an adapter, the trained one."""
+    from ..explain import word_attributions
+
+    results = [word_attributions(lambda texts: zero_shot(ref, texts), text)]
+    if weights is not None:
+        results.append(word_attributions(lambda texts: score(ref, weights, texts, max_length), text))
+    return results
+
+
+def train(
+    ref: ModelRef,
+    train_frame: pd.DataFrame,
+    val_frame: pd.DataFrame,
+    lora: LoraSettings,
+    config: TrainConfig,
+    stop: StopFlag | None = None,
+    seconds: float | None = None,
+) -> Iterator[TrainEvent | Trained]:
+    """Train LoRA on a fresh copy of the model, yielding each `TrainEvent` as it happens, then `Trained`.
+
+    The Trainer runs in a thread inside the job, so the events stream while it trains. It ends after the current
+    step when `stop` is set, when `seconds` (the job's time budget) have passed, or when the consumer closes this
+    generator (then nothing is returned).
+
+    Raises:
+        UserError: for settings that do not fit the model.
+    """
+    from .. import inference
+    from ..jobs import TrainingJob
+    from ..lora import adapter_weights, lora_summary
+    from ..train import train_lora
+
+    run_stop = RunStop(stop, seconds)
+
+    def work(on_event, stop_event):
+        try:
+            bundle = models.fresh(ref, seed=config.seed)
+            adapter, result = train_lora(
+                bundle, train_frame, val_frame, lora, config, on_event=on_event, stop_event=stop_event
+            )
+            bf16 = inference.fast_bf16() if config.bf16 is None else config.bf16
+            summary = lora_summary(lora, adapter.spec)
+            return Trained(adapter_weights(adapter, lora), result, runtime(bf16), summary, run_stop.out_of_time)
+        finally:
+            if stop is not None:
+                stop.finish()
+
+    job = TrainingJob(work, name=f"lora-train-{ref.name}", stop_event=run_stop).start()
+    try:
+        for batch in job.batches(0.25):
+            yield from batch
+        yield job.result()
+    finally:
+        job.stop()
+        if job._thread is not threading.current_thread():
+            job.join()
+
+
+def head_only(ref: ModelRef, train_frame: pd.DataFrame, val_frame: pd.DataFrame, config: TrainConfig):
+    """The ladder's head-only rung: the same head trained with the model frozen (`ladder.train_head_only`).
+
+    Returns:
+        (`ladder.HeadOnlyModel`, `ladder.HeadResult`): plain data, scored later by `score_head`.
+    """
+    from ..ladder import train_head_only
+
+    return train_head_only(models.base(ref), train_frame, val_frame, config)
+
+
+def score_head(ref: ModelRef, head, texts: list[str]) -> Predictions:
+    """The head-only rung's answers (a `ladder.HeadOnlyModel` on the untouched model)."""
+    return head.predict(models.base(ref), list(texts))
+
+
+def changes(ref: ModelRef, weights: AdapterWeights, texts: list[str], max_length: int, progress: Progress = None):
+    """Where the adapter changed the model and how the reviews moved (`anatomy.measure_changes`)."""
+    from ..anatomy import measure_changes
+
+    return measure_changes(
+        models.base(ref),
+        models.adapted(ref, weights),
+        list(texts),
+        max_length,
+        serving=models.tuned(ref, weights),
+        progress=progress,
+    )
+
+
+def resources(ref: ModelRef, lora: LoraSettings, frame: pd.DataFrame, seed: int = 42) -> dict:
+    """A few measured AdamW steps of LoRA and of full fine-tuning on one batch (`resources.measure`)."""
+    from ..resources import measure
+
+    return measure(ref.name, lora, frame, seed=seed, loader=lambda name, seed: models.fresh(ref, seed))
+
+
+# how much work a call is, in reviews through the model (training: reviews x epochs, with its sentence windows)
+WORK = {
+    "zero_shot": lambda ref, texts, *args, **kwargs: len(texts),
+    "score": lambda ref, weights, texts, *args, **kwargs: len(texts),
+    "classify": lambda ref, weights, texts, *args, **kwargs: 2 * len(texts),
+    "explain": lambda ref, weights, text, *args, **kwargs: 2 * (len(text.split()) + 1),
+    "train": lambda ref, train, val, lora, config, *args, **kwargs: (
+        len(train) * (1 + config.short_windows) * config.epochs
+        + len(val) * max(1, config.evals_per_epoch) * config.epochs
+    ),
+    "head_only": lambda ref, train, val, config: len(train) * (1 + config.short_windows) + len(val),
+    "score_head": lambda ref, head, texts: len(texts),
+    "changes": lambda ref, weights, texts, *args, **kwargs: 2 * len(texts),
+    "resources": lambda ref, lora, frame, *args, **kwargs: 20 * len(frame),
+}

@@ -1,0 +1,124 @@
+"""The models of this process, made from plain names: what every job loads or reuses.
+
+A job gets a `ModelRef` (a registry name, and which loader makes it) and, for a trained model, its
+`AdapterWeights`; it never gets a model. Each process (the app's, a ZeroGPU worker, a test's worker) keeps
+its own copies: the untouched serving copy of each base model, and a few serving copies of trained adapters,
+so a second call in the same process does not load again. Both caches are safe from several threads, and a
+slow first load of one model never holds up the others.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..inference import serving_copy
+from ..lora import AdapterWeights, attach
+from ..models import ModelBundle, load_bundle
+from .device import device
+
+TUNED_COPIES = 4  # serving copies of trained adapters kept per process (the least recently used is dropped)
+
+# the loaders a `ModelRef` can name; tests add their tiny models under a name of their own (`register_loader`)
+LOADERS: dict[str, Callable[..., ModelBundle]] = {"registry": load_bundle}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A base model by name: the registry's (`loader="registry"`) or a registered loader's."""
+
+    name: str
+    loader: str = "registry"
+
+
+def register_loader(loader: Callable[..., ModelBundle]) -> str:
+    """Make `loader(name, seed=...)` nameable in a `ModelRef`; returns its name (a worker forked later knows it)."""
+    if loader is load_bundle:
+        return "registry"
+    key = f"loader-{id(loader):x}"
+    LOADERS[key] = loader
+    return key
+
+
+def fresh(ref: ModelRef, seed: int = 42) -> ModelBundle:
+    """A new copy of the base model on the policy's device, to train (PEFT adapts a model in place)."""
+    try:
+        loader = LOADERS[ref.loader]
+    except KeyError:
+        raise RuntimeError(f"no loader {ref.loader!r} in this process (register it before forking)") from None
+    bundle = loader(ref.name, seed=seed)
+    bundle.model.to(device())
+    return bundle
+
+
+class Cache:
+    """Values made on first use under a lock of their own per key (a failure is not kept); at most `size` kept,
+    the least recently used dropped first (None: all)."""
+
+    def __init__(self, size: int | None = None):
+        self._values: collections.OrderedDict = collections.OrderedDict()
+        self._locks: dict = {}
+        self._lock = threading.Lock()
+        self._size = size
+
+    def get(self, key, make: Callable[[], object]):
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                return self._values[key]
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:  # one load per key; other keys are served meanwhile
+            with self._lock:
+                if key in self._values:
+                    return self._values[key]
+            value = make()
+            with self._lock:
+                self._values[key] = value
+                if self._size is not None:
+                    while len(self._values) > self._size:
+                        self._values.popitem(last=False)
+                self._locks.pop(key, None)
+            return value
+
+    def drop(self, matches: Callable[[object], bool]) -> None:
+        """Forget the values whose key `matches`."""
+        with self._lock:
+            for key in [key for key in self._values if matches(key)]:
+                del self._values[key]
+
+    def clear(self):
+        with self._lock:
+            self._values.clear()
+
+
+_BASE = Cache()
+_TUNED = Cache(TUNED_COPIES)
+
+
+def base(ref: ModelRef) -> ModelBundle:
+    """The untouched model's serving copy, shared read-only by every caller in this process."""
+    return _BASE.get((ref, str(device())), lambda: serving_copy(fresh(ref)))
+
+
+def tuned(ref: ModelRef, weights: AdapterWeights) -> ModelBundle:
+    """A trained adapter's serving copy (merged, bf16 where native), made from its weights on first use."""
+    return _TUNED.get((ref, weights.key, str(device())), lambda: serving_copy(attach(fresh(ref), weights)))
+
+
+def adapted(ref: ModelRef, weights: AdapterWeights) -> ModelBundle:
+    """The base model with the adapter attached and not merged (its B and A can be measured); not cached."""
+    return attach(fresh(ref), weights)
+
+
+def release(weights: AdapterWeights) -> None:
+    """Drop this process's serving copies of an adapter nobody will use again (its session closed, or it was
+    replaced), rather than keep them until newer ones push them out."""
+    _TUNED.drop(lambda key: key[1] == weights.key)
+
+
+def forget() -> None:
+    """Drop this process's cached models (tests; a worker that must free memory)."""
+    _BASE.clear()
+    _TUNED.clear()

@@ -1,0 +1,128 @@
+"""Compute as pure jobs: the device policy, the process's model caches, the stop flag and the jobs' boundary."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+
+import pytest
+
+from lora_demo.compute import device as device_policy
+from lora_demo.compute.models import Cache, ModelRef, register_loader
+from lora_demo.compute.stop import RunStop, StopFlag
+from lora_demo.config import LoraSettings, TrainConfig, UserError
+
+
+def test_the_cache_loads_each_key_once_and_keeps_no_failure():
+    calls, cache = [], Cache()
+
+    def make(key):
+        def load():
+            calls.append(key)
+            time.sleep(0.05)
+            return object()
+
+        return load
+
+    threads = [threading.Thread(target=cache.get, args=("t5", make("t5"))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert cache.get("t5", make("t5")) is cache.get("t5", make("t5"))
+    assert calls == ["t5"]
+
+    def broken():
+        raise UserError("offline")
+
+    for _ in range(2):  # asked again: tried again, not a cached failure
+        with pytest.raises(UserError):
+            cache.get("flan", broken)
+
+
+def test_a_slow_load_of_one_model_never_holds_up_another():
+    cache, started = Cache(), threading.Event()
+
+    def slow():
+        started.set()
+        time.sleep(1.0)
+        return "t5"
+
+    loading = threading.Thread(target=cache.get, args=("t5", slow))
+    loading.start()
+    started.wait()
+    began = time.monotonic()
+    assert cache.get("minilm", lambda: "minilm") == "minilm"
+    assert time.monotonic() - began < 0.5  # served while the other one loads
+    loading.join()
+
+
+def test_the_cache_keeps_at_most_its_size_dropping_the_least_recently_used():
+    cache = Cache(size=2)
+    for key in ("a", "b"):
+        cache.get(key, lambda key=key: key.upper())
+    cache.get("a", lambda: "never made")  # "a" is now the most recently used
+    cache.get("c", lambda: "C")
+    made = []
+    cache.get("b", lambda: made.append("b") or "B")
+    assert made == ["b"]  # "b" was dropped, "a" kept
+
+
+def test_the_device_policy_follows_the_environment(monkeypatch):
+    monkeypatch.delenv("LORA_DEMO_DEVICE", raising=False)
+    import torch
+
+    assert device_policy.device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv("LORA_DEMO_DEVICE", "cpu")
+    assert device_policy.device().type == "cpu"
+    monkeypatch.setenv("LORA_DEMO_DEVICE", "tpu")
+    with pytest.raises(UserError, match="LORA_DEMO_DEVICE must be one of cpu, cuda"):
+        device_policy.device()
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("LORA_DEMO_DEVICE", "cuda")
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            device_policy.device()
+
+
+def test_a_stop_flag_crosses_a_pickle_and_says_when_the_run_finished():
+    flag = StopFlag()
+    copy = pickle.loads(pickle.dumps(flag))  # what a worker gets
+    assert not copy.is_set()
+    flag.set()
+    assert copy.is_set()
+    copy.finish()
+    assert flag.finished()
+    flag.clear()
+    assert not copy.is_set() and not copy.finished()
+
+
+def test_a_run_stops_at_its_flag_or_its_time_budget():
+    flag = StopFlag()
+    assert not RunStop(flag).is_set()
+    assert RunStop(flag, seconds=0.01).is_set() is False
+    late = RunStop(None, seconds=0.01)
+    time.sleep(0.02)
+    assert late.is_set() and late.out_of_time
+    flag.set()
+    assert RunStop(flag).is_set()
+    flag.clear()
+
+
+def test_a_job_and_its_result_cross_a_pickle(tiny_encoder_factory, toy_reviews):
+    """The training job's inputs and every value it yields are plain data: they pickle, as ZeroGPU needs."""
+    from lora_demo.compute import jobs
+    from lora_demo.compute.jobs import Trained
+
+    ref = ModelRef("minilm", register_loader(lambda name, seed=42: tiny_encoder_factory(0)))
+    train, val, test = toy_reviews
+    args = (ref, train, val, LoraSettings(r=4), TrainConfig(epochs=1, batch_size=16, max_length=32))
+    pickle.dumps(args)
+    values = list(jobs.train(*args, stop=StopFlag()))
+    for value in values:
+        pickle.loads(pickle.dumps(value))
+    trained = values[-1]
+    assert isinstance(trained, Trained) and trained.result.steps == trained.result.max_steps
+    assert 0 < trained.weights.nbytes < 200_000 and trained.runtime["device"] in ("cpu", "cuda")
+    predictions = jobs.score(ref, trained.weights, test["text"].tolist(), 32)
+    assert len(predictions.labels) == len(test) and pickle.loads(pickle.dumps(predictions)) == predictions
