@@ -337,6 +337,14 @@ def toy_reviews():
     return make_toy_reviews(64, seed=1), make_toy_reviews(16, seed=2), make_toy_reviews(40, seed=3)
 
 
+@pytest.fixture
+def toy_csv(tmp_path, make_reviews):
+    """A CSV of 120 toy reviews (`make_reviews`), for studies on a single file split three ways."""
+    path = tmp_path / "toy.csv"
+    make_reviews(120, seed=11).to_csv(path, index=False)
+    return path
+
+
 def locate_real_data() -> Path:
     """The folder of the real IMDb parquet files, or a skip (a failure in CI) that says where they were looked for."""
     folder = real_data_dir()

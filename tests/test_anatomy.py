@@ -267,13 +267,6 @@ def test_measure_changes_gives_the_reports_two_keys(tiny_encoder_factory, toy_re
     assert projection["baseline"] != projection["finetuned"]
 
 
-@pytest.fixture
-def toy_csv(tmp_path, make_reviews):
-    path = tmp_path / "toy.csv"
-    make_reviews(120, seed=11).to_csv(path, index=False)
-    return path
-
-
 TOY_SIZES = ["--train-size", "48", "--val-size", "16", "--test-size", "32"]
 
 

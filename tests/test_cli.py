@@ -157,13 +157,6 @@ def test_data_falls_back_to_the_imdb_sample_offline(capsys):
     assert summary["sizes"]["train"] == 500 and summary["sizes"]["val"] == 200 and summary["sizes"]["test"] >= 100
 
 
-@pytest.fixture
-def toy_csv(tmp_path, make_reviews):
-    path = tmp_path / "toy.csv"
-    make_reviews(120, seed=11).to_csv(path, index=False)
-    return path
-
-
 def tiny_models(factory) -> Models:
     """The study's models, as tiny ones built from configs: every load gives the same weights, nothing is checked."""
     return Models(loader=lambda name, seed=42: factory(0), check=lambda spec: None)

@@ -21,13 +21,6 @@ def models(tiny_encoder_factory):
     return Models(loader=lambda name, seed=42: tiny_encoder_factory(0), check=lambda spec: None)
 
 
-@pytest.fixture
-def toy_csv(tmp_path, make_reviews):
-    path = tmp_path / "toy.csv"
-    make_reviews(120, seed=11).to_csv(path, index=False)
-    return path
-
-
 def csv_config(path, seed=1) -> DataConfig:
     return DataConfig(source=str(path), train_size=48, val_size=16, test_size=32, seed=seed)
 
