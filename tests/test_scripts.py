@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pandas as pd
 import pytest
@@ -59,3 +60,43 @@ def test_shipped_sample_is_what_the_script_writes(imdb_dir, tmp_path):
         assert (tmp_path / f"{split}.parquet").read_bytes() == (
             REPO_ROOT / "assets" / "imdb-sample" / f"{split}.parquet"
         ).read_bytes()
+
+
+def test_the_gpu_check_without_cuda_exits_2_with_one_line():
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the check would run (scripts/gpu_check.py)")
+    done = subprocess.run(
+        [sys.executable, "scripts/gpu_check.py"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("error: no CUDA GPU is visible here") and len(done.stderr.splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.needs_minilm
+def test_the_gpu_check_fails_when_a_model_runs_on_the_cpu(tmp_path):
+    """Its rehearsal on a few reviews runs both studies through the study API on the CPU, so the check must fail
+    and name the device its models were on."""
+    import json
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the rehearsal would place the models on it")
+    report = tmp_path / "gpu.json"
+    done = subprocess.run(
+        [sys.executable, "scripts/gpu_check.py", "--rehearse", "--report", str(report)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    rows = json.loads(report.read_text())
+    assert [row["models_off_gpu"] for row in rows] == [["cpu"], ["cpu"]]
+    assert all(row["device"] == "cpu" and row["steps"] > 0 and row["wall_seconds"] > 0 for row in rows)
+    assert "models off the GPU: ['cpu']" in done.stdout

@@ -11,7 +11,6 @@ callback that only an in-process run receives.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from ..inference import Predictions
 from ..lora import AdapterWeights
 from ..train import TrainEvent, TrainResult
 from . import models
+from .background import TrainingJob
 from .device import runtime
 from .models import ModelRef
 from .stop import RunStop, StopFlag
@@ -97,7 +97,6 @@ def train(
         UserError: for settings that do not fit the model.
     """
     from .. import inference
-    from ..jobs import TrainingJob
     from ..lora import adapter_weights, lora_summary
     from ..train import train_lora
 
@@ -121,10 +120,9 @@ def train(
         for batch in job.batches(0.25):
             yield from batch
         yield job.result()
-    finally:
+    finally:  # the consumer went away, or the run ended: either way the thread ends after its current step
         job.stop()
-        if job._thread is not threading.current_thread():
-            job.join()
+        job.join()
 
 
 def head_only(ref: ModelRef, train_frame: pd.DataFrame, val_frame: pd.DataFrame, config: TrainConfig):

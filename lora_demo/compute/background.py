@@ -1,7 +1,8 @@
-"""A training run in a thread of its own: its events through a queue, a stop flag, then its result or its error.
+"""A training run in a thread of its own, inside the training job: its events through a queue, a stop flag, then
+its result or its error.
 
-The app streams a run while other events are served, and a closed tab must be able to end it; the CLI runs the
-same job and simply waits. Nothing here knows about gradio.
+The Trainer calls back; the job (`compute.jobs.train`) is a generator: this thread turns the one into the other,
+so the job can yield each event while the Trainer trains, wherever the job runs. Nothing here knows about gradio.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from .train import TrainEvent
+from ..train import TrainEvent
 
 T = TypeVar("T")
 _DONE = object()  # put on the queue when the work has ended, however it ended
