@@ -35,7 +35,7 @@ from .ladder import tfidf_predictions
 from .lora import apply_lora
 from .measure import flop_counter, latency_ms, machine_figures, matmul_gflops, run_isolated
 from .metrics import evaluate_predictions
-from .models import ModelBundle, encode_head_tail, load_bundle
+from .models import ModelBundle, encode_head_tail
 from .significance import bootstrap_interval
 from .train import build_training_args, prepare_data, tokenize_split, train_lora
 
@@ -77,8 +77,11 @@ QUICK_PLAN = BenchPlan(
 
 
 def load_minilm(seed: int) -> ModelBundle:
-    """The bench's model: a fresh bundled MiniLM (a module-level function, so it pickles into subprocesses)."""
-    return load_bundle(DEFAULT_MODEL, seed=seed)
+    """The bench's model: a fresh bundled MiniLM on the device policy's device, as every job loads it (a
+    module-level function, so it pickles into subprocesses)."""
+    from .compute.models import ModelRef, fresh
+
+    return fresh(ModelRef(DEFAULT_MODEL), seed=seed)
 
 
 def _scores(y_true, predicted, seed: int) -> dict:

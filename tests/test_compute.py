@@ -126,3 +126,21 @@ def test_a_job_and_its_result_cross_a_pickle(tiny_encoder_factory, toy_reviews):
     assert 0 < trained.weights.nbytes < 200_000 and trained.runtime["device"] in ("cpu", "cuda")
     predictions = jobs.score(ref, trained.weights, test["text"].tolist(), 32)
     assert len(predictions.labels) == len(test) and pickle.loads(pickle.dumps(predictions)) == predictions
+
+
+def test_no_module_of_the_ui_imports_torch_or_a_model_library():
+    """The UI lays out what the study returns; models live only where jobs run (`lora_demo.compute`)."""
+    import ast
+    from pathlib import Path
+
+    import lora_demo.ui
+
+    banned = {"torch", "transformers", "peft", "safetensors"}
+    found = []
+    for path in Path(lora_demo.ui.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):  # lazy imports inside functions too
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            found += [f"{path.name}: {name}" for name in names if name.split(".")[0] in banned]
+    assert found == []

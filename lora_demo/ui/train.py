@@ -1,7 +1,8 @@
 """Train LoRA tab: the recipe's controls, the live parameter count, and training with a streamed loss chart.
 
-The study trains in a job of its own (`Study.start_training`); the handler, a generator, redraws the loss chart
-from the job's events at most every `REDRAW_SECONDS`. Stop asks the job to end after its current step.
+The handler, a generator, lays out the study's stream from training on (`Study.steps`): it redraws the loss chart
+from the training job's events at most every `REDRAW_SECONDS`, then shows the comparison. Stop asks the job to end
+after its current step.
 """
 
 from __future__ import annotations
