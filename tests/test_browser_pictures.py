@@ -12,7 +12,7 @@ from conftest import REPO_ROOT, running_app
 from test_browser import (  # noqa: F401 (pytestmark: the browser tests' marks and skips)
     CHROMIUM_ARGS,
     TIMEOUT_MS,
-    choose_source,
+    load_builtin,
     open_tab,
     plotly_points,
     pytestmark,
@@ -104,11 +104,7 @@ def shoot(page, selector: str, name: str):
 
 
 def test_the_whole_study_in_one_click_ends_on_compare(page):
-    choose_source(page, "The built-in sample")
-    for label, value in (("Train reviews", 40), ("Validation reviews", 20), ("Test reviews", 20)):
-        page.get_by_label(label).fill(str(value))
-    page.get_by_role("button", name="Load data").click()
-    page.get_by_text("Loaded 40 / 20 / 20").wait_for()
+    load_builtin(page, 40, 20, 20)
     page.get_by_role("button", name="Run the whole study").click()
     wait_for_text(page, "#whole-study-status", "Step 3 of 4")  # training, streamed as it goes
     page.get_by_role("tab", name="4. Compare", selected=True).wait_for()

@@ -123,18 +123,14 @@ def test_the_whole_study_in_chromium_under_the_stand_in(app):
     """A visitor's one click, every step a job in a worker: it ends on Compare and Classify answers with both."""
     from conftest import CHROMIUM
     from playwright.sync_api import sync_playwright
-    from test_browser import CHROMIUM_ARGS, answer_of, choose_source, open_tab, plotly_points, trained_studies
+    from test_browser import CHROMIUM_ARGS, answer_of, load_builtin, open_tab, plotly_points, trained_studies
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
         page.set_default_timeout(180_000)
         page.goto(app.url)
-        choose_source(page, "The built-in sample")
-        for label, value in (("Train reviews", 40), ("Validation reviews", 20), ("Test reviews", 20)):
-            page.get_by_label(label).fill(str(value))
-        page.get_by_role("button", name="Load data").click()
-        page.get_by_text("Loaded 40 / 20 / 20").wait_for()
+        load_builtin(page, 40, 20, 20)
         page.get_by_role("button", name="Run the whole study").click()
         page.get_by_role("tab", name="4. Compare", selected=True).wait_for()
         page.get_by_text("Baseline vs LoRA on the same test reviews").wait_for()

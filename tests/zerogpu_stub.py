@@ -17,11 +17,13 @@ loaded again by the next job. There is no GPU: the worker runs on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import multiprocessing
 import os
 import pickle
+import time
 import traceback
 from collections.abc import Callable
 
@@ -103,8 +105,6 @@ def _run_generator(task, payload, writer, stop):
 
 
 def _receive(reader, process, deadline_seconds: float, started: float):
-    import time
-
     left = deadline_seconds - (time.monotonic() - started)
     if left <= 0 or not reader.poll(left):
         process.kill()
@@ -122,19 +122,28 @@ def _receive(reader, process, deadline_seconds: float, started: float):
     return message
 
 
+@contextlib.contextmanager
+def _call(kind: str, target, task, duration, args, kwargs):
+    """One call in a worker of its own: yields a function that receives the worker's next message, and the event
+    that asks a generator to stop; the worker is gone when the block ends."""
+    CALLS[kind] += 1
+    seconds, started = _seconds(duration, args, kwargs), time.monotonic()
+    process, reader, stop = _start(target, task, args, kwargs)
+    try:
+        yield (lambda: _receive(reader, process, seconds, started)), stop
+    finally:
+        reader.close()
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
 def _regular_wrapper(task, duration):
     @functools.wraps(task)
     def call(*args, **kwargs):
-        import time
-
-        CALLS["regular"] += 1
-        seconds, started = _seconds(duration, args, kwargs), time.monotonic()
-        process, reader, _ = _start(_run_regular, task, args, kwargs)
-        try:
-            return _receive(reader, process, seconds, started)[1]
-        finally:
-            reader.close()
-            process.join(timeout=5)
+        with _call("regular", _run_regular, task, duration, args, kwargs) as (receive, _):
+            return receive()[1]
 
     call.zerogpu = None
     return call
@@ -143,27 +152,13 @@ def _regular_wrapper(task, duration):
 def _generator_wrapper(task, duration):
     @functools.wraps(task)
     def call(*args, **kwargs):
-        import time
-
-        CALLS["generator"] += 1
-        seconds, started = _seconds(duration, args, kwargs), time.monotonic()
-        process, reader, stop = _start(_run_generator, task, args, kwargs)
-        try:
-            while True:
-                message = _receive(reader, process, seconds, started)
-                if message[0] == "end":
-                    return
+        with _call("generator", _run_generator, task, duration, args, kwargs) as (receive, stop):
+            while (message := receive())[0] != "end":
                 try:
                     yield message[1]
                 except GeneratorExit:  # the consumer went away: the worker ends its generator at the next value
                     stop.set()
                     raise
-        finally:
-            reader.close()
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-                process.join()
 
     call.zerogpu = None
     return call
