@@ -6,6 +6,8 @@ so every training run needs its own copy); `inference.ModelCache` keeps one unto
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -155,6 +157,22 @@ def load_bundle(name: str, seed: int = 42) -> ModelBundle:
     return ModelBundle(spec=spec, model=model, tokenizer=tokenizer)
 
 
+_TOKENIZER_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts, **options):
+    """`tokenizer(texts, **options)`, one call at a time per tokenizer.
+
+    A fast tokenizer's Rust core holds its truncation and padding settings, which every call sets: two threads
+    calling one tokenizer at once (sessions sharing a model) fail with "Already borrowed". Calls are milliseconds.
+    """
+    with _LOCKS_LOCK:
+        lock = _TOKENIZER_LOCKS.setdefault(tokenizer, threading.Lock())
+    with lock:
+        return tokenizer(texts, **options)
+
+
 def label_targets(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
     """Each label word's token ids, as a seq2seq model is trained to write it (with T5's closing `</s>`).
 
@@ -171,7 +189,7 @@ def label_targets(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> list[l
     Raises:
         UserError: when one label word's tokens are the other's, or the start of them.
     """
-    targets = tokenizer([label_word(k) for k in range(len(LABEL_NAMES))])["input_ids"]
+    targets = tokenize(tokenizer, [label_word(k) for k in range(len(LABEL_NAMES))])["input_ids"]
     shorter, longer = sorted(targets, key=len)
     if longer[: len(shorter)] == shorter:
         spelled = [tokenizer.convert_ids_to_tokens(ids) for ids in targets]
@@ -185,8 +203,8 @@ def label_targets(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> list[l
 
 def special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
     """The special tokens the tokenizer puts before and after one text ([CLS] / [SEP] for BERT, </s> for T5)."""
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenize(tokenizer, "a", add_special_tokens=False)["input_ids"]
+    full = tokenize(tokenizer, "a", add_special_tokens=True)["input_ids"]
     start = next(i for i in range(len(full)) if full[i : i + len(plain)] == plain)
     return full[:start], full[start + len(plain) :]
 
@@ -198,7 +216,7 @@ def encode_head_tail(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_l
     at `max_length` we keep the head and the tail, with the special tokens around them.
     """
     prefix, suffix = special_tokens_around(tokenizer)
-    pieces = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    pieces = tokenize(tokenizer, list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
     budget = max_length - len(prefix) - len(suffix)
     head = budget // 2
     encoded = []
@@ -211,5 +229,5 @@ def encode_head_tail(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_l
 
 def token_lengths(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[int]:
     """Full token count of each review (no truncation), for the length histogram."""
-    pieces = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    pieces = tokenize(tokenizer, list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
     return [len(ids) for ids in pieces]

@@ -12,6 +12,7 @@ the CLI prints and the app lays out; the app keeps one study per session and cal
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -202,6 +203,9 @@ class Study:
         self._scores: dict[tuple, Evaluation | dict] = {}  # keyed by (what, model, max_length, reviews): computed once
         self._stop: StopFlag | None = None  # the running training's stop request, if any
         self._busy = False  # a run is training or being scored: the data must not change under it
+        # one session's events run in several concurrency groups at once (a Compare refresh while the whole study
+        # scores, a data load): scoring, reporting and loading take turns, and each score is computed once
+        self._lock = threading.RLock()
 
     # --- jobs -------------------------------------------------------------------------------------------------
 
@@ -244,8 +248,11 @@ class Study:
         if self._busy:
             raise UserError("a training run is going on this data: wait for it to finish or press Stop, then load")
         splits = load_splits(config, fit_to_data=fit_to_data, progress=progress)
-        self.splits = replace(splits, source=shown_as) if shown_as else splits
-        return self.splits
+        with self._lock:  # not while a report or a score is being made on the current split
+            if self._busy:
+                raise UserError("a training run is going on this data: wait for it to finish or press Stop, then load")
+            self.splits = replace(splits, source=shown_as) if shown_as else splits
+            return self.splits
 
     def ensure_data(self, progress: Callable[[int, int], None] | None = None) -> list[str]:
         """Load the default data if none is loaded yet; returns notes worth showing the user."""
@@ -286,11 +293,12 @@ class Study:
 
     def _score(self, key: tuple, frame: pd.DataFrame, predict: Callable[[list[str]], Predictions]) -> Evaluation:
         key = (*key, texts_fingerprint(frame["text"]))
-        if key not in self._scores:
-            predictions = predict(frame["text"].tolist())
-            metrics = evaluate_predictions(frame["label"].tolist(), predictions.labels)
-            self._scores[key] = Evaluation(metrics, predictions, key[-1])
-        return self._scores[key]
+        with self._lock:  # computed once, even when two of the session's events ask at the same time
+            if key not in self._scores:
+                predictions = predict(frame["text"].tolist())
+                metrics = evaluate_predictions(frame["label"].tolist(), predictions.labels)
+                self._scores[key] = Evaluation(metrics, predictions, key[-1])
+            return self._scores[key]
 
     def baseline(
         self, frame: pd.DataFrame | None = None, max_length: int = DEFAULT_MAX_LENGTH, progress: Progress | None = None
@@ -344,10 +352,11 @@ class Study:
         frame = self._test_frame() if frame is None else frame
         tuned.trained_on.check_unseen(frame["text"])
         ref = self._ref(tuned.name)
-        if tuned.head_only is None:
-            if progress:
-                progress("Training the head alone on the same reviews", 0, 1)
-            tuned.head_only, tuned.head_result = self._run("head_only", ref, *tuned.train_frames, tuned.config)
+        with self._lock:  # trained once, even when the Compare tab and a run's report ask at the same time
+            if tuned.head_only is None:
+                if progress:
+                    progress("Training the head alone on the same reviews", 0, 1)
+                tuned.head_only, tuned.head_result = self._run("head_only", ref, *tuned.train_frames, tuned.config)
         return self._score(("head_only",), frame, lambda texts: self._run("score_head", ref, tuned.head_only, texts))
 
     def short_reviews(self) -> dict:
@@ -431,10 +440,11 @@ class Study:
 
     def _use(self, tuned: TunedModel) -> TunedModel:
         """Make `tuned` the study's LoRA model; the previous one's scores and serving copies are forgotten."""
-        self._scores = {key: value for key, value in self._scores.items() if key[0] == "baseline"}
-        self.release()
-        self.tuned = tuned
-        return tuned
+        with self._lock:
+            self._scores = {key: value for key, value in self._scores.items() if key[0] == "baseline"}
+            self.release()
+            self.tuned = tuned
+            return tuned
 
     def release(self) -> None:
         """Let this process drop the LoRA model's serving copies (the study is closing or replacing it)."""
@@ -555,22 +565,28 @@ class Study:
         Raises:
             UserError: before any training, or when the test reviews overlap what the LoRA model trained on.
         """
-        tuned = self._require_tuned()
-        after = self.finetuned(progress=progress)
-        before = self.baseline(max_length=tuned.config.max_length, progress=progress)
-        test = self._test_frame()
-        seed = self.splits.config.seed
-        comparison = compare_models(test["label"], before.predictions.labels, after.predictions.labels, seed=seed)
-        tfidf, head = self.tfidf(), self.head_only(progress=progress)
+        with self._lock:  # the split, the model and every score from one state: a data load waits
+            tuned = self._require_tuned()
+            self._test_frame()  # says what to do when no data is loaded
+            return self._report(tuned, self.splits, progress)
+
+    def _report(self, tuned: TunedModel, splits: Splits, progress: Progress | None) -> Report:
+        test = splits.test
+        after = self.finetuned(test, progress=progress)
+        before = self.baseline(test, max_length=tuned.config.max_length, progress=progress)
+        comparison = compare_models(
+            test["label"], before.predictions.labels, after.predictions.labels, seed=splits.config.seed
+        )
+        tfidf, head = self.tfidf(test), self.head_only(test, progress=progress)
         if head is not None:
             comparison["verdict"] += head_only_sentence(head.metrics, after.metrics)
         saved = tuned.saved_report or {}
         result = tuned.result
-        changes = self.changes(progress)
+        changes = self.changes(progress, test)
         return Report(
             model=tuned.name,
             model_kind=tuned.kind,
-            data=self.splits.summary(),
+            data=splits.summary(),
             lora=tuned.summary,
             train_config=asdict(tuned.config),
             params=result.params if result else saved.get("params", {}),
@@ -597,22 +613,25 @@ class Study:
         where = {key: trained.get(key) for key in ("device", "device_name", "dtype")}
         return {**where, "runner": self.models.runner.name, "jobs_in_workers": self.jobs_in_workers}
 
-    def changes(self, progress: Progress | None = None) -> dict:
-        """Where the LoRA model's adapter changed the model, and the test reviews before / after on one 2-D map
-        (`anatomy.measure_changes`: two more passes over the test reviews), computed once per model and test set.
+    def changes(self, progress: Progress | None = None, test: pd.DataFrame | None = None) -> dict:
+        """Where the LoRA model's adapter changed the model, and the test reviews (default: the split's) before /
+        after on one 2-D map (`anatomy.measure_changes`: two more passes over them), computed once per model and
+        test set.
         """
-        tuned, test = self._require_tuned(), self._test_frame()
+        tuned = self._require_tuned()
+        test = self._test_frame() if test is None else test
         key = ("finetuned", "changes", tuned.weights.key, tuned.config.max_length, texts_fingerprint(test["text"]))
-        if key not in self._scores:  # "finetuned" first: forgotten with the model's scores when it is replaced
-            self._scores[key] = self._run(
-                "changes",
-                self._ref(tuned.name),
-                tuned.weights,
-                test["text"].tolist(),
-                tuned.config.max_length,
-                progress=_reporter(progress, f"Measuring how the {len(test)} test reviews moved"),
-            )
-        return self._scores[key]
+        with self._lock:
+            if key not in self._scores:  # "finetuned" first: forgotten with the model's scores when it is replaced
+                self._scores[key] = self._run(
+                    "changes",
+                    self._ref(tuned.name),
+                    tuned.weights,
+                    test["text"].tolist(),
+                    tuned.config.max_length,
+                    progress=_reporter(progress, f"Measuring how the {len(test)} test reviews moved"),
+                )
+            return self._scores[key]
 
     def _rung_notes(self) -> dict:
         """How each rung below LoRA was made, or why it is missing."""

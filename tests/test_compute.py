@@ -144,3 +144,15 @@ def test_no_module_of_the_ui_imports_torch_or_a_model_library():
                 names = [node.module or ""]
             found += [f"{path.name}: {name}" for name in names if name.split(".")[0] in banned]
     assert found == []
+
+
+def test_the_cpu_budget_is_the_affinity_cut_to_the_cgroup_quota(monkeypatch):
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(device_policy, "_cgroup_quota", lambda: None)
+    assert device_policy.cpu_budget() == cpus
+    monkeypatch.setattr(device_policy, "_cgroup_quota", lambda: 1)
+    assert device_policy.cpu_budget() == 1  # a 1-CPU container on a bigger host
+    monkeypatch.setattr(device_policy, "_cgroup_quota", lambda: 10_000)
+    assert device_policy.cpu_budget() == cpus

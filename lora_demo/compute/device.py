@@ -33,6 +33,40 @@ def device() -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def cpu_budget() -> int:
+    """The CPUs this process may use: its affinity, cut to the container's CPU quota (cgroup v2 or v1), which on a
+    Space can be 2 while the host shows many more."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_quota()
+    return max(1, min(cpus, quota)) if quota else cpus
+
+
+def _cgroup_quota() -> int | None:
+    for path, split in (("/sys/fs/cgroup/cpu.max", True), ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", False)):
+        try:
+            text = open(path).read().split()
+            if split:
+                limit, period = text[0], text[1]
+            else:
+                limit, period = text[0], open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read().split()[0]
+        except (OSError, IndexError):
+            continue
+        if limit in ("max", "-1"):
+            return None
+        return max(1, int(int(limit) / int(period) + 0.5))
+    return None
+
+
+@functools.cache
+def fit_threads() -> int:
+    """Once per process, before the first model: torch's intra-op threads cut to `cpu_budget()` where torch took
+    more (it counts the host's cores); every handler shares them. Returns the count in use."""
+    budget = cpu_budget()
+    if torch.get_num_threads() > budget:
+        torch.set_num_threads(budget)
+    return torch.get_num_threads()
+
+
 def on_gpu() -> bool:
     return device().type == "cuda"
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..inference import serving_copy
 from ..lora import AdapterWeights, attach
 from ..models import ModelBundle, load_bundle
-from .device import device
+from .device import device, fit_threads
 
 TUNED_COPIES = 4  # serving copies of trained adapters kept per process (the least recently used is dropped)
 
@@ -48,6 +48,7 @@ def fresh(ref: ModelRef, seed: int = 42) -> ModelBundle:
         loader = LOADERS[ref.loader]
     except KeyError:
         raise RuntimeError(f"no loader {ref.loader!r} in this process (register it before forking)") from None
+    fit_threads()
     bundle = loader(ref.name, seed=seed)
     bundle.model.to(device())
     return bundle

@@ -15,7 +15,7 @@ import gradio as gr
 from ..config import DEFAULT_MODEL, PRESETS, STUDY_REPORTED_ACCURACY, get_model_spec, recipe
 from . import baseline, classify, compare, dataset, train, whole_study
 from .errors import guard
-from .session import SessionData, end_session
+from .session import UNQUEUED, SessionData, end_session
 
 TITLE = "LoRA sentiment demo"
 
@@ -131,12 +131,13 @@ def build_demo(max_queue: int | None = None) -> gr.Blocks:
             with gr.Tab("5. Classify"):
                 classify_tab = classify.build(session)
 
-        demo.load(
+        demo.load(  # needs no model: outside the queue, so a crowd opening the page never fills it
             guard(page_load),
             inputs=session,
             outputs=[header, data_tab.source, train_tab.loss_chart],
             api_visibility="private",
             show_progress="hidden",
+            **UNQUEUED,
         )
         # the header and the Classify tab follow the session once a load or a model choice has been applied
         train_tab.model_selected.then(

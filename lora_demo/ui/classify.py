@@ -9,7 +9,7 @@ import gradio as gr
 from ..config import DEFAULT_MODEL, LABEL_NAMES, UserError
 from .errors import guard
 from .runs import build_loader
-from .session import CLASSIFY_SLOTS, EVALUATE_SLOTS, SessionData
+from .session import EVALUATE_SLOTS, EXPLAIN_SLOTS, UNQUEUED, SessionData, classify_place
 from .train import model_markdown
 
 EXAMPLES = [
@@ -164,18 +164,18 @@ def build(session: gr.State) -> SimpleNamespace:
 
     gr.on(
         [go.click, text.submit],
-        guard(classify),
+        guard(classify_place(classify)),
         inputs=[text, session],
         outputs=[baseline, lora, note],
         api_name="classify",
         preprocess=False,  # the raw value, so that an API call sending a list is refused rather than stringified
-        **CLASSIFY_SLOTS,
+        **UNQUEUED,  # answers while the queue is full; `classify_place` bounds how many run at once
     ).success(
         guard(explain),
         inputs=[text, session],
         outputs=[baseline_words, lora_words],
         api_visibility="private",
         show_progress="minimal",
-        **CLASSIFY_SLOTS,
+        **EXPLAIN_SLOTS,
     )
     return SimpleNamespace(model_info=model_info)

@@ -13,6 +13,7 @@ import gradio as gr
 
 from ..config import UserError, get_model_spec
 from .errors import guard
+from .session import UNQUEUED
 
 
 def build_lora_picture() -> SimpleNamespace:
@@ -65,6 +66,7 @@ def wire_lora_picture(picture: SimpleNamespace, demo: gr.Blocks, model, lora_con
         trigger_mode="always_last",
         show_progress="hidden",
         api_visibility="private",
+        **UNQUEUED,  # the architecture on the meta device, no weights: never waits behind training
     )
 
 

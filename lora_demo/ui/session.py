@@ -8,6 +8,7 @@ read when a tab closes) lives in this file.
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import logging
 import secrets
@@ -24,11 +25,37 @@ from ..config import DEFAULT_MODEL
 
 logger = logging.getLogger("lora_demo.ui")
 
-# The CPU budget shared by every session. Events of one group run at most `concurrency_limit` at a time and the
-# rest wait in gradio's queue, which shows each waiting user their place.
+# The CPU budget shared by every session. Only long work waits in gradio's queue, which shows each waiting user
+# their place: events of one group run at most `concurrency_limit` at a time.
 TRAIN_SLOTS = {"concurrency_id": "train", "concurrency_limit": 1}  # training and the measured steps
 EVALUATE_SLOTS = {"concurrency_id": "evaluate", "concurrency_limit": 1}  # data loads, test-set scoring, batch files
-CLASSIFY_SLOTS = {"concurrency_id": "classify", "concurrency_limit": 2}  # one review: milliseconds, never waits long
+EXPLAIN_SLOTS = {"concurrency_id": "explain", "concurrency_limit": 1}  # a review's words, one model call per word
+# Work that needs no queue: what a page needs when it opens (no model), and Classify, which answers one review in
+# milliseconds and must answer while the queue is full. It runs outside the queue, and Classify takes one of
+# `CLASSIFY_AT_ONCE` places (waiting at most `CLASSIFY_WAIT_SECONDS` for one) so a crowd cannot swamp the CPU.
+UNQUEUED = {"queue": False}
+CLASSIFY_AT_ONCE = 2
+CLASSIFY_WAIT_SECONDS = 20
+_CLASSIFY_PLACES = threading.BoundedSemaphore(CLASSIFY_AT_ONCE)
+
+
+def classify_place(fn):
+    """Run `fn` once one of Classify's places is free; after `CLASSIFY_WAIT_SECONDS` say the app is busy."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from ..config import UserError
+
+        if not _CLASSIFY_PLACES.acquire(timeout=CLASSIFY_WAIT_SECONDS):
+            raise UserError("Classify is busy with other visitors' reviews: please try again in a few seconds")
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _CLASSIFY_PLACES.release()
+
+    return wrapper
+
+
 CLOSE_WAIT_SECONDS = 30  # how long closing a session waits for its training thread to finish its step
 IDLE_SECONDS = 2 * 3600
 

@@ -31,7 +31,7 @@ from ..config import (
 )
 from .errors import guard
 from .pictures import build_lora_picture, wire_lora_picture
-from .session import TRAIN_SLOTS, SessionData
+from .session import TRAIN_SLOTS, UNQUEUED, SessionData
 from .widgets import download_progress, notes_markdown, slider, study_progress, whole_number
 
 REDRAW_SECONDS = 0.5
@@ -418,6 +418,7 @@ def _wire(ui: SimpleNamespace):
         trigger_mode="always_last",
         show_progress="hidden",
         api_visibility="private",
+        **UNQUEUED,  # counted on the meta device, no weights: never waits behind training
     )
     wire_lora_picture(controls.picture, ui.demo, model, controls.lora)
     ui.start.click(
