@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from .cache import Cache
 from .config import ASSETS_DIR, LABEL_NAMES, DataConfig, UserError
 
 logger = logging.getLogger(__name__)
@@ -460,8 +461,9 @@ def _read_aclimdb(folder: Path) -> pd.DataFrame:
     return normalise_frame(pd.DataFrame(rows), folder.name)
 
 
-def _load_hub(progress: Callable[[int, int], None] | None = None) -> dict[str, pd.DataFrame]:
-    """The Hub's IMDb: its train and test parquet shards, downloaded once into the Hugging Face cache.
+def _load_hub(progress: Callable[[int, int], None] | None = None, read=None) -> dict[str, pd.DataFrame]:
+    """The Hub's IMDb: its train and test parquet shards, downloaded once into the Hugging Face cache, read by
+    `read(folder)` (default: `_read_hub`).
 
     Read with pandas rather than `datasets.load_dataset`, which would also fetch the unsupervised split (half of
     the repository's 84 MB) and write an Arrow copy of everything.
@@ -474,6 +476,10 @@ def _load_hub(progress: Callable[[int, int], None] | None = None) -> dict[str, p
             "(a local IMDb copy) or 'sample'"
         )
     folder = fetch_repo(HUB_DATASET, "dataset", HUB_DATASET_FILES, progress)
+    return (read or _read_hub)(folder)
+
+
+def _read_hub(folder: Path) -> dict[str, pd.DataFrame]:
     reviews = {}
     for split in ("train", "test"):
         shards = sorted(folder.glob(f"plain_text/{split}-*.parquet"))
@@ -557,6 +563,32 @@ def split_reviews(reviews: dict[str, pd.DataFrame], config: DataConfig) -> tuple
     return train, val, test
 
 
+SHARED_SOURCES = 3  # cleaned sources kept per process, shared read-only by every session that loads them
+
+
+def shared_reviews(source: str, progress: Callable[[int, int], None] | None = None) -> dict[str, pd.DataFrame]:
+    """`load_reviews(source)`, read and cleaned once per process while its files are unchanged: every visitor
+    on the same data shares one copy (read-only: splitting copies what it takes). The Hub's copy is named by its
+    snapshot folder once fetched, so it is read again only when the Hub has a new commit."""
+    if source == "hub":
+        return _load_hub(progress, read=lambda folder: _SOURCES.get(("hub", str(folder)), lambda: _read_hub(folder)))
+    return _SOURCES.get((source, _signature(source)), lambda: load_reviews(source, progress))
+
+
+_SOURCES = Cache(SHARED_SOURCES)
+
+
+def _signature(source: str) -> tuple:
+    """What says a source's files are unchanged: each file's path, size and modification time."""
+    if source in ("builtin", "sample"):
+        return ()
+    path = Path(source).expanduser()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+    if len(files) > 10_000:  # an aclImdb folder: one file per review; its folder's own times stand for them
+        files = sorted(p for p in path.rglob("*") if p.is_dir()) + [path]
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
 def load_splits(
     config: DataConfig, fit_to_data: bool = False, progress: Callable[[int, int], None] | None = None
 ) -> Splits:
@@ -571,7 +603,7 @@ def load_splits(
         UserError: for any problem with the source or the sizes.
     """
     source, notes = resolve_source(config.source)
-    reviews = load_reviews(source, progress)
+    reviews = shared_reviews(source, progress)
     if fit_to_data:
         config, more = fit_sizes(config, reviews)
         notes += more

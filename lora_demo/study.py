@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .cache import Cache
 from .compute.models import ModelRef, register_loader
 from .compute.stop import StopFlag
 from .config import (
@@ -43,6 +44,9 @@ from .train import TrainEvent, TrainResult
 
 Progress = Callable[[str, int, int], None]  # (what is being done, done, total)
 MAX_RUNS = 20  # runs kept per study for the Compare tab; the oldest is dropped beyond this
+# answers every session on the same reviews would compute alike (the zero-shot model's, the TF-IDF rung's): made
+# once per process and shared read-only, the least recently used dropped past this many
+SHARED = Cache(32)
 
 
 @dataclass
@@ -307,11 +311,12 @@ class Study:
         frame = self._test_frame() if frame is None else frame
         report = _reporter(progress, f"Zero-shot {self.model_name} on {len(frame)} reviews")
         ref = self._ref()
-        return self._score(
-            ("baseline", self.model_name, max_length),
-            frame,
-            lambda texts: self._run("zero_shot", ref, texts, max_length, progress=report),
-        )
+
+        def predict(texts):  # the untouched model answers every visitor alike: once per process and reviews
+            key = ("zero_shot", ref, max_length, texts_fingerprint(texts))
+            return SHARED.get(key, lambda: self._run("zero_shot", ref, texts, max_length, progress=report))
+
+        return self._score(("baseline", self.model_name, max_length), frame, predict)
 
     def finetuned(self, frame: pd.DataFrame | None = None, progress: Progress | None = None) -> Evaluation:
         """The LoRA model's answers on `frame` (default: the test reviews).
@@ -340,8 +345,13 @@ class Study:
             return None
         frame = self._test_frame() if frame is None else frame
         tuned.trained_on.check_unseen(frame["text"])
-        seed = tuned.config.seed
-        return self._score(("tfidf",), frame, lambda texts: tfidf_predictions(tuned.train_frames[0], texts, seed))
+        train, seed = tuned.train_frames[0], tuned.config.seed
+
+        def predict(texts):  # the same training and test reviews give the same rung to every visitor
+            key = ("tfidf", texts_fingerprint(train["text"]), tuple(train["label"]), texts_fingerprint(texts), seed)
+            return SHARED.get(key, lambda: tfidf_predictions(train, texts, seed))
+
+        return self._score(("tfidf",), frame, predict)
 
     def head_only(self, frame: pd.DataFrame | None = None, progress: Progress | None = None) -> Evaluation | None:
         """The same head trained with the model frozen, on the LoRA model's training reviews and settings, on

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from lora_demo.cache import Cache
 from lora_demo.compute import device as device_policy
-from lora_demo.compute.models import Cache, ModelRef, register_loader
+from lora_demo.compute.models import ModelRef, register_loader
 from lora_demo.compute.stop import RunStop, StopFlag
 from lora_demo.config import LoraSettings, TrainConfig, UserError
 

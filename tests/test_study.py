@@ -176,3 +176,30 @@ def loadable(name: str) -> bool:
     except UserError:
         return False
     return True
+
+
+def test_a_second_visitor_on_the_same_data_shares_the_source_and_the_zero_shot_answers(models, toy_csv, monkeypatch):
+    """What every session on the same reviews computes alike is computed once per process: the cleaned source,
+    the zero-shot answers, the TF-IDF rung. A change to the file is read again."""
+    from lora_demo import data
+    from lora_demo.compute.runner import Runner
+
+    reads, jobs = [], []
+    real_read = data.load_reviews
+    monkeypatch.setattr(data, "load_reviews", lambda source, progress=None: reads.append(source) or real_read(source))
+
+    class Counting(Runner):
+        def call(self, name, *args, **kwargs):
+            jobs.append(name)
+            return super().call(name, *args, **kwargs)
+
+    models.runner = Counting()
+    first, second = Study(models=models), Study(models=models)
+    for study in (first, second):
+        study.load_data(csv_config(toy_csv))
+        study.baseline()
+    assert reads == [str(toy_csv)] and jobs == ["zero_shot"]
+    assert second.baseline().predictions == first.baseline().predictions
+    toy_csv.write_text(toy_csv.read_text())  # the same file, written again: read again
+    second.load_data(csv_config(toy_csv))
+    assert reads == [str(toy_csv)] * 2

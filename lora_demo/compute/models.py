@@ -9,11 +9,10 @@ slow first load of one model never holds up the others.
 
 from __future__ import annotations
 
-import collections
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..cache import Cache
 from ..inference import serving_copy
 from ..lora import AdapterWeights, attach
 from ..models import ModelBundle, load_bundle
@@ -52,46 +51,6 @@ def fresh(ref: ModelRef, seed: int = 42) -> ModelBundle:
     bundle = loader(ref.name, seed=seed)
     bundle.model.to(device())
     return bundle
-
-
-class Cache:
-    """Values made on first use under a lock of their own per key (a failure is not kept); at most `size` kept,
-    the least recently used dropped first (None: all)."""
-
-    def __init__(self, size: int | None = None):
-        self._values: collections.OrderedDict = collections.OrderedDict()
-        self._locks: dict = {}
-        self._lock = threading.Lock()
-        self._size = size
-
-    def get(self, key, make: Callable[[], object]):
-        with self._lock:
-            if key in self._values:
-                self._values.move_to_end(key)
-                return self._values[key]
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:  # one load per key; other keys are served meanwhile
-            with self._lock:
-                if key in self._values:
-                    return self._values[key]
-            value = make()
-            with self._lock:
-                self._values[key] = value
-                if self._size is not None:
-                    while len(self._values) > self._size:
-                        self._values.popitem(last=False)
-                self._locks.pop(key, None)
-            return value
-
-    def drop(self, matches: Callable[[object], bool]) -> None:
-        """Forget the values whose key `matches`."""
-        with self._lock:
-            for key in [key for key in self._values if matches(key)]:
-                del self._values[key]
-
-    def clear(self):
-        with self._lock:
-            self._values.clear()
 
 
 _BASE = Cache()
