@@ -42,6 +42,10 @@ class Cache:
             for key in [key for key in self._values if matches(key)]:
                 del self._values[key]
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._values)
+
     def clear(self):
         with self._lock:
             self._values.clear()

@@ -39,7 +39,7 @@ def local_folder(tmp_path, make_reviews):
 @pytest.fixture
 def fake_hub(monkeypatch, make_reviews):
     reviews = {"train": make_reviews(12, 3), "test": make_reviews(12, 4)}
-    monkeypatch.setattr(data, "_load_hub", lambda progress=None: {k: v.copy() for k, v in reviews.items()})
+    monkeypatch.setattr(data, "_load_hub", lambda progress=None, read=None: {k: v.copy() for k, v in reviews.items()})
 
 
 def test_the_imdb_sample_is_named_with_its_counts_and_no_warning():

@@ -663,7 +663,8 @@ def test_a_bad_queue_size_stops_the_app_with_a_message(monkeypatch, value):
 
 
 def test_sessions_that_never_say_goodbye_are_closed_when_idle(tmp_path):
-    """A client of the plain HTTP API has no heartbeat, so no unload: its session is closed after IDLE_SECONDS."""
+    """A client of the plain HTTP API has no heartbeat, so no unload: its session is closed once idle, by a thread
+    of its own (no other visitor needs to arrive)."""
     import copy
 
     from lora_demo.ui.classify import classify_file
@@ -675,9 +676,22 @@ def test_sessions_that_never_say_goodbye_are_closed_when_idle(tmp_path):
     assert {idle, busy} <= set(OPEN_SESSIONS)
     labelled = Path(guard(classify_file)(str(reviews_csv(tmp_path / "batch.csv", rows=4)), idle))
     for session in (idle, busy):
-        session.last_used -= IDLE_SECONDS + 1  # two hours pass
+        session.last_used -= IDLE_SECONDS + 1  # half an hour passes
     guard(classify_file)(str(tmp_path / "batch.csv"), busy)  # every event marks its session as used
     assert close_idle_sessions() == [idle]
     assert idle.closed and not labelled.exists()
     assert not busy.closed and busy.scratch_dir().exists()
     busy.close()
+
+
+def test_the_sweeper_closes_idle_sessions_with_no_visitor_arriving(monkeypatch):
+    import copy
+
+    from lora_demo.ui import session as sessions
+
+    monkeypatch.setattr(sessions, "SWEEP_SECONDS", 0.1)
+    monkeypatch.setattr(sessions, "_SWEEPER", [])  # a sweeper of this test's own, with the short interval
+    monkeypatch.setenv("LORA_DEMO_IDLE_MINUTES", "0.01")  # 0.6 s
+    idle = copy.deepcopy(sessions.SessionData())  # as gradio makes a session: the sweeper starts
+    idle.scratch_dir()
+    wait_for(lambda: released(idle), timeout=10)

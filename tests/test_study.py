@@ -203,3 +203,44 @@ def test_a_second_visitor_on_the_same_data_shares_the_source_and_the_zero_shot_a
     toy_csv.write_text(toy_csv.read_text())  # the same file, written again: read again
     second.load_data(csv_config(toy_csv))
     assert reads == [str(toy_csv)] * 2
+
+
+def test_two_events_of_a_session_reporting_at_once_compute_each_score_once(models, toy_csv, tiny_encoder_factory):
+    """A run's own report and a Compare refresh at the same time (two concurrency groups): every job runs once,
+    and a data load waits for the report instead of changing the split under it."""
+    import threading
+    import time
+
+    from lora_demo.compute.runner import Runner
+
+    jobs = []
+
+    class Counting(Runner):
+        def call(self, name, *args, **kwargs):
+            jobs.append(name)
+            time.sleep(0.2)  # a slow job: the other event arrives while it runs
+            return super().call(name, *args, **kwargs)
+
+    models.runner = Counting()
+    study = Study(models=models)
+    study.load_data(csv_config(toy_csv))
+    study.train(LORA, TINY)
+    jobs.clear()
+    reports = []
+    threads = [threading.Thread(target=lambda: reports.append(study.report().to_dict())) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)
+    study.load_data(csv_config(toy_csv, seed=5))  # waits for the reports: they were made on seed 1's split
+    for thread in threads:
+        thread.join()
+    assert study.splits.config.seed == 5
+    assert [r["data"]["seed"] for r in reports] == [1, 1] and reports[0]["finetuned"] == reports[1]["finetuned"]
+    # the jobs one report needs, made by one report alone (its own models: no zero-shot answers shared with the above)
+    alone = Study(models=Models(loader=lambda name, seed=42: tiny_encoder_factory(0), check=lambda spec: None))
+    alone.models.runner = models.runner
+    alone.load_data(csv_config(toy_csv))
+    alone.train(LORA, TINY)
+    once = len(jobs)
+    alone.report()
+    assert sorted(jobs[:once]) == sorted(jobs[once:]), "two reports at once ran some job twice"

@@ -78,6 +78,11 @@ def release(weights: AdapterWeights) -> None:
     _TUNED.drop(lambda key: key[1] == weights.key)
 
 
+def cached_tuned() -> int:
+    """How many trained adapters' serving copies this process holds."""
+    return len(_TUNED)
+
+
 def forget() -> None:
     """Drop this process's cached models (tests; a worker that must free memory)."""
     _BASE.clear()

@@ -81,7 +81,7 @@ def session_header(session: SessionData) -> str:
     """The header for the session's model and data (before any load: the source the CLI would pick)."""
     from ..data import count_builtin
 
-    splits = session.study.splits
+    splits = session.splits
     source = startup_source() if splits is None else splits.source
     data = dataset.source_words(source) if splits is None else dataset.splits_words(splits)
     warning = None

@@ -11,6 +11,7 @@ import ctypes
 import functools
 import gc
 import logging
+import os
 import secrets
 import shutil
 import tempfile
@@ -57,7 +58,8 @@ def classify_place(fn):
 
 
 CLOSE_WAIT_SECONDS = 30  # how long closing a session waits for its training thread to finish its step
-IDLE_SECONDS = 2 * 3600
+IDLE_SECONDS = 30 * 60  # a session nobody has used for this long is closed (`LORA_DEMO_IDLE_MINUTES`)
+SWEEP_SECONDS = 60  # how often idle sessions are looked for
 
 
 class SharedModels:
@@ -101,6 +103,7 @@ class SessionData:
 
     def __deepcopy__(self, memo):
         # gradio deep-copies the initial state for each new session; a session starts empty
+        start_sweeping()
         close_idle_sessions()
         session = SessionData(model_name=self._model_name)
         OPEN_SESSIONS.add(session)
@@ -125,6 +128,11 @@ class SessionData:
     def holds_study(self) -> bool:
         """Whether the session holds a study (data, models, runs): False once it is closed."""
         return self._study is not None
+
+    @property
+    def splits(self):
+        """The study's loaded data, or None; asking makes no study (a visitor who only looks holds nothing)."""
+        return self._study.splits if self._study is not None else None
 
     @property
     def model_name(self) -> str:
@@ -161,17 +169,52 @@ class SessionData:
 OPEN_SESSIONS: weakref.WeakSet[SessionData] = weakref.WeakSet()  # every session gradio has made
 
 
-def close_idle_sessions(idle_seconds: float = IDLE_SECONDS) -> list[SessionData]:
-    """Close the sessions nobody has used for `idle_seconds` and that are not training; returns them.
+def idle_seconds() -> float:
+    """How long a session may go unused before it is closed: `LORA_DEMO_IDLE_MINUTES`, else `IDLE_SECONDS`."""
+    value = os.environ.get("LORA_DEMO_IDLE_MINUTES")
+    try:
+        return float(value) * 60 if value else IDLE_SECONDS
+    except ValueError:
+        raise SystemExit(f"LORA_DEMO_IDLE_MINUTES must be a number of minutes, got {value!r}") from None
+
+
+def close_idle_sessions(idle: float | None = None) -> list[SessionData]:
+    """Close the sessions nobody has used for `idle` seconds (default `idle_seconds()`) and that are not
+    training; returns them.
 
     Browsers and gradio_client announce when they leave (`demo.unload`); a client that calls the HTTP API without
-    gradio's heartbeat never does, so what its session holds is freed here, when a new session arrives.
+    gradio's heartbeat never does, so what its session holds is freed here: when a new session arrives, and every
+    `SWEEP_SECONDS` by a thread of its own (`start_sweeping`), so a quiet Space frees it too.
     """
-    cutoff = time.monotonic() - idle_seconds
+    cutoff = time.monotonic() - (idle_seconds() if idle is None else idle)
     idle = [s for s in list(OPEN_SESSIONS) if not s.closed and not s.training and s.last_used < cutoff]
     for session in idle:
         session.close()
     return idle
+
+
+_SWEEPER: list[threading.Thread] = []
+_SWEEPER_LOCK = threading.Lock()
+
+
+def start_sweeping() -> None:
+    """Start, once per process, the thread that closes idle sessions every `SWEEP_SECONDS`."""
+
+    def sweep():
+        while True:
+            time.sleep(SWEEP_SECONDS)
+            try:
+                closed = close_idle_sessions()
+            except Exception:  # noqa: BLE001 (a failed sweep is logged; the next one tries again)
+                logger.exception("closing idle sessions failed")
+                continue
+            if closed:
+                logger.info("closed %d idle session(s)", len(closed))
+
+    with _SWEEPER_LOCK:
+        if not _SWEEPER:
+            _SWEEPER.append(threading.Thread(target=sweep, name="lora-demo-idle-sweeper", daemon=True))
+            _SWEEPER[0].start()
 
 
 def release_memory() -> None:
