@@ -183,6 +183,7 @@ class Compared:
 
     evaluation: Evaluation
     report: Report
+    tuned: TunedModel
 
 
 StudyEvent = DataReady | BaselineScored | TrainEvent | Trained | Compared
@@ -207,6 +208,7 @@ class Study:
         self._scores: dict[tuple, Evaluation | dict] = {}  # keyed by (what, model, max_length, reviews): computed once
         self._stop: StopFlag | None = None  # the running training's stop request, if any
         self._busy = False  # a run is training or being scored: the data must not change under it
+        self.abandoned = False  # its session closed: a run still going ends after training, without scoring
         # one session's events run in several concurrency groups at once (a Compare refresh while the whole study
         # scores, a data load): scoring, reporting and loading take turns, and each score is computed once
         self._lock = threading.RLock()
@@ -547,10 +549,12 @@ class Study:
         self._busy = True
         try:
             yield from self.train_steps(lora, config, recipe)
+            if self.abandoned:  # nobody is left to see the comparison
+                return
             evaluation, report = self.finish_run(progress=progress)
         finally:
             self._busy = False
-        yield Compared(evaluation, report)
+        yield Compared(evaluation, report, self.tuned)
 
     def run(self, lora: LoraSettings, config: TrainConfig, recipe: str = "fast", on_event=None) -> Report:
         """`steps` start to end, on the loaded data; each event goes to `on_event`. Returns the report."""
@@ -560,6 +564,16 @@ class Study:
             if isinstance(event, Compared):
                 return event.report
         raise UserError("the study ended without a comparison")
+
+    def work(self, config: TrainConfig) -> float:
+        """How much work `steps()` with `config` is on the loaded data, in reviews through the model (training
+        with its sentence windows and validation passes, and the test reviews' scoring passes): what a line of
+        runs estimates waits from."""
+        splits = self.splits
+        if splits is None:
+            return 0.0
+        per_epoch = len(splits.train) * (1 + config.short_windows) + len(splits.val) * max(1, config.evals_per_epoch)
+        return per_epoch * config.epochs + 6 * len(splits.test)
 
     def _check_settings(self, lora: LoraSettings) -> None:
         spec = self.spec

@@ -425,6 +425,10 @@ def running_app(heartbeat_seconds: float | None = None, **build_options):
     try:
         yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", demo=demo)
     finally:
+        from lora_demo.ui.session import OPEN_SESSIONS
+
+        for session in list(OPEN_SESSIONS):  # no run outlives its server (nor the test process)
+            session.close()
         demo.close()
         if before is None:
             os.environ.pop("GRADIO_HEARTBEAT_INTERVAL", None)

@@ -235,22 +235,30 @@ def test_stop_training_ends_the_run_early_and_keeps_the_model(client):
 
 
 @needs_minilm
-def test_closing_the_training_stream_stops_the_run():
-    """A client that goes away closes the handler's generator; its `finally` must stop the worker thread."""
+def test_a_run_goes_on_when_its_page_goes_and_a_page_that_comes_back_follows_it():
+    """The run belongs to the session: a page that reloads or loses its connection closes only its handler; a
+    page that comes back follows the same run from its start; Stop and closing the session end it."""
     from lora_demo.config import DataConfig
     from lora_demo.ui.session import SessionData
-    from lora_demo.ui.train import train
+    from lora_demo.ui.train import follow_training, train
 
+    quiet = lambda *a, **k: None  # noqa: E731 (gradio's progress bar)
     session = SessionData()
     session.study.load_data(DataConfig(source="builtin", train_size=40, val_size=20, test_size=20))
-    stream = train(8, 32, 0.1, ["query", "value"], 0, 20, 1e-3, 2, 32, "study", session, progress=lambda *a, **k: None)
-    next(stream)  # the first loss points: the job is training
-    assert session.training
-    started = time.monotonic()
-    stream.close()  # 20 epochs of 40 reviews and their windows: minutes, unless it stops after its current step
-    assert time.monotonic() - started < 30
-    assert not session.training and not [t for t in threading.enumerate() if t.name.startswith("lora-train")]
-    assert session.study.tuned is None  # nobody was left to take the model
+    stream = train(8, 32, 0.1, ["query", "value"], 0, 20, 1e-3, 2, 32, "study", session, progress=quiet)
+    next(stream)  # the first loss points: the run is training
+    stream.close()  # the page went away
+    time.sleep(1)
+    assert session.training and session.run.events, "the run went on without its page"
+    back = follow_training(session, session.run, [], quiet)  # a reloaded page
+    first = next(back)
+    assert "step" in first[1]  # the replayed run, from its start
+    assert session.stop().startswith("Stopping")
+    *_, (chart, result, details) = back
+    assert "Stopped" in result and details["train"]["stopped"] is True
+    assert not session.training and session.study.tuned is not None and session.export_zip
+    session.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith(("lora-train", "lora-run"))]
 
 
 def test_recipe_choice_sets_the_lora_controls():

@@ -297,8 +297,8 @@ def test_two_browser_sessions_training_at_once_stay_apart(app, browser):
     start_training(pages[0], epochs=epochs[0], batch_size=8)
     pages[0].locator("#train-status").get_by_text(re.compile(r"Training minilm: step \d+")).wait_for()
     start_training(pages[1], epochs=epochs[1], batch_size=8)
-    # one training at a time: the second waits, and the page says where it is in the queue
-    pages[1].get_by_text(re.compile(r"queue: \d+/\d+")).first.wait_for()
+    # one run at a time: the second waits for the machine, and the page says where it is in the line
+    pages[1].locator("#train-status").get_by_text("1 run ahead of yours").wait_for()
     for page, (train, _, test), n in zip(pages, sizes, epochs):
         status = page.locator("#train-status")
         status.get_by_text("Done:").wait_for()
@@ -315,9 +315,33 @@ def test_two_browser_sessions_training_at_once_stay_apart(app, browser):
         page.context.close()
 
 
-def test_closing_the_tab_mid_run_ends_the_run_and_frees_the_session(app, browser):
+def test_a_reload_during_training_shows_the_same_run_still_streaming(app, browser):
+    page = open_page(browser, app.url)
+    load_builtin(page, 40, 20, 20)
+    start_training(page, epochs=20, batch_size=1)  # 800 steps
+    status = page.locator("#train-status")
+    status.get_by_text(re.compile(r"Training minilm: step \d+")).wait_for()
+    page.reload()  # as a visitor who reloads, or whose connection dropped and came back
+    page.get_by_text("Active model").wait_for()
+    open_tab(page, "3. Train LoRA")
+    status.get_by_text(re.compile(r"Training minilm: step \d+")).wait_for()
+    step = lambda: int(re.search(r"step (\d+) of", status.inner_text())[1])  # noqa: E731
+    seen = step()
+    wait_for(lambda: step() > seen, timeout=60)  # still streaming, on the reloaded page
+    assert sum(plotly_points(page, "#loss-chart")) >= 2  # the chart from the run's start
+    open_tab(page, "1. Dataset")
+    assert page.get_by_text("Loaded 40 / 20 / 20").is_visible()  # the same session's data
+    screenshot(page, "9-reloaded-during-training")
+    page.get_by_role("button", name="Stop").first.click()
+    open_tab(page, "3. Train LoRA")
+    status.get_by_text("Stopped").wait_for()
+    page.context.close()
+
+
+def test_closing_the_tab_mid_run_ends_the_run_and_frees_the_session(app, browser, monkeypatch):
     from lora_demo.ui.session import SessionData
 
+    monkeypatch.setenv("LORA_DEMO_REATTACH_SECONDS", "2")  # the wait for a reload, before the session closes
     page = open_page(browser, app.url)
     load_builtin(page, 40, 20, 20)
     start_training(page, epochs=20, batch_size=1)  # 800 steps

@@ -173,32 +173,50 @@ def test_two_sessions_training_at_once_see_only_their_own_data_and_results(app, 
 # 2. Queueing
 
 
-def test_the_queue_shows_places_refuses_past_its_size_and_keeps_going(app, connect):
-    from gradio_client.utils import QueueError, Status
+def outputs_say(job, words: str) -> bool:
+    return any(words in str(output) for output in job.outputs())
 
+
+def test_runs_wait_their_turn_in_a_line_that_shows_places_and_refuses_past_its_size(app, connect, monkeypatch):
+    from lora_demo.ui import session as sessions
+
+    monkeypatch.setattr(sessions.LINE, "capacity", 2)  # the running run and 2 waiting
     clients = [connect() for _ in range(4)]
-    for client in clients[:3]:
+    for client in clients:
         client.predict(*SIZES, api_name="/load_data")
     running = clients[0].submit(*LONG_RUN, api_name="/train")
     wait_until_running(running)
     waiting = []
-    for client in clients[1:3]:  # one training at a time: these wait, and are told where they are
-        waiting.append(client.submit(*SHORT_RUN, api_name="/train"))
-        wait_for(lambda: waiting[-1].status().code == Status.IN_QUEUE, timeout=30)
-    assert [job.status().rank for job in waiting] == [0, 1]
-    with pytest.raises(QueueError, match="Queue is full"):  # the browser says "busy, please try again"
-        clients[3].submit(*SHORT_RUN, api_name="/train").result(timeout=30)
-    # the page's Classify runs outside the queue: it answers while the queue is full (gradio_client, which sends
-    # every call through the queue, is told the app is busy, as for any other event)
+    for client, place in zip(clients[1:3], ("1 run ahead", "2 runs ahead")):  # one at a time: these wait, told where
+        job = client.submit(*SHORT_RUN, api_name="/train")
+        waiting.append(job)
+        wait_for(lambda job=job, place=place: outputs_say(job, f"{place} of yours"), 30)
+    message = app_error(lambda: clients[3].predict(*SHORT_RUN, api_name="/train"))
+    assert "2 runs are already waiting for the machine: please try again in a few minutes" in message
+    # the page's Classify runs outside the queue and answers while runs wait (gradio_client, which sends every call
+    # through the queue, is told the app is busy when that queue is full)
     baseline, _, _ = classify_as_the_browser_does(app, clients[3], "A fine film.")
     assert baseline["label"] in ("positive", "negative")
-    with pytest.raises(QueueError, match="Queue is full"):
-        clients[3].predict("A fine film.", api_name="/classify")
-    assert "Stopping" in stop_as_the_browser_does(app, clients[0])  # Stop skips the full queue
+    assert "Stopping" in stop_as_the_browser_does(app, clients[0])  # Stop is outside the queue too
     assert running.result(timeout=120)[2]["train"]["stopped"] is True
-    for job in waiting:
+    for job in waiting:  # in their turn
         assert job.result(timeout=300)[2]["train"]["stopped"] is False
     assert clients[3].predict("A fine film.", api_name="/classify")[0]["label"] in ("positive", "negative")
+
+
+def test_a_run_that_waits_leaves_the_line_on_stop(app, connect):
+    first, second = connect(), connect()
+    for client in (first, second):
+        client.predict(*SIZES, api_name="/load_data")
+    running = first.submit(*LONG_RUN, api_name="/train")
+    wait_until_running(running)
+    waiting = second.submit(*SHORT_RUN, api_name="/train")
+    wait_for(lambda: outputs_say(waiting, "1 run ahead of yours"), 30)
+    assert "Left the line" in stop_as_the_browser_does(app, second)
+    assert "nothing was trained" in str(waiting.result(timeout=60))
+    assert server_session(app, second).study.tuned is None
+    stop_as_the_browser_does(app, first)
+    running.result(timeout=120)
 
 
 # 3. Stop really stops (the exact step is checked in test_train.test_stop_flag_ends_training_early)
@@ -550,7 +568,6 @@ def test_gradio_is_pinned_past_the_known_advisories():
 
 
 def test_a_crash_in_training_is_reported_frees_its_slot_and_memory_and_the_next_run_works(app, connect, monkeypatch):
-    from gradio_client.utils import Status
 
     import lora_demo.train
     from lora_demo.ui.errors import GENERIC_ERROR, OUT_OF_MEMORY
@@ -575,7 +592,7 @@ def test_a_crash_in_training_is_reported_frees_its_slot_and_memory_and_the_next_
     failing = crashed.submit(*SHORT_RUN, api_name="/train")
     wait_until_running(failing)
     behind = queued.submit(*SHORT_RUN, api_name="/train")
-    wait_for(lambda: behind.status().code == Status.IN_QUEUE, timeout=30)
+    wait_for(lambda: outputs_say(behind, "1 run ahead of yours"), timeout=30)  # waits for the machine
     message = app_error(lambda: failing.result(timeout=60))
     assert GENERIC_ERROR in message and "internal detail" not in message
     assert behind.result(timeout=300)[2]["train"]["stopped"] is False, "a failed run never blocks the next one"

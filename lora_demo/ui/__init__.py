@@ -15,7 +15,7 @@ import gradio as gr
 from ..config import DEFAULT_MODEL, PRESETS, STUDY_REPORTED_ACCURACY, get_model_spec, recipe
 from . import baseline, classify, compare, dataset, train, whole_study
 from .errors import guard
-from .session import UNQUEUED, SessionData, end_session
+from .session import RUN_SLOTS, UNQUEUED, SessionData, end_session, session_for
 
 TITLE = "LoRA sentiment demo"
 
@@ -93,15 +93,44 @@ def session_header(session: SessionData) -> str:
     return header_markdown(session.model_name, data, warning)
 
 
-def page_load(session: SessionData) -> tuple:
-    """Fill in the header, the data source and the empty loss chart when a page opens.
+def page_load(session: SessionData, key: str | None, request: gr.Request) -> tuple:
+    """When a page opens: the session it shows (the browser's own, if it reloads within `reattach_seconds()`;
+    else this connection's new one, under a new key the browser keeps), the header, the data source and the loss
+    chart.
 
     Done here rather than at build time so that startup imports no data or plotting libraries.
     """
     from ..plots import loss_figure
 
+    session, key = session_for(key, session, request.session_hash)
     choices = gr.update(choices=dataset.source_choices(startup_source()))
-    return session_header(session), choices, loss_figure([])
+    return session, key, session_header(session), choices, loss_figure([])
+
+
+def show_session_data(session: SessionData) -> tuple:
+    """A page that opens on a session with data (a reload) shows that data on the Dataset tab."""
+    if session.splits is None:
+        return (gr.skip(),) * 5
+    return dataset.data_view(session.splits)
+
+
+def follow_session_run(session: SessionData, progress=gr.Progress()):
+    """A page that opens on a session with a run (a reload, a dropped connection) shows that run from its start
+    and follows it: the Train tab's chart, status and details, and for a whole study the first tab's status."""
+    run = session.run
+    if run is None:
+        return
+    notes: list[str] = []
+    skip = gr.skip()
+    if run.kind == "whole":
+        for update in whole_study.follow_whole_study(session, run, notes, progress):
+            shown = (update.get("details", skip), update.get("status", skip), update.get("chart", skip))
+            yield update.get("train_chart", skip), update.get("train_status", skip), *shown, skip
+    else:
+        for chart, status, details in train.follow_training(session, run, notes, progress):
+            yield chart, status, details, skip, skip, skip
+    if session.export_zip:
+        yield skip, skip, skip, skip, skip, gr.update(value=session.export_zip, visible=True)
 
 
 def queue_size() -> int:
@@ -116,7 +145,9 @@ def build_demo(max_queue: int | None = None) -> gr.Blocks:
     hour = CACHE_HOURS * 3600
     with gr.Blocks(title=TITLE, delete_cache=(hour, hour)) as demo:
         # one SessionData per browser tab or API client; closed when the tab closes, and when gradio drops the state
-        session = gr.State(SessionData(), delete_callback=SessionData.close)
+        session = gr.State(SessionData(), delete_callback=SessionData.state_deleted)
+        # the browser's key to its session: a reload finds the same study and its run (`session_for`)
+        browser_key = gr.BrowserState(None, storage_key="lora-demo-session")
         header = gr.Markdown(header_markdown(DEFAULT_MODEL, "(checking …)"), elem_id="header")
         with gr.Tabs() as tabs:
             with gr.Tab("1. Dataset"):
@@ -133,11 +164,32 @@ def build_demo(max_queue: int | None = None) -> gr.Blocks:
 
         demo.load(  # needs no model: outside the queue, so a crowd opening the page never fills it
             guard(page_load),
-            inputs=session,
-            outputs=[header, data_tab.source, train_tab.loss_chart],
+            inputs=[session, browser_key],
+            outputs=[session, browser_key, header, data_tab.source, train_tab.loss_chart],
             api_visibility="private",
             show_progress="hidden",
             **UNQUEUED,
+        ).then(
+            guard(show_session_data),
+            inputs=session,
+            outputs=list(data_tab.view),
+            api_visibility="private",
+            show_progress="hidden",
+            **UNQUEUED,
+        ).then(
+            guard(follow_session_run),
+            inputs=session,
+            outputs=[
+                train_tab.loss_chart,
+                train_tab.status,
+                train_tab.details,
+                whole.status,
+                whole.chart,
+                train_tab.download,
+            ],
+            api_visibility="private",
+            show_progress="hidden",
+            **RUN_SLOTS,
         )
         # the header and the Classify tab follow the session once a load or a model choice has been applied
         train_tab.model_selected.then(

@@ -23,12 +23,17 @@ from pathlib import Path
 import gradio as gr
 
 from ..config import DEFAULT_MODEL
+from ..live import Line
 
 logger = logging.getLogger("lora_demo.ui")
 
+WAITING_RUNS = 8  # runs that may wait for the machine at once (`LORA_DEMO_WAITING_RUNS`); past it: try again later
 # The CPU budget shared by every session. Only long work waits in gradio's queue, which shows each waiting user
 # their place: events of one group run at most `concurrency_limit` at a time.
-TRAIN_SLOTS = {"concurrency_id": "train", "concurrency_limit": 1}  # training and the measured steps
+TRAIN_SLOTS = {"concurrency_id": "train", "concurrency_limit": 1}  # the measured LoRA vs full fine-tuning steps
+# a page following its session's run (`live.LiveRun`): the runs themselves take turns in `LINE`, one at a time, and
+# a page that waits there holds no CPU, so as many pages follow as runs may wait
+RUN_SLOTS = {"concurrency_id": "runs", "concurrency_limit": WAITING_RUNS + 2}
 EVALUATE_SLOTS = {"concurrency_id": "evaluate", "concurrency_limit": 1}  # data loads, test-set scoring, batch files
 EXPLAIN_SLOTS = {"concurrency_id": "explain", "concurrency_limit": 1}  # a review's words, one model call per word
 # Work that needs no queue: what a page needs when it opens (no model), and Classify, which answers one review in
@@ -59,7 +64,8 @@ def classify_place(fn):
 
 CLOSE_WAIT_SECONDS = 30  # how long closing a session waits for its training thread to finish its step
 IDLE_SECONDS = 30 * 60  # a session nobody has used for this long is closed (`LORA_DEMO_IDLE_MINUTES`)
-SWEEP_SECONDS = 60  # how often idle sessions are looked for
+REATTACH_SECONDS = 120  # a session whose pages all closed waits this long for a reload (`LORA_DEMO_REATTACH_SECONDS`)
+SWEEP_SECONDS = 60  # how often idle and left sessions are looked for (more often when the wait above is shorter)
 
 
 class SharedModels:
@@ -100,6 +106,10 @@ class SessionData:
         self.closed = False
         self.last_used = time.monotonic()  # set by `guard` at every event of the session, which also reopens it
         self._lock = threading.Lock()  # the page's load event and a first click make the study at the same time
+        self.key: str | None = None  # the browser's key for this session (`gr.BrowserState`), once it has a page
+        self.pages: set[str] = set()  # the connections (gradio session hashes) showing it now
+        self.left_at: float | None = None  # when its last page went away: it waits `reattach_seconds()` for a reload
+        self.run = None  # its latest `live.LiveRun`: a run belongs to the session, not to the page that started it
 
     def __deepcopy__(self, memo):
         # gradio deep-copies the initial state for each new session; a session starts empty
@@ -140,7 +150,48 @@ class SessionData:
 
     @property
     def training(self) -> bool:
-        return self._study is not None and self._study.training
+        """Whether the session's run trains, or waits for its turn to."""
+        running = self.run is not None and not self.run.done
+        return running or (self._study is not None and self._study.training)
+
+    def start_run(self, steps, work: float) -> object:
+        """Start the session's run (`live.LiveRun` of `steps(progress)`) in the process's line of runs.
+
+        Raises:
+            UserError: while another run of the session is going, or when the line is full.
+        """
+        from ..config import UserError
+        from ..live import LiveRun
+
+        if self.training:
+            raise UserError("a run is already going in this session: it is shown here; press Stop to end it")
+        self.run = LiveRun(steps, work, LINE, name=f"lora-run-{self.model_name}")
+        return self.run
+
+    def stop(self) -> str | None:
+        """Stop the session's run: leave the line if it waits, else end its training after the current step.
+        Returns what was done, or None when nothing ran."""
+        if self.run is not None and self.run.cancel():
+            return "Left the line before the run started; nothing was trained."
+        if self._study is not None and self._study.stop_training():
+            return "Stopping after the current step; the model trained so far is kept and scored."
+        return None
+
+    def attach(self, page: str) -> None:
+        """A page shows this session (opened, or reloaded with the browser's key)."""
+        self.pages.add(page)
+        self.left_at, self.closed = None, False
+
+    def state_deleted(self) -> None:
+        """gradio drops a connection's state (an hour after it closed): close the session unless a page shows it."""
+        if not self.pages:
+            self.close()
+
+    def leave(self, page: str) -> None:
+        """A page went away; when none is left the session waits `reattach_seconds()` for a reload, then closes."""
+        self.pages.discard(page)
+        if not self.pages:
+            self.left_at = time.monotonic()
 
     def scratch_dir(self) -> Path:
         """This session's own temporary folder (adapter zips, labelled CSVs); made on first use."""
@@ -154,11 +205,19 @@ class SessionData:
         Called when the browser tab closes (`demo.unload`) and when gradio deletes the state; safe to call twice.
         """
         self.closed = True
+        if self.key is not None:
+            BY_KEY.pop(self.key, None)
+        run, self.run = self.run, None
+        if run is not None:
+            run.cancel()
         study, self._study = self._study, None
         if study is not None:
+            study.abandoned = True
             study.stop_training(wait=CLOSE_WAIT_SECONDS)  # it stops after its current step
             study.release()
-        del study
+        if run is not None:
+            run.join(timeout=CLOSE_WAIT_SECONDS)  # its scoring after the stop, if any
+        del study, run
         self.export_zip = None
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
@@ -167,15 +226,44 @@ class SessionData:
 
 
 OPEN_SESSIONS: weakref.WeakSet[SessionData] = weakref.WeakSet()  # every session gradio has made
+BY_KEY: dict[str, SessionData] = {}  # the sessions browsers hold a key to, until they close
+_BY_KEY_LOCK = threading.Lock()
+
+
+def _number_from_env(name: str, default: float, scale: float = 1.0) -> float:
+    value = os.environ.get(name)
+    try:
+        return float(value) * scale if value else default
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {value!r}") from None
+
+
+def reattach_seconds() -> float:
+    return _number_from_env("LORA_DEMO_REATTACH_SECONDS", REATTACH_SECONDS)
+
+
+LINE = Line(capacity=int(_number_from_env("LORA_DEMO_WAITING_RUNS", WAITING_RUNS)))  # runs take turns
+
+
+def session_for(key: str | None, fresh: SessionData, page: str) -> tuple[SessionData, str]:
+    """The session a page shows: the browser's own (`key`) if it is still open, else `fresh` under a new key.
+
+    Returns the session and the key the browser keeps (`gr.BrowserState`).
+    """
+    with _BY_KEY_LOCK:
+        session = BY_KEY.get(key) if key else None
+        if session is None or session.closed:
+            session = fresh
+            if session.key is None:
+                session.key = secrets.token_urlsafe(24)
+            BY_KEY[session.key] = session
+    session.attach(page)
+    return session, session.key
 
 
 def idle_seconds() -> float:
     """How long a session may go unused before it is closed: `LORA_DEMO_IDLE_MINUTES`, else `IDLE_SECONDS`."""
-    value = os.environ.get("LORA_DEMO_IDLE_MINUTES")
-    try:
-        return float(value) * 60 if value else IDLE_SECONDS
-    except ValueError:
-        raise SystemExit(f"LORA_DEMO_IDLE_MINUTES must be a number of minutes, got {value!r}") from None
+    return _number_from_env("LORA_DEMO_IDLE_MINUTES", IDLE_SECONDS, scale=60)
 
 
 def close_idle_sessions(idle: float | None = None) -> list[SessionData]:
@@ -186,8 +274,14 @@ def close_idle_sessions(idle: float | None = None) -> list[SessionData]:
     gradio's heartbeat never does, so what its session holds is freed here: when a new session arrives, and every
     `SWEEP_SECONDS` by a thread of its own (`start_sweeping`), so a quiet Space frees it too.
     """
-    cutoff = time.monotonic() - (idle_seconds() if idle is None else idle)
-    idle = [s for s in list(OPEN_SESSIONS) if not s.closed and not s.training and s.last_used < cutoff]
+    now = time.monotonic()
+    cutoff = now - (idle_seconds() if idle is None else idle)
+    left = now - reattach_seconds()
+
+    def gone(s: SessionData) -> bool:  # nobody uses it, or all its pages left and none came back (training or not)
+        return (not s.training and s.last_used < cutoff) or (s.left_at is not None and s.left_at < left)
+
+    idle = [s for s in list(OPEN_SESSIONS) if not s.closed and gone(s)]
     for session in idle:
         session.close()
     return idle
@@ -202,7 +296,7 @@ def start_sweeping() -> None:
 
     def sweep():
         while True:
-            time.sleep(SWEEP_SECONDS)
+            time.sleep(min(SWEEP_SECONDS, max(0.1, reattach_seconds() / 4), 5.0))
             try:
                 closed = close_idle_sessions()
             except Exception:  # noqa: BLE001 (a failed sweep is logged; the next one tries again)
@@ -227,7 +321,8 @@ def release_memory() -> None:
 
 
 def end_session(state: gr.State):
-    """A `demo.unload` handler for `state`: when a tab closes (or an API client goes away), close its session.
+    """A `demo.unload` handler for `state`: when an API client goes away, close its session; when a page goes away,
+    its session waits `reattach_seconds()` for the browser to come back (a reload), then closes.
 
     Unload events get no inputs, so the session's `SessionData` is looked up in gradio's own per-session store by
     the request's session hash (gradio-internal: `app.state_holder.session_data[...].state_data`, pinned with
@@ -241,8 +336,12 @@ def end_session(state: gr.State):
         if values is None or state._id not in values.state_data:
             return  # the session never used its state
         session = values.state_data[state._id]
-        session.close()
+        if session.key is None:  # an API client: no browser to come back
+            session.close()
+            logger.info("session %s closed", request.session_hash[:8])
+        else:  # a page: its browser may reload; the session waits for it, then closes (`close_idle_sessions`)
+            session.leave(request.session_hash)
+            logger.info("page %s left its session", request.session_hash[:8])
         values[state._id] = session
-        logger.info("session %s closed", request.session_hash[:8])
 
     return unload

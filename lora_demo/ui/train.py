@@ -31,8 +31,8 @@ from ..config import (
 )
 from .errors import guard
 from .pictures import build_lora_picture, wire_lora_picture
-from .session import TRAIN_SLOTS, UNQUEUED, SessionData
-from .widgets import download_progress, notes_markdown, slider, study_progress, whole_number
+from .session import RUN_SLOTS, TRAIN_SLOTS, UNQUEUED, SessionData
+from .widgets import download_progress, notes_markdown, slider, whole_number
 
 REDRAW_SECONDS = 0.5
 LOSS_POINTS = 20  # aim for this many train-loss points, so even a one-epoch run on a few reviews draws a curve
@@ -197,11 +197,11 @@ def train(
     r, alpha, dropout, targets, top_layers, epochs, learning_rate, batch_size, max_length, recipe_name: str,
     session: SessionData, progress=gr.Progress(),
 ):  # fmt: skip
-    """Train LoRA on the session's data and model, streaming the loss; then score and compare on the test set."""
-    from ..plots import loss_figure
-    from ..study import Compared, DataReady, Trained
-    from ..train import TrainEvent
+    """Train LoRA on the session's data and model, streaming the loss; then score and compare on the test set.
 
+    The run belongs to the session (`SessionData.start_run`): it waits its turn in the process's line, and goes
+    on if this page reloads or loses its connection; this handler follows it.
+    """
     study, recipe_name = session.study, recipe_name or DEFAULT_RECIPE
     lora = lora_settings(r, alpha, dropout, targets, top_layers)
     lora.targets_for(study.spec)  # refuse a bad recipe before loading anything
@@ -211,24 +211,66 @@ def train(
     base = recipe(recipe_name, study.spec)[1]
     splits = study.splits
     config = train_config(epochs, learning_rate, batch_size, max_length, len(splits.train), splits.config.seed, base)
-    progress(0, desc=f"Loading {study.model_name}")
-    live = LiveChart(study.model_name, config.epochs, progress)
-    for event in study.steps(lora, config, recipe_name, with_baseline=False, progress=study_progress(progress)):
-        session.last_used = time.monotonic()  # a long run is not an idle session
-        if isinstance(event, DataReady):
+    steps = session_steps(session, lora, config, recipe_name, with_baseline=False)
+    run = session.start_run(steps, study.work(config))
+    run.kind, run.epochs = "train", config.epochs
+    yield from follow_training(session, run, notes, progress)
+
+
+def session_steps(session: SessionData, lora, config, recipe_name: str, with_baseline: bool):
+    """The session's run: the study's stream, with the run's download made as soon as it is compared (so it is
+    there for a page that reloads, or comes back after the run ended)."""
+    from ..study import Compared
+
+    study = session.study
+
+    def steps(report):
+        for event in study.steps(lora, config, recipe_name, with_baseline=with_baseline, progress=report):
+            if isinstance(event, Compared):
+                session.export_zip = export_run(session, study, event.report)
+            yield event
+
+    return steps
+
+
+def waiting_markdown(event) -> str:
+    """A run's place in the line for the machine, and the wait the runs ahead make."""
+    runs = "1 run" if event.ahead == 1 else f"{event.ahead} runs"
+    minutes = None if event.seconds is None else max(1, round(event.seconds / 60))
+    wait = "measuring how long runs take" if minutes is None else f"about {minutes} min"
+    return (
+        f"**Waiting for the machine:** {runs} ahead of yours ({wait}). You may leave this page and come back; "
+        "**Stop** takes your run out of the line."
+    )
+
+
+def follow_training(session: SessionData, run, notes: list[str], progress, start: int = 0):
+    """Lay out a session's run for the Train tab: (loss chart, status, details) updates, from event `start` on."""
+    from ..live import Progress, Waiting
+    from ..plots import loss_figure
+    from ..study import Compared, DataReady
+    from ..train import TrainEvent
+
+    live = LiveChart(session.model_name, run.epochs, progress)
+    for event in run.follow(start):
+        session.last_used = time.monotonic()  # a run followed is not an idle session
+        if isinstance(event, Waiting):
+            yield gr.skip(), waiting_markdown(event), gr.skip()
+        elif isinstance(event, Progress):
+            progress((event.done, event.total), desc=event.what)
+        elif isinstance(event, DataReady):
             notes += event.notes
         elif isinstance(event, TrainEvent) and (update := live.add(event)):
             yield *update, gr.skip()
-        elif isinstance(event, Trained) and session.closed:
-            return  # the tab closed while the run was ending: nobody is left to use the model
         elif isinstance(event, Compared):
-            tuned = study.tuned
-            session.export_zip = export_run(session, study, event.report)
+            tuned = event.tuned
             yield (
-                loss_figure(tuned.result.history, config.epochs),
+                loss_figure(tuned.result.history, run.epochs),
                 result_markdown(tuned, event.evaluation.metrics, notes),
                 run_details(event.report),
             )
+    if run.cancelled:
+        yield gr.skip(), "Your run left the line before it started; nothing was trained.", gr.skip()
 
 
 def export_run(session: SessionData, study, report) -> str:
@@ -312,11 +354,8 @@ def run_details(report) -> dict:
 
 
 def stop_training(session: SessionData) -> str:
-    """Ask the session's training run to end after its current step."""
-    if not session.training:
-        return "No training is running in this session."
-    session.study.stop_training()
-    return "Stopping after the current step; the model trained so far is kept and scored."
+    """Take the session's run out of the line, or end its training after the current step."""
+    return session.stop() or "No training is running in this session."
 
 
 def _controls(spec) -> SimpleNamespace:
@@ -430,7 +469,7 @@ def _wire(ui: SimpleNamespace):
         outputs=[ui.loss_chart, ui.status, ui.details],
         api_name="train",
         show_progress_on=[ui.loss_chart],
-        **TRAIN_SLOTS,
+        **RUN_SLOTS,
     ).success(
         guard(download_update), inputs=session, outputs=ui.download, api_visibility="private", show_progress="hidden"
     )

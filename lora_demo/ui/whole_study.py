@@ -17,8 +17,8 @@ import gradio as gr
 
 from ..config import DEFAULT_RECIPE
 from .errors import guard, translate
-from .session import TRAIN_SLOTS, SessionData
-from .widgets import notes_markdown, study_progress
+from .session import RUN_SLOTS, SessionData
+from .widgets import notes_markdown
 
 COMPARE_TAB = "compare"  # the id of the Compare tab, selected when the study ends
 STEPS = 4
@@ -60,8 +60,7 @@ def run_whole_study(session: SessionData, progress=gr.Progress()):
     `baseline:<i>` for the Baseline view); `wire_whole_study` maps the names to components.
     """
     from ..config import recipe
-    from ..study import Trained
-    from .train import train_config
+    from .train import session_steps, train_config
 
     study = session.study
     study.check_model()
@@ -71,13 +70,29 @@ def run_whole_study(session: SessionData, progress=gr.Progress()):
     config = train_config(
         base.epochs, base.learning_rate, base.batch_size, base.max_length, len(splits.train), splits.config.seed, base
     )
-    view = WholeStudyView(session, config.epochs, notes, progress)
-    for event in study.steps(lora, config, DEFAULT_RECIPE, progress=study_progress(progress)):
-        session.last_used = time.monotonic()  # a long run is not an idle session
-        if isinstance(event, Trained) and session.closed:
-            return  # the tab closed while the run was ending: nobody is left to see the comparison
-        if update := view.show(event):
+    run = session.start_run(
+        session_steps(session, lora, config, DEFAULT_RECIPE, with_baseline=True), study.work(config)
+    )
+    run.kind, run.epochs = "whole", config.epochs
+    yield from follow_whole_study(session, run, notes, progress)
+
+
+def follow_whole_study(session: SessionData, run, notes: list[str], progress, start: int = 0):
+    """Lay out a session's whole-study run on the first tab (and the tabs it fills), from event `start` on."""
+    from ..live import Progress, Waiting
+    from .train import waiting_markdown
+
+    view = WholeStudyView(session, run.epochs, notes, progress)
+    for event in run.follow(start):
+        session.last_used = time.monotonic()  # a run followed is not an idle session
+        if isinstance(event, Waiting):
+            yield {"status": waiting_markdown(event)}
+        elif isinstance(event, Progress):
+            progress((event.done, event.total), desc=event.what)
+        elif event is not None and (update := view.show(event)):
             yield update
+    if run.cancelled:
+        yield {"status": "Your run left the line before it started; nothing was trained."}
 
 
 class WholeStudyView:
@@ -134,10 +149,9 @@ class WholeStudyView:
 
     def compared(self, event) -> dict:
         from ..plots import loss_figure
-        from .train import export_run, result_markdown, run_details
+        from .train import result_markdown, run_details
 
-        tuned, metrics = self.study.tuned, event.evaluation.metrics
-        self.session.export_zip = export_run(self.session, self.study, event.report)
+        tuned, metrics = event.tuned, event.evaluation.metrics
         done = f"LoRA accuracy {metrics['accuracy']:.3f} (zero-shot {self.accuracy:.3f})."
         done += " The comparison is on **4. Compare**."
         chart = loss_figure(tuned.result.history, self.epochs)
@@ -168,11 +182,8 @@ def _named(prefix: str, values: tuple) -> dict:
 
 
 def stop_whole_study(session: SessionData) -> str:
-    """Ask the study's training to end after its current step (the comparison then runs on what was trained)."""
-    if not session.study.training:
-        return "No training is running in this session."
-    session.study.stop_training()
-    return "Stopping after the current step; the model trained so far is compared."
+    """Take the run out of the line, or end its training after the current step (what was trained is compared)."""
+    return session.stop() or "No training is running in this session."
 
 
 def wire_whole_study(parts: SimpleNamespace, session: gr.State, tabs: gr.Tabs, others: SimpleNamespace) -> None:
@@ -213,7 +224,7 @@ def wire_whole_study(parts: SimpleNamespace, session: gr.State, tabs: gr.Tabs, o
         outputs=list(components.values()),
         api_visibility="private",  # the API runs the same steps through load_data, evaluate_baseline and train
         show_progress_on=[parts.status],
-        **TRAIN_SLOTS,
+        **RUN_SLOTS,
     ).success(**others.compare_refresh)
     # outside the queue, as the Train tab's Stop: it never waits behind the run it stops
     parts.stop.click(
