@@ -9,6 +9,7 @@ and the speed measured on the runs that finished.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -114,7 +115,10 @@ class LiveRun:
         self._cond = threading.Condition()
         if line is not None:
             line.join(self)
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # the caller's context goes with the run: on ZeroGPU the GPU calls are made for the visitor whose request
+        # started it (gradio keeps the request in a context variable), so they count against the visitor's quota
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run,), name=name, daemon=True)
         self._thread.start()
 
     def _add(self, event) -> None:
@@ -126,7 +130,10 @@ class LiveRun:
         try:
             if self._line is not None and not self._line.wait_turn(self, self._add):
                 return
-            self.started = time.monotonic()
+            with self._cond:  # started or cancelled, never both
+                if self.cancelled:
+                    return
+                self.started = time.monotonic()
             for event in self._steps(lambda what, done, total: self._add(Progress(what, done, total))):
                 self._add(event)
         except BaseException as err:  # handed to every follower
@@ -149,9 +156,10 @@ class LiveRun:
 
     def cancel(self) -> bool:
         """Leave the line if the run has not started yet; returns whether it had not."""
-        if self.started is not None or self.done:
-            return False
-        self.cancelled = True
+        with self._cond:
+            if self.started is not None or self.done or self.cancelled:
+                return False
+            self.cancelled = True
         if self._line is not None:
             self._line.leave(self)
         return True
