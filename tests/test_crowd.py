@@ -189,6 +189,7 @@ def test_classify_answers_fast_while_others_train_and_memory_returns_after_they_
         finally:
             client.close()
 
+    models.forget()  # what the studies of earlier tests left in this process's caches is not the visitors'
     train_in_turn()  # a first visitor: the models this server always holds are loaded before memory is measured
     wait_for(lambda: not [s for s in list(OPEN_SESSIONS) if s.holds_study], timeout=60)
     before = rss_mb()

@@ -207,6 +207,8 @@ class SessionData:
         self.closed = True
         if self.key is not None:
             BY_KEY.pop(self.key, None)
+        if self.run is None and self._study is None and self._scratch is None:
+            return  # closed already, or never held anything: nothing to free (and no collection to pay for)
         run, self.run = self.run, None
         if run is not None:
             run.cancel()
