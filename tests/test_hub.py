@@ -313,7 +313,7 @@ def test_browser_study_preset_downloads_and_trains_t5_small_from_the_hub(hub, tm
             set_slider(page, label, value)
         page.get_by_role("button", name="Start training").click()
         page.get_by_text(re.compile(r"Downloading t5-small from the Hugging Face Hub")).first.wait_for()
-        assert page.get_by_text(re.compile(r"[\d.]+/242\.\d MB")).count() >= 1  # bytes, as they arrive
+        page.get_by_text(re.compile(r"[\d.]+/242\.\d MB")).first.wait_for(timeout=20_000)  # bytes, as they arrive
         page.screenshot(path=ARTIFACTS / "9-space-downloading.png", full_page=True)
         page.locator("#train-status").get_by_text("Done:").wait_for()
         assert "t5-small" in page.locator("#train-status").inner_text()
