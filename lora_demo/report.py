@@ -138,7 +138,8 @@ def resources_line(report: dict) -> str | None:
     lora, full = resources["lora"], resources["full"]
     return (
         f"LoRA vs full fine-tuning, measured on {resources['batch']['reviews']} reviews: "
-        f"{lora['seconds_per_step']:.3f} s vs {full['seconds_per_step']:.3f} s per step, "
+        f"{lora['seconds_per_step']:.3f} s vs {full['seconds_per_step']:.3f} s per step (median"
+        f"{', within noise' if resources.get('within_noise') else ''}), "
         f"{lora['memory_growth_mb']:.0f} MB vs {full['memory_growth_mb']:.0f} MB memory growth, "
         f"{lora['saved_mb'] * 1024:.0f} KB vs {full['saved_mb']:.1f} MB saved"
     )

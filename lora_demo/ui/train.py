@@ -306,18 +306,38 @@ def measure_resources(
 
 def resources_markdown(name: str, result: dict) -> str:
     lora, full, batch = result["lora"], result["full"], result["batch"]
+
+    def step(row: dict) -> str:
+        low, high = row["seconds_middle_half"]
+        return f"{row['seconds_per_step']:.3f} s ({low:.3f}-{high:.3f})"
+
+    if result["within_noise"]:
+        speed = (
+            f"The step times overlap (medians {result['speedup']:.2f}x apart, within the spread of the steps "
+            "themselves), so on this batch the speed difference is within the machine's noise; what LoRA "
+            f"saves here is memory, and what it stores is **{result['size_ratio']:.0f}x** smaller"
+        )
+    elif result["speedup"] >= 1:
+        speed = (
+            f"LoRA's step is **{result['speedup']:.2f}x** as fast here and what it saves is "
+            f"**{result['size_ratio']:.0f}x** smaller"
+        )
+    else:
+        speed = (
+            f"LoRA's step is slower here (**{1 / result['speedup']:.2f}x** the time of full fine-tuning's) and "
+            f"what it saves is **{result['size_ratio']:.0f}x** smaller"
+        )
     return (
         f"Measured on `{name}` with one batch of {batch['reviews']} training reviews ({batch['max_length']} tokens "
-        f"at most), AdamW, median of {batch['steps']} steps after a warm-up.\n\n"
+        f"at most), AdamW: the median of {batch['steps']} steps after {batch.get('warmup', 1)} warm-up steps, and "
+        "in brackets the middle half of them.\n\n"
         "| | LoRA | Full fine-tuning |\n|---|---|---|\n"
         f"| Trainable parameters | {lora['trainable']:,} ({lora['percent']:.3f}%) | {full['trainable']:,} (100%) |\n"
-        f"| Time per step | {lora['seconds_per_step']:.3f} s | {full['seconds_per_step']:.3f} s |\n"
+        f"| Time per step | {step(lora)} | {step(full)} |\n"
         f"| Memory growth during the steps | {lora['memory_growth_mb']:.0f} MB | {full['memory_growth_mb']:.0f} MB |\n"
         f"| Saved to disk | {lora['saved_mb'] * 1024:.0f} KB (the adapter) "
         f"| {full['saved_mb']:.1f} MB (the whole model) |\n\n"
-        f"LoRA's step is **{result['speedup']:.2f}x** as fast here and what it saves is "
-        f"**{result['size_ratio']:.0f}x** smaller: no gradients or optimizer state for the frozen weights, "
-        "and only the small matrices to store."
+        f"{speed}: no gradients or optimizer state for the frozen weights, and only the small matrices to store."
     )
 
 
