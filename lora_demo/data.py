@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 HUB_DATASET = "stanfordnlp/imdb"
 HUB_DATASET_FILES = ("plain_text/train-*.parquet", "plain_text/test-*.parquet")
 BUILTIN_FILE = ASSETS_DIR / "reviews.jsonl"
+IMDB_SENTENCES_FILE = ASSETS_DIR / "imdb-test-sentences.jsonl"  # written by scripts/make_imdb_sentences.py
+SHORT_HALVES_SEED = 160  # the one split of the hand-written reviews into a dev and a test half
 SAMPLE_DIR = ASSETS_DIR / "imdb-sample"  # written by scripts/make_imdb_sample.py
 DATA_ENV = "LORA_DEMO_DATA"
 NAMED_SOURCES = ("hub", "sample", "builtin")  # sources given by name rather than by path
@@ -201,6 +203,21 @@ def load_short_reviews() -> pd.DataFrame:
     app, and none of them is in IMDb; every one is a test review, none is ever trained on by default.
     """
     return read_split([BUILTIN_FILE])
+
+
+def short_review_halves() -> dict[str, pd.DataFrame]:
+    """The hand-written short reviews split once, seeded and stratified, into `dev` (choices of recipe and
+    settings may look at it) and `test` (reported, never used to choose)."""
+    frame = load_short_reviews()
+    dev, test = train_test_split(frame, test_size=0.5, stratify=frame["label"], random_state=SHORT_HALVES_SEED)
+    return {"dev": dev.sort_index(), "test": test.sort_index()}
+
+
+def load_imdb_sentences() -> pd.DataFrame:
+    """The second short-review test set: the last 1-3 sentences of 240 IMDb *test* reviews, labelled as their
+    review (`scripts/make_imdb_sentences.py`); about one in six carries no sentiment of its own or reads against
+    its review's label (checked by hand on 40 of them), which caps what any model scores on it."""
+    return read_split([IMDB_SENTENCES_FILE])
 
 
 @lru_cache(maxsize=1)

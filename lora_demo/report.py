@@ -32,7 +32,8 @@ class Report:
         comparison: LoRA vs zero-shot on the same reviews (`significance.compare_models`); its verdict also says
             what LoRA adds over the head alone.
         rungs: how the TF-IDF and head-only rungs were made (the head's training figures), or why they are missing.
-        short_reviews: the hand-written short reviews scored by each model, or why they were left out.
+        short_reviews: the short-review test sets (`Study.short_reviews`): the hand-written reviews' `dev` and
+            `test` halves and `imdb_sentences`, each scored by every rung, or why it was left out.
         resources: LoRA vs full fine-tuning, measured (`resources.measure`), when asked for.
         update_norms, projection: where the adapter changed the model and how the reviews moved, when computed.
         runtime: where the compute ran: `device`, `device_name`, `dtype` (of training's products), `runner` and
@@ -99,17 +100,32 @@ def comparison_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def short_reviews_line(report: dict) -> str | None:
-    """The short-review rung in one line, or why it was left out."""
+SHORT_SETS = (("test", "the hand-written reviews' test half"), ("imdb_sentences", "endings of IMDb test reviews"))
+
+
+def short_review_sets(report: dict) -> list[tuple[str, dict]]:
+    """The short-review test sets a report shows, as (title, scores or reason): the hand-written test half and
+    the IMDb test endings (a report saved before the halves holds all 160 hand-written reviews as one set)."""
     short = report.get("short_reviews")
     if not short:
-        return None
-    if "reason" in short:
-        return f"Short reviews: left out ({short['reason']})."
-    scores = ", ".join(
-        f"{title.split(' (')[0].lower()} {short[key]['accuracy']:.3f}" for key, title in RUNGS if key in short
-    )
-    return f"Reviews like the ones you type ({short['n']} short hand-written reviews), accuracy: {scores}."
+        return []
+    if "dev" not in short and "test" not in short:  # saved before the halves
+        return [("the hand-written reviews", short)]
+    return [(title, short[key]) for key, title in SHORT_SETS if key in short]
+
+
+def short_reviews_line(report: dict) -> str | None:
+    """Every rung on the short-review test sets in one line, or why a set was left out."""
+    parts = []
+    for title, scores in short_review_sets(report):
+        if "reason" in scores:
+            parts.append(f"{title}: left out ({scores['reason']})")
+            continue
+        rungs = ", ".join(
+            f"{name.split(' (')[0].lower()} {scores[key]['accuracy']:.3f}" for key, name in RUNGS if key in scores
+        )
+        parts.append(f"{scores['n']} from {title}: {rungs}")
+    return f"Reviews like the ones you type, accuracy: {'; '.join(parts)}." if parts else None
 
 
 def head_only_sentence(head: dict, tuned: dict) -> str:

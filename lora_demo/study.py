@@ -372,15 +372,30 @@ class Study:
         return self._score(("head_only",), frame, lambda texts: self._run("score_head", ref, tuned.head_only, texts))
 
     def short_reviews(self) -> dict:
-        """Every rung on the hand-written short reviews ("reviews like the ones you type"), or why not."""
-        from .data import load_short_reviews
+        """Every rung on the short-review test sets ("reviews like the ones you type"): the hand-written reviews'
+        `dev` half (choices may look at it) and `test` half (reported, never used to choose), and
+        `imdb_sentences` (endings of IMDb test reviews). Each holds `n` and each rung's metrics, or the `reason`
+        it was left out."""
+        from .data import load_imdb_sentences, load_short_reviews, short_review_halves
 
         tuned = self._require_tuned()
         if tuned.trained_on.source == "builtin":
-            return {"reason": "the LoRA model trained on these hand-written reviews, so they are not a test for it"}
-        frame = load_short_reviews()
-        if tuned.trained_on.overlap(frame["text"]):
-            return {"reason": "the LoRA model trained on some of these hand-written reviews"}
+            reason = "the LoRA model trained on these hand-written reviews, so they are not a test for it"
+            sets = {"dev": {"reason": reason}, "test": {"reason": reason}}
+        elif tuned.trained_on.overlap(load_short_reviews()["text"]):
+            reason = "the LoRA model trained on some of these hand-written reviews"
+            sets = {"dev": {"reason": reason}, "test": {"reason": reason}}
+        else:
+            sets = {name: self._rungs_on(half, tuned) for name, half in short_review_halves().items()}
+        sentences = load_imdb_sentences()
+        if tuned.trained_on.overlap(sentences["text"]):
+            sets["imdb_sentences"] = {"reason": "the LoRA model trained on some of these IMDb test sentences"}
+        else:
+            sets["imdb_sentences"] = self._rungs_on(sentences, tuned)
+        return sets
+
+    def _rungs_on(self, frame: pd.DataFrame, tuned: TunedModel) -> dict:
+        """`n` and the metrics of the zero-shot, head-only and LoRA rungs on `frame` (TF-IDF is IMDb's own)."""
         rungs = {
             "baseline": self.baseline(frame, max_length=tuned.config.max_length),
             "head_only": self.head_only(frame),

@@ -160,6 +160,22 @@ def test_short_reviews_are_every_hand_written_review():
     assert not set(short["text"]) & set(load_reviews("sample")["train"]["text"])
 
 
+def test_the_hand_written_reviews_split_once_into_a_dev_and_a_test_half():
+    halves = data.short_review_halves()
+    dev, test = halves["dev"], halves["test"]
+    assert len(dev) == len(test) == 80 and dev["label"].sum() == test["label"].sum() == 40
+    assert not set(dev["text"]) & set(test["text"])
+    assert sorted([*dev["text"], *test["text"]]) == sorted(data.load_short_reviews()["text"])
+    assert data.short_review_halves()["test"]["text"].tolist() == test["text"].tolist()  # the same split each time
+
+
+def test_the_imdb_test_endings_are_short_balanced_and_apart_from_the_hand_written_ones():
+    endings = data.load_imdb_sentences()
+    assert len(endings) == 240 and endings["label"].value_counts().to_dict() == {0: 120, 1: 120}
+    assert endings["text"].str.split().str.len().between(6, 60).all()
+    assert not set(endings["text"]) & set(data.load_short_reviews()["text"])
+
+
 def test_missing_source():
     with pytest.raises(UserError, match="does not exist"):
         load_reviews("/nonexistent/reviews.csv")

@@ -1,4 +1,4 @@
-"""The script that writes the shipped IMDb sample."""
+"""The scripts that write the shipped IMDb sample and the IMDb test endings."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from conftest import REPO_ROOT
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("make_imdb_sample", REPO_ROOT / "scripts" / "make_imdb_sample.py")
+def load_script(name: str = "make_imdb_sample"):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -100,3 +100,28 @@ def test_the_gpu_check_fails_when_a_model_runs_on_the_cpu(tmp_path):
     assert [row["models_off_gpu"] for row in rows] == [["cpu"], ["cpu"]]
     assert all(row["device"] == "cpu" and row["steps"] > 0 and row["wall_seconds"] > 0 for row in rows)
     assert "models off the GPU: ['cpu']" in done.stdout
+
+
+@pytest.mark.needs_data
+def test_the_imdb_test_endings_are_what_the_script_writes_from_test_reviews_only(imdb_dir, tmp_path):
+    """Each row is the last 1-3 sentences of the IMDb *test* review it names, with that review's label, and the
+    shipped file is byte for byte what the script writes."""
+    import json
+
+    from lora_demo.augment import split_sentences
+    from lora_demo.data import IMDB_SENTENCES_FILE, clean_text
+
+    script = load_script("make_imdb_sentences")
+    assert script.main(["--imdb", str(imdb_dir), "--output", str(tmp_path / "endings.jsonl")]) == 0
+    assert (tmp_path / "endings.jsonl").read_bytes() == IMDB_SENTENCES_FILE.read_bytes()
+    rows = [json.loads(line) for line in IMDB_SENTENCES_FILE.read_text(encoding="utf-8").splitlines()]
+    test = pd.read_parquet(imdb_dir / "test.parquet", columns=["text", "label"])
+    assert len(rows) == 240 and sum(row["label"] for row in rows) == 120
+    assert len({row["review"] for row in rows}) == 240
+    for row in rows:
+        review = clean_text(test["text"].iat[row["review"]])
+        assert row["label"] == int(test["label"].iat[row["review"]])
+        assert review.endswith(row["text"]) and 1 <= len(split_sentences(row["text"])) <= 3
+        assert 6 <= len(row["text"].split()) <= 60
+    train = set(pd.read_parquet(imdb_dir / "train.parquet", columns=["text"])["text"].map(clean_text))
+    assert not any(row["text"] in train for row in rows)

@@ -42,16 +42,20 @@ def test_the_whole_study_reports_baseline_and_lora_on_the_same_test_reviews(mode
     assert report["tfidf"]["accuracy"] > 0.9  # one word decides the toy label: TF-IDF finds it
     assert report["rungs"]["head_only"]["steps"] == report["train"]["steps"]  # same epochs and batches
     assert "adapters add" in report["comparison"]["verdict"]
-    short = report["short_reviews"]
-    assert short["n"] == 160 and set(short) == {"n", "baseline", "head_only", "finetuned"}
-    assert all(short[rung]["n"] == 160 for rung in ("baseline", "head_only", "finetuned"))
+    short = report["short_reviews"]  # the hand-written halves and the IMDb test endings, every rung on each
+    assert set(short) == {"dev", "test", "imdb_sentences"}
+    for name, n in (("dev", 80), ("test", 80), ("imdb_sentences", 240)):
+        assert set(short[name]) == {"n", "baseline", "head_only", "finetuned"} and short[name]["n"] == n
+        assert all(short[name][rung]["n"] == n for rung in ("baseline", "head_only", "finetuned"))
 
 
 def test_a_run_on_the_short_reviews_leaves_them_out_and_says_why(models):
     study = Study(models=models)
     study.load_data(DataConfig(source="builtin", train_size=40, val_size=20, test_size=40, seed=1))
     report = study.run(LORA, replace(TINY, epochs=1)).to_dict()
-    assert "trained on these hand-written reviews" in report["short_reviews"]["reason"]
+    short = report["short_reviews"]
+    assert "trained on these hand-written reviews" in short["dev"]["reason"] == short["test"]["reason"]
+    assert short["imdb_sentences"]["n"] == 240  # still a test for a model trained on the hand-written ones
 
 
 def test_the_app_download_and_the_cli_report_have_the_same_keys(models, toy_csv, tmp_path, capsys):
@@ -244,3 +248,32 @@ def test_two_events_of_a_session_reporting_at_once_compute_each_score_once(model
     once = len(jobs)
     alone.report()
     assert sorted(jobs[:once]) == sorted(jobs[once:]), "two reports at once ran some job twice"
+
+
+def test_the_short_review_sets_show_in_the_cli_line_and_the_ladder_and_old_reports_still_read():
+    from lora_demo.report import short_reviews_line
+    from lora_demo.ui.compare import ladder_rows
+
+    def scores(n, base, tuned):
+        return {"n": n, "baseline": {"accuracy": base}, "finetuned": {"accuracy": tuned}}
+
+    rungs = {"baseline": {"accuracy": 0.74, "f1": 0.76}, "finetuned": {"accuracy": 0.85, "f1": 0.85}}
+    now = {
+        **rungs,
+        "short_reviews": {
+            "dev": scores(80, 0.70, 0.90),  # for choices: never shown as a result
+            "test": scores(80, 0.75, 0.80),
+            "imdb_sentences": scores(240, 0.66, 0.71),
+        },
+    }
+    line = short_reviews_line(now)
+    assert "80 from the hand-written reviews' test half: baseline 0.750, lora fine-tuned 0.800" in line
+    assert "240 from endings of IMDb test reviews: baseline 0.660, lora fine-tuned 0.710" in line
+    assert "0.900" not in line
+    assert [row[3:5] for row in ladder_rows(now)] == [[0.75, 0.66], [0.8, 0.71]]
+    left_out = {**rungs, "short_reviews": {**now["short_reviews"], "test": {"reason": "trained on them"}}}
+    assert "test half: left out (trained on them)" in short_reviews_line(left_out)
+    assert [row[3] for row in ladder_rows(left_out)] == ["–", "–"]
+    saved_before = {**rungs, "short_reviews": scores(160, 0.762, 0.769)}  # all 160 hand-written as one set
+    assert "160 from the hand-written reviews: baseline 0.762" in short_reviews_line(saved_before)
+    assert [row[3:5] for row in ladder_rows(saved_before)] == [[0.762, "–"], [0.769, "–"]]
