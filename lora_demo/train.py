@@ -88,6 +88,7 @@ class TrainResult:
     params: dict
     history: list[dict] = field(default_factory=list)
     val_accuracy: float | None = None  # at the last evaluation, like val_loss
+    out_of_time: bool = False  # stopped by the time limit of the GPU call it ran in (ZeroGPU), not by the user
 
     def as_dict(self) -> dict:
         return {key: getattr(self, key) for key in self.__dataclass_fields__}

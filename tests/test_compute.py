@@ -157,3 +157,27 @@ def test_the_cpu_budget_is_the_affinity_cut_to_the_cgroup_quota(monkeypatch):
     assert device_policy.cpu_budget() == 1  # a 1-CPU container on a bigger host
     monkeypatch.setattr(device_policy, "_cgroup_quota", lambda: 10_000)
     assert device_policy.cpu_budget() == cpus
+
+
+def test_a_training_job_stopped_by_its_time_budget_says_so(tiny_encoder_factory, toy_reviews):
+    """A training that the GPU call's time limit ends keeps its model and says why it stopped; one the user stops
+    says only "Stopped"."""
+    from types import SimpleNamespace
+
+    from lora_demo.compute import jobs
+    from lora_demo.ui.train import result_markdown
+
+    ref = ModelRef("minilm", register_loader(lambda name, seed=42: tiny_encoder_factory(0)))
+    train, val, _ = toy_reviews
+    long_run = TrainConfig(epochs=20, batch_size=1, max_length=32, logging_steps=1)
+    trained = list(jobs.train(ref, train, val, LoraSettings(r=4), long_run, stop=StopFlag(), seconds=1.0))[-1]
+    result = trained.result
+    assert result.stopped and result.out_of_time and trained.out_of_time and 0 < result.steps < result.max_steps
+    tuned = SimpleNamespace(result=result, name="minilm")
+    metrics = {"n": 10, "accuracy": 0.5, "f1": 0.5}
+    assert "Stopped at the time limit of one GPU call" in result_markdown(tuned, metrics, [])
+    asked = StopFlag()
+    asked.set()
+    by_user = list(jobs.train(ref, train, val, LoraSettings(r=4), long_run, stop=asked, seconds=1.5))[-1].result
+    assert by_user.stopped and not by_user.out_of_time
+    assert "time limit" not in result_markdown(SimpleNamespace(result=by_user, name="minilm"), metrics, [])

@@ -12,7 +12,7 @@ callback that only an in-process run receives.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -110,7 +110,9 @@ def train(
             )
             bf16 = inference.fast_bf16() if config.bf16 is None else config.bf16
             summary = lora_summary(lora, adapter.spec)
-            return Trained(adapter_weights(adapter, lora), result, runtime(bf16), summary, run_stop.out_of_time)
+            out_of_time = result.stopped and run_stop.out_of_time and not (stop is not None and stop.is_set())
+            result = replace(result, out_of_time=out_of_time)
+            return Trained(adapter_weights(adapter, lora), result, runtime(bf16), summary, out_of_time)
         finally:
             if stop is not None:
                 stop.finish()

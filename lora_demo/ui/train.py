@@ -347,11 +347,15 @@ def result_markdown(tuned, metrics: dict, notes: list[str]) -> str:
     def loss(value):
         return "n/a" if value is None else f"{value:.4f}"
 
-    how = (
-        f"**Stopped** after {result.steps} of {result.max_steps} steps; the partly trained model is kept."
-        if result.stopped
-        else f"**Done:** {result.steps} steps."
-    )
+    if result.out_of_time:
+        how = (
+            f"**Stopped at the time limit of one GPU call** after {result.steps} of {result.max_steps} steps; the "
+            "partly trained model is kept. Fewer training reviews or epochs fit in one call."
+        )
+    elif result.stopped:
+        how = f"**Stopped** after {result.steps} of {result.max_steps} steps; the partly trained model is kept."
+    else:
+        how = f"**Done:** {result.steps} steps."
     text = (
         f"{how} Time {result.seconds:.1f} s.\n\n"
         f"| Train loss | Validation loss | Trainable parameters |\n|---|---|---|\n"
