@@ -205,7 +205,7 @@ def _check_targets(args):
 
 
 def cmd_train(args, models=None) -> int:
-    from .report import comparison_table, resources_line, short_reviews_line, train_line
+    from .report import calibration_line, comparison_table, resources_line, short_reviews_line, train_line
     from .study import Study
     from .train import is_main_process
 
@@ -230,7 +230,7 @@ def cmd_train(args, models=None) -> int:
     print(train_line(summary))
     print(comparison_table(summary))
     print(summary["comparison"]["verdict"])
-    for line in (short_reviews_line(summary), resources_line(summary)):
+    for line in (calibration_line(summary), short_reviews_line(summary), resources_line(summary)):
         if line:
             print(line)
     for name in ("baseline", "finetuned"):
@@ -276,8 +276,9 @@ def cmd_predict(args, models=None) -> int:
         study.check_model()
     baseline, tuned = study.classify(texts)
     predictions = tuned if args.adapter else baseline
-    for text, label, confidence in zip(texts, predictions.label_names(), predictions.confidence):
-        print(json.dumps({"text": text, "label": label, "confidence": round(confidence, 4)}))
+    sure = predictions.sure or [None] * len(texts)  # None: a model with no calibration, its confidence raw
+    for text, label, confidence, is_sure in zip(texts, predictions.label_names(), predictions.confidence, sure):
+        print(json.dumps({"text": text, "label": label, "confidence": round(confidence, 4), "sure": is_sure}))
     return 0
 
 

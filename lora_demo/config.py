@@ -268,6 +268,15 @@ class TrainConfig:
             maximum=2.0,
         ),
     )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata=_help(
+            "share of each training label spread over both labels (the Trainer's label smoothing): a model "
+            "trained with it is less sure of itself",
+            minimum=0.0,
+            maximum=0.5,
+        ),
+    )
     seed: int = field(default=42, metadata=_help("seed of the head's initialisation and of the shuffling"))
 
     def __post_init__(self):

@@ -29,6 +29,7 @@ class Predictions:
     confidence: list[float]
     outputs: list[str] = field(default_factory=list)  # seq2seq models: the label word chosen
     positive: list[float] = field(default_factory=list)  # P(positive) per review, where the model gives one
+    sure: list[bool] = field(default_factory=list)  # calibrated answers only (`calibration.Calibration.apply`)
 
     @classmethod
     def from_scores(cls, scores: torch.Tensor, words: bool = False) -> Predictions:

@@ -236,3 +236,53 @@ def trainable_by_rank_figure(rows: list[Mapping], chosen_r: int | None = None) -
     fig.update_xaxes(type="log", tickvals=[row["r"] for row in rows], ticktext=[str(row["r"]) for row in rows])
     fig.update_yaxes(range=[0, max((row["trainable"] for row in rows), default=1) * 1.15])  # room for the labels
     return _layout(fig, "Trainable parameters vs rank r (labels: % of the model)", "rank r", "trainable parameters")
+
+
+def reliability_figure(calibration: Mapping) -> go.Figure:
+    """The reliability diagram of the zero-shot and LoRA models on the test reviews: accuracy against confidence
+    per bin, before (dotted, hollow) and after (solid) temperature scaling, with the diagonal a calibrated model
+    follows. Marker size grows with the bin's share of the reviews.
+
+    Args:
+        calibration: a report's `calibration` (`Study.calibration_report`).
+    """
+    fig = go.Figure()
+    fig.add_scatter(
+        x=[0.5, 1.0], y=[0.5, 1.0], mode="lines", name="calibrated", line={"color": "#bbbbbb", "dash": "dash"}
+    )
+    drawn = False
+    for key, name, color in (
+        ("baseline", "zero-shot", MODEL_COLORS["baseline"]),
+        ("finetuned", "LoRA", MODEL_COLORS["lora"]),
+    ):
+        figures = calibration.get(key, {})
+        if "temperature" not in figures:
+            continue
+        drawn = True
+        for when, dash, fill in (("before", "dot", "circle-open"), ("after", "solid", "circle")):
+            points = figures[f"reliability_{when}"]
+            total = sum(point["n"] for point in points)
+            label = f"{name} {when} (ECE {figures[f'ece_{when}']:.3f})"
+            fig.add_scatter(
+                x=[point["confidence"] for point in points],
+                y=[point["accuracy"] for point in points],
+                mode="lines+markers",
+                name=label,
+                line={"color": color, "dash": dash},
+                marker={"symbol": fill, "size": [6 + 18 * (point["n"] / total) ** 0.5 for point in points]},
+                customdata=[[point["n"], point["low"], point["high"]] for point in points],
+                hovertemplate="%{customdata[0]} reviews %{customdata[1]:.1f}-%{customdata[2]:.1f} sure: "
+                "%{x:.2f} confidence, %{y:.2f} right<extra>" + label + "</extra>",
+            )
+    if not drawn:
+        return empty_figure("No calibration: no validation reviews the models never trained on", "Reliability")
+    fig.update_xaxes(range=[0.48, 1.01])
+    fig.update_yaxes(range=[0.0, 1.02])
+    fig.update_layout(legend={"font": {"size": 11}})
+    return _layout(
+        fig,
+        "Reliability on the test reviews: is a 90%-sure answer right 90% of the time?",
+        "confidence of the answer (bin mean)",
+        "share of answers right",
+        height=FIGURE_HEIGHT + 60,
+    )

@@ -32,6 +32,9 @@ class Report:
         comparison: LoRA vs zero-shot on the same reviews (`significance.compare_models`); its verdict also says
             what LoRA adds over the head alone.
         rungs: how the TF-IDF and head-only rungs were made (the head's training figures), or why they are missing.
+        calibration: per rung, its temperature and "not sure" threshold fitted on validation reviews, and its
+            accuracy and expected calibration error (ECE, 10 bins) on the test reviews before and after
+            (`Study.calibration_report`).
         short_reviews: the short-review test sets (`Study.short_reviews`): the hand-written reviews' `dev` and
             `test` halves and `imdb_sentences`, each scored by every rung, or why it was left out.
         resources: LoRA vs full fine-tuning, measured (`resources.measure`), when asked for.
@@ -55,6 +58,7 @@ class Report:
     tfidf: dict | None = None
     head_only: dict | None = None
     rungs: dict | None = None
+    calibration: dict | None = None
     short_reviews: dict | None = None
     resources: dict | None = None
     update_norms: list | None = None
@@ -122,10 +126,30 @@ def short_reviews_line(report: dict) -> str | None:
             parts.append(f"{title}: left out ({scores['reason']})")
             continue
         rungs = ", ".join(
-            f"{name.split(' (')[0].lower()} {scores[key]['accuracy']:.3f}" for key, name in RUNGS if key in scores
+            f"{name.split(' (')[0].lower()} {scores[key]['accuracy']:.3f}"
+            + (f" (ECE {scores[key]['ece']:.3f})" if "ece" in scores[key] else "")
+            for key, name in RUNGS
+            if key in scores
         )
         parts.append(f"{scores['n']} from {title}: {rungs}")
     return f"Reviews like the ones you type, accuracy: {'; '.join(parts)}." if parts else None
+
+
+def calibration_line(report: dict) -> str | None:
+    """Each rung's ECE on the test reviews before -> after its temperature, in one line."""
+    calibration = report.get("calibration")
+    if not calibration:
+        return None
+    parts = [
+        f"{title.split(' (')[0].lower()} {figures['ece_before']:.3f} -> {figures['ece_after']:.3f} "
+        f"(T {figures['temperature']:.2f})"
+        for key, title in RUNGS
+        if "temperature" in (figures := calibration.get(key, {}))
+    ]
+    return (
+        "Calibration error (ECE, 10 bins) on the test reviews, before -> after temperature scaling: "
+        f"{'; '.join(parts)}."
+    )
 
 
 def head_only_sentence(head: dict, tuned: dict) -> str:

@@ -20,6 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from .cache import Cache
+from .calibration import MIN_REVIEWS as MIN_CALIBRATION_REVIEWS
+from .calibration import Calibration, calibration_scores
 from .compute.models import ModelRef, register_loader
 from .compute.stop import StopFlag
 from .config import (
@@ -43,6 +45,9 @@ from .significance import compare_models
 from .train import TrainEvent, TrainResult
 
 Progress = Callable[[str, int, int], None]  # (what is being done, done, total)
+# the zero-shot model's calibration before any data is loaded (or on a split with too few validation reviews): this
+# many validation reviews of the shipped IMDb sample, scored once per process
+FALLBACK_CALIBRATION_REVIEWS = 100
 MAX_RUNS = 20  # runs kept per study for the Compare tab; the oldest is dropped beyond this
 # answers every session on the same reviews would compute alike (the zero-shot model's, the TF-IDF rung's): made
 # once per process and shared read-only, the least recently used dropped past this many
@@ -85,6 +90,7 @@ class TunedModel:
     train_frames: tuple[pd.DataFrame, pd.DataFrame] | None = None  # (train, val), for the rungs trained alike
     head_only: object | None = None  # the ladder's head-only rung (`ladder.HeadOnlyModel`), trained on first use
     head_result: object | None = None
+    calibration: Calibration | None = None  # fitted on its validation reviews on first use; saved with it
 
     @property
     def name(self) -> str:
@@ -98,6 +104,7 @@ class TunedModel:
             "lora": self.summary,
             "train_config": asdict(self.config),
             "trained_on": self.trained_on.to_dict(),
+            **({"calibration": self.calibration.to_dict()} if self.calibration else {}),
         }
 
 
@@ -329,6 +336,10 @@ class Study:
         tuned = self._require_tuned()
         frame = self._test_frame() if frame is None else frame
         tuned.trained_on.check_unseen(frame["text"])
+        return self._finetuned_answers(tuned, frame, progress)
+
+    def _finetuned_answers(self, tuned: TunedModel, frame: pd.DataFrame, progress: Progress | None = None):
+        """The LoRA model's answers on `frame`, unchecked: callers make sure it never trained on them."""
         report = _reporter(progress, f"The LoRA model on {len(frame)} reviews")
         max_length, ref = tuned.config.max_length, self._ref(tuned.name)
         return self._score(
@@ -340,13 +351,16 @@ class Study:
     def tfidf(self, frame: pd.DataFrame | None = None) -> Evaluation | None:
         """TF-IDF + logistic regression trained on the LoRA model's training reviews, on `frame`; None for a
         saved adapter (its training reviews are not kept)."""
-        from .ladder import tfidf_predictions
-
         tuned = self._require_tuned()
         if tuned.train_frames is None:
             return None
         frame = self._test_frame() if frame is None else frame
         tuned.trained_on.check_unseen(frame["text"])
+        return self._tfidf_answers(tuned, frame)
+
+    def _tfidf_answers(self, tuned: TunedModel, frame: pd.DataFrame) -> Evaluation:
+        from .ladder import tfidf_predictions
+
         train, seed = tuned.train_frames[0], tuned.config.seed
 
         def predict(texts):  # the same training and test reviews give the same rung to every visitor
@@ -363,6 +377,9 @@ class Study:
             return None
         frame = self._test_frame() if frame is None else frame
         tuned.trained_on.check_unseen(frame["text"])
+        return self._head_only_answers(tuned, frame, progress)
+
+    def _head_only_answers(self, tuned: TunedModel, frame: pd.DataFrame, progress: Progress | None = None):
         ref = self._ref(tuned.name)
         with self._lock:  # trained once, even when the Compare tab and a run's report ask at the same time
             if tuned.head_only is None:
@@ -401,7 +418,91 @@ class Study:
             "head_only": self.head_only(frame),
             "finetuned": self.finetuned(frame),
         }
-        return {"n": len(frame), **{name: rung.metrics for name, rung in rungs.items() if rung is not None}}
+        scored = {"n": len(frame)}
+        for name, rung in rungs.items():
+            if rung is None:
+                continue
+            fitted = self.calibration(name)
+            if fitted is None:
+                scored[name] = rung.metrics
+                continue
+            figures = calibration_scores(rung.predictions, frame["label"], fitted)
+            scored[name] = {**rung.metrics, "ece": figures["ece_after"], "ece_before": figures["ece_before"]}
+        return scored
+
+    # --- calibration ------------------------------------------------------------------------------------------
+
+    def calibration(self, rung: str = "finetuned", max_length: int | None = None) -> Calibration | None:
+        """A rung's temperature and "not sure" threshold (`calibration.Calibration`), fitted on validation reviews
+        it never trained on: the LoRA model and the rungs trained alike on the LoRA model's own validation
+        reviews, the zero-shot model on the loaded split's (the shipped IMDb sample's before any data is loaded).
+
+        Returns None where there are no such reviews, or too few (`calibration.MIN_REVIEWS`): a saved adapter
+        saved without its calibration, the lower rungs of a saved adapter.
+
+        Args:
+            rung: `baseline`, `tfidf`, `head_only` or `finetuned`.
+            max_length: the zero-shot model's tokens per review (default: the LoRA model's, else the default).
+        """
+        if rung == "baseline":
+            tuned = self.tuned
+            length = max_length or (tuned.config.max_length if tuned else DEFAULT_MAX_LENGTH)
+            return self._baseline_calibration(length)
+        tuned = self._require_tuned()
+        if rung == "finetuned" and tuned.calibration is not None:
+            return tuned.calibration
+        if tuned.train_frames is None or len(tuned.train_frames[1]) < MIN_CALIBRATION_REVIEWS:
+            return None
+        val = tuned.train_frames[1]
+        answers = {
+            "finetuned": self._finetuned_answers,
+            "head_only": self._head_only_answers,
+            "tfidf": self._tfidf_answers,
+        }[rung](tuned, val)
+        fitted = Calibration.fit(answers.predictions, val["label"])
+        if rung == "finetuned":
+            tuned.calibration = fitted  # the model's own: saved with it
+        return fitted
+
+    def _baseline_calibration(self, max_length: int) -> Calibration:
+        """On the loaded split's validation reviews; on the shipped IMDb sample's (once per process) before any data
+        is loaded or when the split has too few: the untouched model is the same whatever the split."""
+        splits = self.splits
+        if splits is None or len(splits.val) < MIN_CALIBRATION_REVIEWS:
+            ref = self._ref()
+
+            def fit():
+                val = load_splits(DataConfig(source="sample", val_size=FALLBACK_CALIBRATION_REVIEWS)).val
+                answers = self._run("zero_shot", ref, val["text"].tolist(), max_length)
+                return Calibration.fit(answers, val["label"])
+
+            return SHARED.get(("calibration", ref, max_length), fit)
+        key = ("baseline", "calibration", self.model_name, max_length, texts_fingerprint(splits.val["text"]))
+        fitted = self._scores.get(key)  # read without the lock: a report in progress does not hold Classify up
+        if fitted is None:
+            answers = self.baseline(splits.val, max_length=max_length)
+            fitted = self._scores[key] = Calibration.fit(answers.predictions, splits.val["label"])
+        return fitted
+
+    def calibration_report(self, rungs: dict[str, Evaluation | None], frame: pd.DataFrame) -> dict:
+        """Each rung's calibration and what it does on `frame` (the test reviews): `temperature`, `sure_from`,
+        `validation` (`n`, `ece_before`, `ece_after` where it was fitted), then on `frame` `n`, `accuracy`,
+        `ece_before`, `ece_after` and both reliability diagrams; or the `reason` a rung has none."""
+        report = {}
+        for name, evaluation in rungs.items():
+            if evaluation is None:
+                continue
+            fitted = self.calibration(name)
+            if fitted is None:
+                report[name] = {"reason": "no validation reviews it never trained on, or too few, are known"}
+                continue
+            report[name] = {
+                "temperature": fitted.temperature,
+                "sure_from": fitted.sure_from,
+                "validation": {"n": fitted.n, "ece_before": fitted.ece_before, "ece_after": fitted.ece_after},
+                **calibration_scores(evaluation.predictions, frame["label"], fitted),
+            }
+        return report
 
     def _test_frame(self) -> pd.DataFrame:
         if self.splits is None:
@@ -617,6 +718,8 @@ class Study:
             test["label"], before.predictions.labels, after.predictions.labels, seed=splits.config.seed
         )
         tfidf, head = self.tfidf(test), self.head_only(test, progress=progress)
+        rungs = {"baseline": before, "tfidf": tfidf, "head_only": head, "finetuned": after}
+        calibration = self.calibration_report(rungs, test)
         if head is not None:
             comparison["verdict"] += head_only_sentence(head.metrics, after.metrics)
         saved = tuned.saved_report or {}
@@ -637,6 +740,7 @@ class Study:
             tfidf=tfidf.metrics if tfidf else None,
             head_only=head.metrics if head else None,
             rungs=self._rung_notes(),
+            calibration=calibration,
             short_reviews=self.short_reviews(),
             resources=self.resources,
             update_norms=changes["update_norms"],
@@ -691,6 +795,7 @@ class Study:
         from .lora import save_weights
 
         tuned = self._require_tuned()
+        self.calibration("finetuned")  # kept with the adapter: a loaded adapter answers as calibrated as it did
         folder = save_weights(tuned.weights, output_dir, tuned.metadata())
         if report is not None:
             report.adapter = str(folder)
@@ -723,6 +828,7 @@ class Study:
             )
         spec = get_model_spec(metadata["model"])
         lora = LoraSettings(**_lora_fields(metadata["lora"]))
+        saved_calibration = metadata.get("calibration")
         report_file = Path(folder) / "report.json"
         saved = json.loads(report_file.read_text()) if report_file.is_file() else None
         tuned = TunedModel(
@@ -734,6 +840,7 @@ class Study:
             recipe=metadata.get("recipe", "fast"),
             trained_on=SplitRecord.from_dict(metadata["trained_on"]),
             saved_report=saved,
+            calibration=Calibration.from_dict(saved_calibration) if saved_calibration else None,
         )
         self._run("classify", self._ref(spec.name), tuned.weights, ["a check that the adapter loads"])
         self._use(tuned)
@@ -743,11 +850,18 @@ class Study:
     # --- your own reviews --------------------------------------------------------------------------------------
 
     def classify(self, texts: list[str]) -> tuple[Predictions, Predictions | None]:
-        """The zero-shot answers and, once there is a LoRA model, its answers, for the same texts (one job)."""
+        """The zero-shot answers and, once there is a LoRA model, its answers, for the same texts (one job), with
+        calibrated confidences and whether each is sure (`Predictions.sure`) where the model has a calibration."""
         tuned = self.tuned
+        baseline_calibration = self.calibration("baseline", DEFAULT_MAX_LENGTH)
         if tuned is None:
-            return self._run("classify", self._ref(), None, list(texts))
-        return self._run("classify", self._ref(tuned.name), tuned.weights, list(texts), tuned.config.max_length)
+            baseline, _ = self._run("classify", self._ref(), None, list(texts))
+            return _calibrated(baseline, baseline_calibration), None
+        calibration = self.calibration("finetuned")
+        baseline, answers = self._run(
+            "classify", self._ref(tuned.name), tuned.weights, list(texts), tuned.config.max_length
+        )
+        return _calibrated(baseline, baseline_calibration), _calibrated(answers, calibration)
 
     def explain(self, text: str) -> list[list[tuple[str, float]]]:
         """Occlusion attributions of `text` for the zero-shot model and, once trained, the LoRA model."""
@@ -782,6 +896,10 @@ def _lora_fields(summary: dict) -> dict:
         "target_modules": tuple(summary["target_modules"]),
         "top_layers": 0 if layers in (None, "all") else len(layers),
     }
+
+
+def _calibrated(predictions: Predictions, calibration: Calibration | None) -> Predictions:
+    return calibration.apply(predictions) if calibration else predictions
 
 
 def _reporter(progress: Progress | None, what: str):

@@ -338,6 +338,7 @@ def build_training_args(config: TrainConfig, n_train: int, output_dir: str, seq2
         lr_scheduler_type="linear",
         warmup_steps=config.warmup_ratio,
         weight_decay=0.01,
+        label_smoothing_factor=config.label_smoothing,
         logging_strategy="steps",
         logging_steps=config.logging_steps,
         eval_strategy="steps" if eval_steps else "no",

@@ -445,3 +445,11 @@ def app_error(call) -> str:
     message = str(info.value)
     assert "Traceback" not in message and 'File "' not in message
     return message
+
+
+def answer_label(value: dict) -> str:
+    """The label of a Classify answer as the API gives it (a gr.Label value), "positive" or "negative", checking
+    that anything after it is the calibrated model's "not sure"."""
+    label, *rest = value["label"].split(" · ")
+    assert label in ("positive", "negative") and rest in ([], ["not sure"]), value["label"]
+    return label

@@ -167,6 +167,22 @@ def test_click_through_every_tab(page, app):
     assert shown["#lora-label"] != shown["#baseline-label"], "the LoRA block repeats the baseline's answer"
     for block in ("#baseline-words", "#lora-words"):  # why this label: the review's words, coloured
         page.locator(block).get_by_text("visuals").first.wait_for()
+    # a review with no sentiment: the zero-shot model's calibrated confidence is below its threshold, and the page
+    # says "not sure" beside the label (the threshold and the temperature were fitted on validation reviews)
+    neutral = "I watched it on a Tuesday."
+    page.get_by_role("textbox", name="Review").fill(neutral)
+    page.get_by_role("button", name="Classify").click()
+    heading = page.locator("#baseline-label [data-testid=label-output-value]")
+    page.wait_for_function(
+        "() => document.querySelector('#baseline-label [data-testid=label-output-value]').innerText.includes('sure')"
+    )
+    baseline, _ = trained_studies(app)[0].classify([neutral])
+    assert baseline.sure == [False], "a review with no sentiment should not be a sure answer"
+    shown_confidence = float(page.locator("#baseline-label meter").first.get_attribute("aria-valuenow"))
+    assert heading.inner_text().strip() == answer_of(baseline)[0] and answer_of(baseline)[0].endswith("· not sure")
+    assert shown_confidence == pytest.approx(answer_of(baseline)[1], abs=1)  # the calibrated confidence
+    page.get_by_text("calibrated confidence: not sure").first.wait_for()  # the note says against what
+    screenshot(page, "5-classify-not-sure")
     page.get_by_text("Batch: label a CSV of reviews").click()
     csv = ARTIFACTS / "reviews.csv"
     csv.write_text('text\n"A wonderful, moving film."\n"Dull and far too long."\n')
@@ -193,8 +209,11 @@ def trained_studies(app):
 
 
 def answer_of(predictions) -> tuple[str, float]:
-    """One review's label and its confidence in percent, as the page shows them."""
-    return predictions.label_names()[0], 100 * float(predictions.confidence[0])
+    """One review's label ("positive", or "positive · not sure" for an unsure calibrated answer) and its
+    confidence in percent, as the page shows them."""
+    from lora_demo.ui.classify import confidences
+
+    return next(iter(confidences(predictions))), 100 * float(predictions.confidence[0])
 
 
 def check_verdict(text: str, fixed_label: str, n: int):

@@ -206,6 +206,7 @@ def test_train_then_predict_and_evaluate_with_the_adapter(capsys, tmp_path, toy_
     assert [row["text"] for row in rows] == ["the film was good", "bad plot"]
     assert [row["label"] for row in rows] == ["positive", "negative"]
     assert all(0.5 < row["confidence"] <= 1.0 for row in rows)
+    assert all(row["sure"] is None for row in rows)  # 16 validation reviews: too few to calibrate, and it says so
 
     evaluate_report = tmp_path / "eval.json"
     code, out, err = run_cli(

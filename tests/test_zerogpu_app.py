@@ -74,7 +74,8 @@ def test_training_streams_and_every_tab_works_from_the_jobs_results(app, client,
     batch = tmp_path / "reviews.csv"
     batch.write_text('text\nA wonderful film.\n"A dull, boring mess."\n')
     labelled = open(classify_file(str(batch), session)).read().splitlines()
-    assert labelled[0] == "text,baseline_label,baseline_confidence,lora_label,lora_confidence" and len(labelled) == 3
+    columns = "baseline_label,baseline_confidence,baseline_sure,lora_label,lora_confidence,lora_sure"
+    assert labelled[0] == f"text,{columns}" and len(labelled) == 3
 
     # the download holds the adapter the session trained: it loads and gives the same weights
     with zipfile.ZipFile(session.export_zip) as archive:

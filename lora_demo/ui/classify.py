@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from ..config import DEFAULT_MODEL, LABEL_NAMES, UserError
+from ..calibration import SURE_ACCURACY
+from ..config import DEFAULT_MAX_LENGTH, DEFAULT_MODEL, LABEL_NAMES, UserError
 from .errors import guard
 from .runs import build_loader
 from .session import EVALUATE_SLOTS, EXPLAIN_SLOTS, UNQUEUED, SessionData, classify_place
@@ -43,27 +44,49 @@ def review_text(text) -> str:
     return text
 
 
-def confidences(label: int, confidence: float) -> dict[str, float]:
-    """A gr.Label value: the predicted label's confidence and, for two classes, the rest for the other one."""
+NOT_SURE = "not sure"
+
+
+def confidences(predictions, i: int = 0) -> dict[str, float]:
+    """A gr.Label value for one answer: its label with its (calibrated) confidence and the other label with the
+    rest; the label reads "positive · not sure" when the calibrated confidence is below the model's threshold."""
+    label, confidence = predictions.labels[i], predictions.confidence[i]
     if label not in (0, 1):
         return {"unmapped (neither word)": confidence}
-    return {LABEL_NAMES[label]: confidence, LABEL_NAMES[1 - label]: 1.0 - confidence}
+    name = LABEL_NAMES[label]
+    if predictions.sure and not predictions.sure[i]:
+        name = f"{name} · {NOT_SURE}"
+    return {name: confidence, LABEL_NAMES[1 - label]: 1.0 - confidence}
+
+
+def answer_sentence(who: str, predictions, calibration) -> str:
+    """What one model answered, how sure it is (calibrated where it can be) and whether that is sure enough."""
+    label, confidence = predictions.label_names()[0], predictions.confidence[0]
+    if not predictions.sure or calibration is None:
+        return f"{who}: **{label}**, {confidence:.0%} (softmax, not calibrated: too few validation reviews)."
+    if predictions.sure[0]:
+        return f"{who}: **{label}**, {confidence:.0%} calibrated confidence."
+    return (
+        f"{who}: **{label}**, {confidence:.0%} calibrated confidence: **{NOT_SURE}** (below "
+        f"{calibration.sure_from:.0%}, the confidence from which its validation answers were right "
+        f"{SURE_ACCURACY:.0%} of the time)."
+    )
 
 
 def classify(text, session: SessionData):
-    """The baseline's label and confidence and, once trained, the LoRA model's, for one review."""
+    """The baseline's label and calibrated confidence and, once trained, the LoRA model's, for one review; a model
+    whose calibrated confidence is below its threshold says "not sure" beside its label."""
     text = review_text(text)
     study = session.study
     base, tuned = study.classify([text])
-    baseline = confidences(base.labels[0], base.confidence[0])
+    zero_shot = answer_sentence(
+        f"Zero-shot `{study.model_name}`", base, study.calibration("baseline", DEFAULT_MAX_LENGTH)
+    )
     if tuned is None:
-        note = (
-            f"Baseline `{study.model_name}` only: train a LoRA adapter on the **Train LoRA** tab to see the "
-            f"fine-tuned model's answer next to it."
-        )
-        return baseline, None, note
-    note = f"Left: zero-shot `{study.model_name}`. Right: `{study.tuned.name}` with the LoRA adapter."
-    return baseline, confidences(tuned.labels[0], tuned.confidence[0]), note
+        note = f"{zero_shot} Train a LoRA adapter on the **Train LoRA** tab to see the fine-tuned model's answer too."
+        return confidences(base), None, note
+    lora = answer_sentence(f"`{study.tuned.name}` with the LoRA adapter", tuned, study.calibration("finetuned"))
+    return confidences(base), confidences(tuned), f"{zero_shot} {lora}"
 
 
 def highlighted(attributions: list[tuple[str, float]], scale: float) -> list[tuple[str, float | None]]:
@@ -84,7 +107,8 @@ def explain(text, session: SessionData):
 
 
 def classify_file(path, session: SessionData) -> str:
-    """Label every review of an uploaded CSV (a `text` column): the CSV back with label and confidence columns."""
+    """Label every review of an uploaded CSV (a `text` column): the CSV back with each model's label, calibrated
+    confidence and whether it is sure (`*_sure`, where the model is calibrated)."""
     import pandas as pd
 
     from ..data import clean_text
@@ -110,10 +134,13 @@ def classify_file(path, session: SessionData) -> str:
     for name, predictions in (("baseline", baseline), ("lora", tuned)):
         if predictions is None:
             continue
-        labels, confidence = [""] * len(texts), [None] * len(texts)
-        for i, label, p in zip(keep, predictions.label_names(), predictions.confidence):
+        labels, confidence, sure = [""] * len(texts), [None] * len(texts), [None] * len(texts)
+        for k, (i, label, p) in enumerate(zip(keep, predictions.label_names(), predictions.confidence)):
             labels[i], confidence[i] = label, round(p, 4)
-        out[f"{name}_label"], out[f"{name}_confidence"] = labels, confidence
+            if predictions.sure:
+                sure[i] = predictions.sure[k]
+        # `_sure` is empty for a model with no calibration (too few validation reviews): its confidence is raw
+        out[f"{name}_label"], out[f"{name}_confidence"], out[f"{name}_sure"] = labels, confidence, sure
     target = session.scratch_dir() / "labelled.csv"
     out.to_csv(target, index=False)
     return str(target)
@@ -148,7 +175,8 @@ def build(session: gr.State) -> SimpleNamespace:
     with gr.Accordion("Batch: label a CSV of reviews", open=False):
         gr.Markdown(
             f"Upload a CSV with a `text` column (up to {MAX_BATCH_ROWS:,} rows and {MAX_BATCH_BYTES // 2**20} MB); "
-            "you get it back with the baseline's and, once trained, the LoRA model's label and confidence."
+            "you get it back with the baseline's and, once trained, the LoRA model's label, calibrated confidence "
+            "and whether that confidence is sure (`*_sure`: False where Classify would say *not sure*)."
         )
         with gr.Row():
             upload = gr.File(label="CSV to label", file_types=[".csv"], elem_id="batch-upload")

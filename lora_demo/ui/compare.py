@@ -119,6 +119,38 @@ def flip_rows(test, indices: list[int], before, after) -> list[list[str]]:
     return rows
 
 
+def calibration_markdown(report: dict) -> str:
+    """What calibration did to each rung on the test reviews, and from which confidence each is "sure"."""
+    from ..calibration import SURE_ACCURACY
+    from ..report import RUNGS
+
+    calibration = report.get("calibration") or {}
+    rows = [
+        f"| {title} | {figures['temperature']:.2f} | {figures['ece_before']:.3f} → {figures['ece_after']:.3f} | "
+        f"{figures['sure_from']:.0%} |"
+        for key, title in RUNGS
+        if "temperature" in (figures := calibration.get(key, {}))
+    ]
+    if not rows:
+        return (
+            "**Confidence.** Not calibrated: no validation reviews the models never trained on, or too few, are "
+            "known; Classify shows each model's raw softmax confidence."
+        )
+    return "\n".join(
+        [
+            "**How much is a confidence worth?** Each model's logit is divided by one temperature fitted on the "
+            "validation reviews (above 1: it was too sure of itself); the expected calibration error (ECE, 10 "
+            "bins) is the gap between confidence and accuracy on the test reviews. Classify shows the calibrated "
+            f"confidence and says *not sure* below the confidence from which validation answers were right "
+            f"{SURE_ACCURACY:.0%} of the time.",
+            "",
+            "| model | temperature | ECE on test, before → after | *not sure* below |",
+            "|---|---|---|---|",
+            *rows,
+        ]
+    )
+
+
 def significance_markdown(result: dict) -> str:
     """The verdict in words, then both models' bootstrap intervals."""
     level = f"{result['confidence']:.0%}"
@@ -136,11 +168,11 @@ def significance_markdown(result: dict) -> str:
 
 def compare(session: SessionData, progress=gr.Progress()):
     """Both models' metrics side by side; before any training, only a message saying what to do."""
-    from ..plots import confusion_figure, metrics_comparison_figure, runs_loss_figure
+    from ..plots import confusion_figure, metrics_comparison_figure, reliability_figure, runs_loss_figure
 
     study = session.study
     if study.tuned is None:
-        return BEFORE_TRAINING, gr.update(visible=False), *([None] * 10), *NO_PICTURES
+        return BEFORE_TRAINING, gr.update(visible=False), *([None] * 12), *NO_PICTURES
     study.ensure_data()  # a saved run may be loaded before any data
     report = study.report(progress=study_progress(progress)).to_dict()
     baseline, finetuned, result = report["baseline"], report["finetuned"], report["comparison"]
@@ -155,6 +187,8 @@ def compare(session: SessionData, progress=gr.Progress()):
         confusion_figure(finetuned, "LoRA fine-tuned"),
         metrics_comparison_figure(baseline, finetuned),
         significance_markdown(result),
+        reliability_figure(report.get("calibration") or {}),
+        calibration_markdown(report),
         gr.update(
             value=flip_rows(test, result["fixed"], before, after),
             label=f"Fixed by LoRA: {result['n_fixed']} reviews the baseline got wrong and LoRA got right",
@@ -205,6 +239,8 @@ def build(session: gr.State, tab: gr.Tab) -> SimpleNamespace:
             lora_confusion = gr.Plot(label="LoRA confusion matrix", show_label=False)
         table = gr.Dataframe(headers=TABLE_HEADERS, label="Baseline vs LoRA", interactive=False)
         significance = gr.Markdown(elem_id="significance")
+        reliability = gr.Plot(label="Reliability", show_label=False, elem_id="reliability")
+        calibration = gr.Markdown(elem_id="calibration")
         pictures = build_change_pictures()
         fixed, broken = (
             gr.Dataframe(
@@ -236,6 +272,8 @@ def build(session: gr.State, tab: gr.Tab) -> SimpleNamespace:
             lora_confusion,
             bars,
             significance,
+            reliability,
+            calibration,
             fixed,
             broken,
             runs_chart,
