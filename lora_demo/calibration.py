@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+import pandas as pd
 
 from .inference import Predictions
 
@@ -22,8 +23,19 @@ BINS = 10
 # this often; below it the app says "not sure" beside the label
 SURE_ACCURACY = 0.9
 MIN_REVIEWS = 50  # fewer validation reviews than this fit no temperature worth showing
+# sentence windows added per validation review to the calibration set (`calibration_set`): 0 fits on the reviews
+# alone; chosen on validation sets only (`scripts/choose_recipe.py`, README "Calibration")
+WINDOWS_PER_REVIEW = 0.0
 TEMPERATURE_RANGE = (0.05, 100.0)
 _EPS = 1e-7
+
+
+def calibration_set(val: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The reviews a temperature is fitted on: the validation reviews and `WINDOWS_PER_REVIEW` sentence windows of
+    them, labelled as their review (`augment.add_sentence_windows`): the reviews people type are short."""
+    from .augment import add_sentence_windows
+
+    return add_sentence_windows(val, WINDOWS_PER_REVIEW, seed)
 
 
 def logits(positive) -> np.ndarray:
@@ -169,15 +181,22 @@ class Calibration:
 
 
 def calibration_scores(predictions: Predictions, labels, calibration: Calibration) -> dict:
-    """Accuracy and ECE on labelled reviews before and after `calibration`, with both reliability diagrams."""
-    labels = [int(y) for y in labels]
+    """Accuracy and ECE on labelled reviews before and after `calibration`, with both reliability diagrams, and how
+    the answers split at its "not sure" threshold: `sure_share` and the accuracy of the sure and the unsure ones
+    (None for an empty side)."""
+    labels = np.asarray([int(y) for y in labels])
     before = np.asarray(predictions.positive)
     after = scaled(before, calibration.temperature)
+    correct = np.asarray(predictions.labels) == labels
+    sure = np.maximum(after, 1 - after) >= calibration.sure_from
     return {
         "n": len(labels),
-        "accuracy": float(np.mean(np.asarray(predictions.labels) == np.asarray(labels))),
+        "accuracy": float(correct.mean()),
         "ece_before": expected_calibration_error(before, labels),
         "ece_after": expected_calibration_error(after, labels),
+        "sure_share": float(sure.mean()),
+        "accuracy_sure": float(correct[sure].mean()) if sure.any() else None,
+        "accuracy_not_sure": float(correct[~sure].mean()) if (~sure).any() else None,
         "reliability_before": reliability(before, labels),
         "reliability_after": reliability(after, labels),
     }

@@ -21,7 +21,7 @@ import pandas as pd
 
 from .cache import Cache
 from .calibration import MIN_REVIEWS as MIN_CALIBRATION_REVIEWS
-from .calibration import Calibration, calibration_scores
+from .calibration import Calibration, calibration_scores, calibration_set
 from .compute.models import ModelRef, register_loader
 from .compute.stop import StopFlag
 from .config import (
@@ -427,7 +427,8 @@ class Study:
                 scored[name] = rung.metrics
                 continue
             figures = calibration_scores(rung.predictions, frame["label"], fitted)
-            scored[name] = {**rung.metrics, "ece": figures["ece_after"], "ece_before": figures["ece_before"]}
+            kept = ("ece_before", "sure_share", "accuracy_sure", "accuracy_not_sure")
+            scored[name] = {**rung.metrics, "ece": figures["ece_after"], **{key: figures[key] for key in kept}}
         return scored
 
     # --- calibration ------------------------------------------------------------------------------------------
@@ -453,7 +454,7 @@ class Study:
             return tuned.calibration
         if tuned.train_frames is None or len(tuned.train_frames[1]) < MIN_CALIBRATION_REVIEWS:
             return None
-        val = tuned.train_frames[1]
+        val = calibration_set(tuned.train_frames[1], tuned.config.seed)
         answers = {
             "finetuned": self._finetuned_answers,
             "head_only": self._head_only_answers,
@@ -472,16 +473,18 @@ class Study:
             ref = self._ref()
 
             def fit():
-                val = load_splits(DataConfig(source="sample", val_size=FALLBACK_CALIBRATION_REVIEWS)).val
+                config = DataConfig(source="sample", val_size=FALLBACK_CALIBRATION_REVIEWS)
+                val = calibration_set(load_splits(config).val, config.seed)
                 answers = self._run("zero_shot", ref, val["text"].tolist(), max_length)
                 return Calibration.fit(answers, val["label"])
 
             return SHARED.get(("calibration", ref, max_length), fit)
-        key = ("baseline", "calibration", self.model_name, max_length, texts_fingerprint(splits.val["text"]))
+        val = calibration_set(splits.val, splits.config.seed)
+        key = ("baseline", "calibration", self.model_name, max_length, texts_fingerprint(val["text"]))
         fitted = self._scores.get(key)  # read without the lock: a report in progress does not hold Classify up
         if fitted is None:
-            answers = self.baseline(splits.val, max_length=max_length)
-            fitted = self._scores[key] = Calibration.fit(answers.predictions, splits.val["label"])
+            answers = self.baseline(val, max_length=max_length)
+            fitted = self._scores[key] = Calibration.fit(answers.predictions, val["label"])
         return fitted
 
     def calibration_report(self, rungs: dict[str, Evaluation | None], frame: pd.DataFrame) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,15 +50,27 @@ def validation_sets(imdb: str, seed: int):
     return splits, sets
 
 
-def scored(predict, sets: dict) -> dict:
-    """Accuracy on each set, and ECE on each after a temperature fitted on IMDb validation."""
+def scored(predict, sets: dict, seed: int) -> dict:
+    """Accuracy on each set, and ECE on each after a temperature fitted on IMDb validation (`_ece`) and after one
+    fitted on IMDb validation with a sentence window of each of its reviews (`_ece_windows`)."""
     answers = {name: predict(frame["text"].tolist()) for name, frame in sets.items()}
-    calibration = Calibration.fit(answers["imdb_val"], sets["imdb_val"]["label"])
-    row = {"temperature": round(calibration.temperature, 3)}
+    val = sets["imdb_val"]
+    windows = sentence_windows(val, len(val), seed=seed + 200)
+    window_answers = predict(windows["text"].tolist())
+    calibrations = {
+        "": Calibration.fit(answers["imdb_val"], val["label"]),
+        "_windows": Calibration.fit(
+            replace(answers["imdb_val"], positive=answers["imdb_val"].positive + window_answers.positive),
+            [*val["label"], *windows["label"]],
+        ),
+    }
+    row = {f"temperature{key}": round(c.temperature, 3) for key, c in calibrations.items()}
     for name, frame in sets.items():
         labels = frame["label"].to_numpy()
         row[name] = round(float(np.mean(np.array(answers[name].labels) == labels)), 4)
-        row[f"{name}_ece"] = round(expected_calibration_error(calibration.apply(answers[name]).positive, labels), 4)
+        for key, calibration in calibrations.items():
+            ece = expected_calibration_error(calibration.apply(answers[name]).positive, labels)
+            row[f"{name}_ece{key}"] = round(ece, 4)
     return row
 
 
@@ -79,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     for seed in (int(s) for s in args.seeds.split(",")):
         splits, sets = validation_sets(args.imdb, seed)
         zero_shot = serving_copy(load_bundle("minilm", seed=seed))
-        row = {"seed": seed, "candidate": "zero-shot", **scored(lambda t, m=zero_shot: zero_shot_predict(m, t), sets)}
+        row = {
+            "seed": seed,
+            "candidate": "zero-shot",
+            **scored(lambda t, m=zero_shot: zero_shot_predict(m, t), sets, seed),
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
         for candidate in args.candidates:
@@ -89,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             model = serving_copy(tuned)
             row = {"seed": seed, "candidate": candidate, "steps": result.steps, "seconds": round(result.seconds, 1)}
-            row.update(scored(lambda t, m=model: classify_texts(m, t), sets))
+            row.update(scored(lambda t, m=model: classify_texts(m, t), sets, seed))
             print(json.dumps(row), flush=True)
             rows.append(row)
     for candidate in ["zero-shot", *args.candidates]:

@@ -108,4 +108,7 @@ def test_the_whole_study_at_the_default_sizes_shows_itself_and_ends_on_compare(p
     page.get_by_text("with the LoRA adapter").wait_for()
     baseline, lora = text(page, "#baseline-label"), text(page, "#lora-label")
     assert "positive" in lora and lora != baseline, (baseline, lora)
+    # both confidences are calibrated (the LoRA model on its 200 validation reviews), and the note says so
+    note = page.get_by_text("with the LoRA adapter").first.inner_text()
+    assert note.count("calibrated confidence") == 2 and "not calibrated" not in note, note
     page.screenshot(path=ARTIFACTS / "classify-1280.png", full_page=True)

@@ -7,6 +7,7 @@ import pytest
 from lora_demo.calibration import (
     Calibration,
     calibration_scores,
+    calibration_set,
     expected_calibration_error,
     fit_temperature,
     reliability,
@@ -14,8 +15,9 @@ from lora_demo.calibration import (
     sure_from,
 )
 from lora_demo.config import DataConfig, LoraSettings, TrainConfig
+from lora_demo.data import load_splits
 from lora_demo.inference import Predictions
-from lora_demo.study import Models, Study
+from lora_demo.study import FALLBACK_CALIBRATION_REVIEWS, Models, Study
 
 TINY = TrainConfig(
     epochs=2, learning_rate=0.03, batch_size=8, max_length=32, warmup_ratio=0, logging_steps=2, short_windows=0
@@ -89,6 +91,10 @@ def test_calibration_scores_compare_before_and_after_on_the_same_answers():
     assert figures["n"] == 2_000 and figures["ece_after"] < figures["ece_before"]
     assert sum(b["n"] for b in figures["reliability_before"]) == sum(b["n"] for b in figures["reliability_after"])
     assert figures["accuracy"] == pytest.approx(np.mean(np.array(answers.labels) == labels))
+    # the sure answers are the more accurate ones, and the two sides make up the whole
+    share, sure, unsure = figures["sure_share"], figures["accuracy_sure"], figures["accuracy_not_sure"]
+    assert 0 < share < 1 and sure > figures["accuracy"] > unsure
+    assert share * sure + (1 - share) * unsure == pytest.approx(figures["accuracy"])
 
 
 @pytest.fixture
@@ -106,9 +112,10 @@ def test_the_study_fits_each_rung_on_validation_reviews_and_keeps_it_with_the_sa
     report = study.run(LORA, TINY).to_dict()
     calibration = report["calibration"]
     assert set(calibration) == {"baseline", "tfidf", "head_only", "finetuned"}
-    val, test = study.splits.val, study.splits.test
+    val, test = calibration_set(study.splits.val, 2), study.splits.test  # the validation reviews (and windows)
+    assert set(study.splits.val["text"]) <= set(val["text"])
     for rung, figures in calibration.items():
-        assert figures["validation"]["n"] == 60 and figures["n"] == 40  # fitted on validation, scored on test
+        assert figures["validation"]["n"] == len(val) and figures["n"] == 40  # fitted on validation, scored on test
         assert {"temperature", "sure_from", "ece_before", "ece_after", "accuracy"} <= set(figures)
         assert figures["accuracy"] == pytest.approx(report[rung]["accuracy"])
     # the LoRA model's temperature is the one its validation answers give, not its test answers'
@@ -146,4 +153,30 @@ def test_too_few_validation_reviews_fit_no_temperature_and_the_report_says_so(mo
     assert "too few" in report["calibration"]["finetuned"]["reason"]
     assert study.calibration("finetuned") is None  # Classify shows its raw confidence, and says so
     # the untouched model is the same whatever the split: calibrated on the shipped sample's validation reviews
-    assert report["calibration"]["baseline"]["validation"]["n"] == 100
+    sample = load_splits(DataConfig(source="sample", val_size=FALLBACK_CALIBRATION_REVIEWS)).val
+    assert report["calibration"]["baseline"]["validation"]["n"] == len(calibration_set(sample, 42))
+
+
+def test_compare_draws_and_tells_the_calibration_of_a_report():
+    from lora_demo.plots import reliability_figure
+    from lora_demo.report import calibration_line
+    from lora_demo.ui.compare import calibration_markdown
+
+    positive, labels = overconfident(1_000, factor=3.0, seed=7)
+    answers = Predictions(labels=(positive >= 0.5).astype(int).tolist(), confidence=[], positive=positive.tolist())
+    fitted = Calibration.fit(answers, labels)
+    figures = {"temperature": fitted.temperature, "sure_from": fitted.sure_from}
+    figures.update(calibration_scores(answers, labels, fitted))
+    report = {"calibration": {"baseline": figures, "finetuned": figures, "head_only": {"reason": "none"}}}
+    figure = reliability_figure(report["calibration"])
+    names = [trace.name for trace in figure.data]
+    assert names[0] == "calibrated" and len(names) == 5  # the diagonal, then before and after of both models
+    assert f"LoRA after (ECE {figures['ece_after']:.3f})" in names
+    assert list(figure.data[-1].y) == [point["accuracy"] for point in figures["reliability_after"]]
+    line = calibration_line(report)
+    assert f"lora fine-tuned {figures['ece_before']:.3f} -> {figures['ece_after']:.3f}" in line
+    assert "head only" not in line  # a rung with no calibration is left out
+    table = calibration_markdown(report)
+    assert f"| LoRA fine-tuned | {fitted.temperature:.2f} |" in table and f"{fitted.sure_from:.0%} |" in table
+    assert "Not calibrated" in calibration_markdown({"calibration": {"finetuned": {"reason": "too few"}}})
+    assert reliability_figure({}).layout.annotations[0].text.startswith("No calibration")
