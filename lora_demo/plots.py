@@ -250,7 +250,7 @@ def reliability_figure(calibration: Mapping) -> go.Figure:
     fig.add_scatter(
         x=[0.5, 1.0], y=[0.5, 1.0], mode="lines", name="calibrated", line={"color": "#bbbbbb", "dash": "dash"}
     )
-    drawn = False
+    drawn, lowest = False, 1.0
     for key, name, color in (
         ("baseline", "zero-shot", MODEL_COLORS["baseline"]),
         ("finetuned", "LoRA", MODEL_COLORS["lora"]),
@@ -262,6 +262,7 @@ def reliability_figure(calibration: Mapping) -> go.Figure:
         for when, dash, fill in (("before", "dot", "circle-open"), ("after", "solid", "circle")):
             points = figures[f"reliability_{when}"]
             total = sum(point["n"] for point in points)
+            lowest = min([lowest, *(point["accuracy"] for point in points)])
             label = f"{name} {when} (ECE {figures[f'ece_{when}']:.3f})"
             fig.add_scatter(
                 x=[point["confidence"] for point in points],
@@ -277,7 +278,7 @@ def reliability_figure(calibration: Mapping) -> go.Figure:
     if not drawn:
         return empty_figure("No calibration: no validation reviews the models never trained on", "Reliability")
     fig.update_xaxes(range=[0.48, 1.01])
-    fig.update_yaxes(range=[0.0, 1.02])
+    fig.update_yaxes(range=[max(0.0, min(0.45, lowest - 0.05)), 1.02])
     fig.update_layout(legend={"font": {"size": 11}})
     return _layout(
         fig,

@@ -134,6 +134,20 @@ def test_the_study_fits_each_rung_on_validation_reviews_and_keeps_it_with_the_sa
     assert base.confidence == pytest.approx(study.calibration("baseline", 256).apply(raw_base).confidence)
     assert len(tuned.sure) == len(base.sure) == 2
 
+    # Compare's lists of fixed and broken reviews show the confidences Classify would show
+    from lora_demo.ui.compare import compare
+    from lora_demo.ui.session import SessionData
+
+    session = SessionData()
+    session._study = study
+    outputs = compare(session, progress=lambda *args, **kwargs: None)
+    shown = [table["value"] for table in outputs if isinstance(table, dict) and "Fixed by LoRA" in str(table)]
+    fixed = study.report().comparison["fixed"]
+    calibrated = study.calibration("finetuned").apply(study.finetuned().predictions)
+    assert fixed, "the toy task is learnable: LoRA fixes some of the baseline's mistakes"
+    i = fixed[0]  # the LoRA column of the first row: label (confidence)
+    assert shown[0][0][3] == f"{calibrated.label_names()[i]} ({calibrated.confidence[i]:.0%})"
+
     # saved with the adapter: a loaded adapter (whose validation reviews are not kept) answers as calibrated
     folder = study.save(tmp_path / "adapter")
     loaded = Study(models=models)

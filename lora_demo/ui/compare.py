@@ -176,8 +176,13 @@ def compare(session: SessionData, progress=gr.Progress()):
     study.ensure_data()  # a saved run may be loaded before any data
     report = study.report(progress=study_progress(progress)).to_dict()
     baseline, finetuned, result = report["baseline"], report["finetuned"], report["comparison"]
-    before = study.baseline(max_length=study.tuned.config.max_length).predictions
-    after, test = study.finetuned().predictions, study.splits.test
+    # the flipped reviews' answers with the confidences Classify would show (calibrated where the model is)
+    before, after = study.baseline(max_length=study.tuned.config.max_length).predictions, study.finetuned().predictions
+    before, after = (
+        fitted.apply(answers) if (fitted := study.calibration(rung)) else answers
+        for rung, answers in (("baseline", before), ("finetuned", after))
+    )
+    test = study.splits.test
     return (
         summary_markdown(report),
         gr.update(visible=True),
