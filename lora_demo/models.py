@@ -213,8 +213,10 @@ def encode_head_tail(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_l
     """Tokenise once, keeping the first and last tokens of long reviews.
 
     A review's verdict is often in its last sentences ("...a waste of time"), so instead of cutting
-    at `max_length` we keep the head and the tail, with the special tokens around them.
+    at `max_length` we keep the head and the tail, with the special tokens around them. A model that reads fewer
+    tokens (its tokenizer's `model_max_length`) gets at most that many.
     """
+    max_length = min(max_length, tokenizer.model_max_length)
     prefix, suffix = special_tokens_around(tokenizer)
     pieces = tokenize(tokenizer, list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
     budget = max_length - len(prefix) - len(suffix)

@@ -282,6 +282,7 @@ def build_tiny_encoder(seed: int = 0, vocab_size: int | None = None):
         attention_probs_dropout_prob=0.0,
         pad_token_id=0,
     )
+    tokenizer.model_max_length = config.max_position_embeddings  # what the model can read, as a real tokenizer says
     torch.manual_seed(seed)
     encoder = AutoModel.from_config(config, add_pooling_layer=False)
     model = EncoderClassifier(encoder, num_labels=2, dropout=0.0)
