@@ -213,6 +213,9 @@ class Study:
         self.resources: dict | None = None
         self.jobs_in_workers = 0  # jobs that crossed a process boundary (ZeroGPU, or its stand-in)
         self._scores: dict[tuple, Evaluation | dict] = {}  # keyed by (what, model, max_length, reviews): computed once
+        # the zero-shot model's calibration on the loaded split, per max length: (splits, model, Calibration), so that
+        # a Classify click does not cut windows and hash the validation reviews again
+        self._baseline_fits: dict[int, tuple] = {}
         self._stop: StopFlag | None = None  # the running training's stop request, if any
         self._busy = False  # a run is training or being scored: the data must not change under it
         self.abandoned = False  # its session closed: a run still going ends after training, without scoring
@@ -479,12 +482,12 @@ class Study:
                 return Calibration.fit(answers, val["label"])
 
             return SHARED.get(("calibration", ref, max_length), fit)
+        held = self._baseline_fits.get(max_length)  # read without the lock: a report in progress does not hold it up
+        if held is not None and held[0] is splits and held[1] == self.model_name:
+            return held[2]
         val = calibration_set(splits.val, splits.config.seed)
-        key = ("baseline", "calibration", self.model_name, max_length, texts_fingerprint(val["text"]))
-        fitted = self._scores.get(key)  # read without the lock: a report in progress does not hold Classify up
-        if fitted is None:
-            answers = self.baseline(val, max_length=max_length)
-            fitted = self._scores[key] = Calibration.fit(answers.predictions, val["label"])
+        fitted = Calibration.fit(self.baseline(val, max_length=max_length).predictions, val["label"])
+        self._baseline_fits[max_length] = (splits, self.model_name, fitted)
         return fitted
 
     def calibration_report(self, rungs: dict[str, Evaluation | None], frame: pd.DataFrame) -> dict:
