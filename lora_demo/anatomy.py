@@ -222,7 +222,8 @@ def lora_shapes(spec: ModelSpec, settings: LoraSettings) -> LoraShapes:
 
 
 def pooled_embeddings(bundle, texts: list[str], max_length: int, batch_size: int = 64, progress=None) -> np.ndarray:
-    """Each review as the model represents it, one vector per review, in input order.
+    """Each review as the model represents it, one vector per review, in input order: what its head reads
+    (`inference.Predictions.features`, which the scoring passes return beside their answers).
 
     Encoder: the unit-length mean-pooled final hidden states, exactly what the classification head sees.
     T5: the encoder's mean-pooled final states of the study's prompt (`review: <text>`).
@@ -232,29 +233,17 @@ def pooled_embeddings(bundle, texts: list[str], max_length: int, batch_size: int
         texts: cleaned reviews.
         max_length: tokens kept per review (head + tail), as for prediction.
         batch_size: reviews per forward pass.
-        progress: called with (done, total) after each batch.
+        progress: called with (done, total) after each batch (encoders).
 
     Returns:
         An array of shape (len(texts), hidden size), float32.
     """
-    import torch
-
     from .baseline import embed_texts
-    from .data import format_seq2seq
-    from .inference import run_batches
-    from .models import encode_head_tail, mean_pool
+    from .ladder import t5_encoder_features
 
     if bundle.spec.kind == "encoder":
         return embed_texts(bundle, list(texts), max_length, batch_size, progress).numpy().astype(np.float32)
-    encoded = encode_head_tail(bundle.tokenizer, [format_seq2seq(t) for t in texts], max_length)
-    encoder = bundle.model.get_encoder()
-
-    def step(batch):
-        hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        return mean_pool(hidden.float(), batch["attention_mask"])
-
-    rows = run_batches(bundle, encoded, batch_size, step, progress)
-    return torch.stack(rows).numpy().astype(np.float32)
+    return t5_encoder_features(bundle, list(texts), max_length, batch_size).astype(np.float32)
 
 
 def project_pair(before: np.ndarray, after: np.ndarray) -> dict:
@@ -348,27 +337,3 @@ def result_sentence(report: dict) -> str:
     if norms:
         text += f"; the change is largest in {where_changed(max(norms, key=lambda r: r['relative_norm']), norms)}"
     return text + "."
-
-
-def measure_changes(baseline, adapter, texts: list[str], max_length: int, serving=None, progress=None) -> dict:
-    """The report's `update_norms` and `projection` for one trained model, in one call.
-
-    Args:
-        baseline: the untouched model (zero-shot), for the "before" vectors.
-        adapter: the PEFT-wrapped, unmerged LoRA model (its B and A are measured).
-        texts: the test reviews, in the test set's order.
-        max_length: tokens kept per review, as the models predict with.
-        serving: a merged copy of `adapter` for the "after" vectors (faster); default: `adapter` itself.
-        progress: called with (done, total) over both passes.
-
-    Returns:
-        `{"update_norms": [...], "projection": {"baseline": [...], "finetuned": [...], "explained_variance": [...]}}`
-    """
-    total = 2 * len(texts)
-
-    def step(offset):
-        return (lambda done, _: progress(offset + done, total)) if progress else None
-
-    before = pooled_embeddings(baseline, texts, max_length, progress=step(0))
-    after = pooled_embeddings(serving or adapter, texts, max_length, progress=step(len(texts)))
-    return {"update_norms": update_norms(adapter), "projection": project_pair(before, after)}

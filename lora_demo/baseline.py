@@ -52,6 +52,8 @@ def embed_texts(
 ) -> torch.Tensor:
     """Unit-length mean-pooled embeddings, in input order."""
     encoded = encode_head_tail(bundle.tokenizer, texts, max_length)
+    if not encoded:
+        return torch.empty(0, bundle.model.config.hidden_size)
     rows = run_batches(
         bundle,
         encoded,
@@ -80,6 +82,5 @@ def zero_shot_predict(
     """
     if bundle.spec.kind == "seq2seq":
         return classify_texts(bundle, texts, max_length, batch_size, progress)
-    prototypes = label_prototypes(bundle)
-    similarity = embed_texts(bundle, texts, max_length, batch_size, progress) @ prototypes.T
-    return Predictions.from_scores(similarity * SIMILARITY_SCALE)
+    features = embed_texts(bundle, texts, max_length, batch_size, progress)
+    return Predictions.from_scores(features @ label_prototypes(bundle).T * SIMILARITY_SCALE, features=features)

@@ -9,13 +9,22 @@ from collections.abc import Callable
 
 class Cache:
     """Values made on first use under a lock of their own per key (a failure is not kept); at most `size` kept,
-    the least recently used dropped first (None: all)."""
+    the least recently used dropped first (None: all).
 
-    def __init__(self, size: int | None = None):
+    Args:
+        size: at most this many values.
+        budget, weigh: where given, at most `budget` of `weigh(value)` summed over the values kept (the newest is
+            always kept).
+    """
+
+    def __init__(
+        self, size: int | None = None, budget: float | None = None, weigh: Callable[[object], float] | None = None
+    ):
         self._values: collections.OrderedDict = collections.OrderedDict()
         self._locks: dict = {}
         self._lock = threading.Lock()
         self._size = size
+        self._budget, self._weigh, self._weights = budget, weigh, {}
 
     def get(self, key, make: Callable[[], object]):
         with self._lock:
@@ -30,17 +39,23 @@ class Cache:
             value = make()
             with self._lock:
                 self._values[key] = value
-                if self._size is not None:
-                    while len(self._values) > self._size:
-                        self._values.popitem(last=False)
+                if self._weigh is not None:
+                    self._weights[key] = self._weigh(value)
+                while len(self._values) > 1 and self._over():
+                    self._weights.pop(self._values.popitem(last=False)[0], None)
                 self._locks.pop(key, None)
             return value
+
+    def _over(self) -> bool:
+        too_many = self._size is not None and len(self._values) > self._size
+        return too_many or (self._budget is not None and sum(self._weights.values()) > self._budget)
 
     def drop(self, matches: Callable[[object], bool]) -> None:
         """Forget the values whose key `matches`."""
         with self._lock:
             for key in [key for key in self._values if matches(key)]:
                 del self._values[key]
+                self._weights.pop(key, None)
 
     def __len__(self) -> int:
         with self._lock:
@@ -49,3 +64,4 @@ class Cache:
     def clear(self):
         with self._lock:
             self._values.clear()
+            self._weights.clear()

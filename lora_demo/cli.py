@@ -142,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     extra.add_argument(
         "--study-preset", action="store_true", help="the study's T5-small preset (random weights), before and now"
     )
+    extra.add_argument(
+        "--whole-study",
+        action="store_true",
+        help="the whole study as a visitor runs it (default data: the shipped sample), step by step",
+    )
+    bench.add_argument(
+        "--visitors", type=int, choices=(1, 2), default=1, help="--whole-study: 2 adds a second visitor"
+    )
     return parser
 
 
@@ -316,6 +324,10 @@ def cmd_bench(args, models=None) -> int:
         return _bench_ablation(args, plan, log)
     if args.study_preset:
         return _bench_study_preset(args, log)
+    if args.whole_study:
+        return _bench_whole_study(args)
+    if args.visitors != 1:
+        raise UserError("--visitors goes with --whole-study")
     report = bench.run_bench(bench.load_bench_splits(args.source, plan, args.seed), plan, seed=args.seed, log=log)
     _write_json(args.report, report, args.force)
     print(bench.bench_table(report))
@@ -341,6 +353,21 @@ def _bench_study_preset(args, log) -> int:
     _write_json(args.report, report, args.force)
     print(preset_table(report))
     print(f"training: {report['train_speedup']:.2f}x faster than before")
+    return 0
+
+
+def _bench_whole_study(args) -> int:
+    from .whole_study_timing import goals_lines, run_whole_study_bench, whole_study_table
+
+    report = run_whole_study_bench(args.source or "sample", args.seed, args.visitors)
+    _write_json(args.report, report, args.force)
+    whole, machine = report["whole_study"], report["machine"]
+    print(
+        f"machine: {machine['model_name']} (cpu family {machine['cpu_family']}, model {machine['model']}), "
+        f"{machine['threads']} threads, {whole['precision']} matmul peak {whole['peak_gflops']:.0f} GFLOP/s"
+    )
+    print(whole_study_table(whole))
+    print("\n".join(goals_lines(whole)))
     return 0
 
 

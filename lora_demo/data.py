@@ -650,6 +650,11 @@ def review_hash(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
+def texts_fingerprint(texts) -> str:
+    """A short, stable name for a list of texts in its order (a hash of their `review_hash`es)."""
+    return review_hash("\n".join(review_hash(text) for text in texts))
+
+
 @dataclass(frozen=True)
 class SplitRecord:
     """What a model trained and validated on: the source, seed and sizes, and a hash of every review.

@@ -8,11 +8,12 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
 from .config import DEFAULT_MAX_LENGTH, LABEL_NAMES
 from .data import format_seq2seq
-from .models import ModelBundle, encode_head_tail, label_targets
+from .models import ModelBundle, encode_head_tail, label_targets, mean_pool
 
 UNMAPPED = -1
 
@@ -30,14 +31,21 @@ class Predictions:
     outputs: list[str] = field(default_factory=list)  # seq2seq models: the label word chosen
     positive: list[float] = field(default_factory=list)  # P(positive) per review, where the model gives one
     sure: list[bool] = field(default_factory=list)  # calibrated answers only (`calibration.Calibration.apply`)
+    # what the model's head read, one float32 row per review, from the same pass as the answers (encoder: the
+    # unit-length mean-pooled vector; seq2seq: the encoder's mean-pooled states of the prompt): the head-only rung
+    # and the projection read these instead of running the model over the reviews again
+    features: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_scores(cls, scores: torch.Tensor, words: bool = False) -> Predictions:
+    def from_scores(
+        cls, scores: torch.Tensor, words: bool = False, features: torch.Tensor | None = None
+    ) -> Predictions:
         """Predictions from two scores per review (logits, or label words' log-probabilities).
 
         Args:
             scores: shape (reviews, 2), in label order.
             words: keep the chosen label words as `outputs` (seq2seq models).
+            features: shape (reviews, hidden), what the model's head read (see `features`).
 
         Returns:
             The argmax as label, its softmax probability as confidence, and the positive label's probability.
@@ -50,6 +58,7 @@ class Predictions:
             confidence=probs.max(dim=-1).values.tolist(),
             outputs=[LABEL_NAMES[k] for k in labels] if words else [],
             positive=probs[:, 1].tolist(),
+            features=None if features is None else features.float().numpy(),
         )
 
     def label_names(self) -> list[str]:
@@ -109,7 +118,10 @@ def run_batches(bundle: ModelBundle, encoded, batch_size, step, progress=None, b
     Args:
         bf16: run under bfloat16 autocast; default: where the hardware runs it natively (`fast_bf16`).
     """
+    from .measure import counted
+
     bf16 = fast_bf16() if bf16 is None else bf16
+    step = counted(step)  # the bench's FLOP count, where one is open
     results: list = [None] * len(encoded)
     done = 0
     bundle.model.eval()
@@ -152,8 +164,18 @@ def classify_texts(
     if bundle.spec.kind == "seq2seq":
         return _score_label_words(bundle, texts, max_length, batch_size, progress)
     encoded = encode_head_tail(bundle.tokenizer, texts, max_length)
-    rows = run_batches(bundle, encoded, batch_size, lambda batch: bundle.model(**batch).logits.float(), progress)
-    return Predictions.from_scores(_stacked(rows, 2))
+
+    def step(batch):  # the logits and, beside them, the features the head read
+        return torch.cat([part.float() for part in bundle.model.classify(**batch)], dim=-1)
+
+    rows = _stacked(run_batches(bundle, encoded, batch_size, step, progress), 2 + hidden_size(bundle))
+    return Predictions.from_scores(rows[:, :2], features=rows[:, 2:])
+
+
+def hidden_size(bundle: ModelBundle) -> int:
+    """The width of the vectors the model's head reads (`Predictions.features`)."""
+    config = bundle.model.config
+    return config.d_model if bundle.spec.kind == "seq2seq" else config.hidden_size
 
 
 def _stacked(rows: list[torch.Tensor], width: int) -> torch.Tensor:
@@ -166,14 +188,20 @@ def _score_label_words(bundle, texts, max_length, batch_size, progress) -> Predi
     start = bundle.model.config.decoder_start_token_id
     encoded = encode_head_tail(bundle.tokenizer, [format_seq2seq(t) for t in texts], max_length)
 
-    def step(batch):
-        return label_log_probs(bundle.model, batch["input_ids"], batch["attention_mask"], targets, start)
+    def step(batch):  # the label words' scores and, beside them, the encoder's mean-pooled states
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        hidden = bundle.model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        scores = label_log_probs(bundle.model, ids, mask, targets, start, encoder_outputs=(hidden,))
+        return torch.cat([scores, mean_pool(hidden.float(), mask)], dim=-1)
 
-    rows = run_batches(bundle, encoded, batch_size, step, progress)
-    return Predictions.from_scores(_stacked(rows, len(targets)), words=True)
+    width = len(targets)
+    rows = _stacked(run_batches(bundle, encoded, batch_size, step, progress), width + hidden_size(bundle))
+    return Predictions.from_scores(rows[:, :width], words=True, features=rows[:, width:])
 
 
-def label_log_probs(model, input_ids, attention_mask, targets: list[list[int]], start_id: int) -> torch.Tensor:
+def label_log_probs(
+    model, input_ids, attention_mask, targets: list[list[int]], start_id: int, encoder_outputs: tuple | None = None
+) -> torch.Tensor:
     """Teacher-forced log-probability of each label word's whole token sequence, for each review of a batch.
 
     The encoder runs once; the decoder runs once per label word, through the model's own forward, so PEFT,
@@ -184,11 +212,12 @@ def label_log_probs(model, input_ids, attention_mask, targets: list[list[int]], 
         input_ids, attention_mask: the batch of prompts, padded.
         targets: each label word's token ids, from `models.label_targets`.
         start_id: the decoder's start token (`config.decoder_start_token_id`).
+        encoder_outputs: the encoder's `(last_hidden_state,)` for this batch where the caller already ran it.
 
     Returns:
         Shape (reviews, labels): the sum of the log-probabilities of each target's tokens.
     """
-    encoder_outputs, scores = None, []
+    scores = []
     for target in targets:
         target_ids = torch.tensor(target, device=input_ids.device).expand(len(input_ids), -1)
         decoder_input_ids = torch.cat([torch.full_like(target_ids[:, :1], start_id), target_ids[:, :-1]], dim=1)

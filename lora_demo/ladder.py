@@ -97,11 +97,24 @@ class HeadOnlyModel:
     def predict(self, base: ModelBundle, texts: list[str], batch_size: int = 64) -> Predictions:
         """Label reviews with the untouched `base` model under this head."""
         if self.head is not None:
-            features = embed_texts(base, list(texts), self.max_length, batch_size)
-            weight, bias = (self.head[name].to(features.device, torch.float32) for name in ("weight", "bias"))
-            logits = nn.functional.linear(features, weight, bias)
-            return Predictions.from_scores(logits)
-        probs = self.probe.predict_proba(t5_encoder_features(base, list(texts), self.max_length, batch_size))
+            return self.predict_features(embed_texts(base, list(texts), self.max_length, batch_size).numpy())
+        return self.predict_features(t5_encoder_features(base, list(texts), self.max_length, batch_size))
+
+    def predict_features(self, features: np.ndarray) -> Predictions:
+        """Label reviews from the untouched model's features of them (`Predictions.features` of its zero-shot
+        answers at this `max_length`): no pass through the model.
+
+        In NumPy only: it runs in the app's own process, which under ZeroGPU forks the GPU workers, and a torch
+        thread pool started here would hang their first parallel operation.
+        """
+        features = np.asarray(features, dtype=np.float64)
+        if self.head is not None:
+            weight, bias = (self.head[name].detach().to("cpu", torch.float64).numpy() for name in ("weight", "bias"))
+            logits = features @ weight.T + bias
+            probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probs /= probs.sum(axis=1, keepdims=True)
+        else:
+            probs = self.probe.predict_proba(features)
         return Predictions(
             labels=probs.argmax(axis=1).tolist(), confidence=probs.max(axis=1).tolist(), positive=probs[:, 1].tolist()
         )

@@ -129,6 +129,53 @@ def flop_counter():
     return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
+class FlopTally:
+    """The FLOPs of every batch that `inference.run_batches` runs, in any thread, while the tally is open
+    (`with FlopTally() as tally:`): exact counts from torch's counter, which costs a few percent of the time.
+    One tally at a time per process (the bench's whole-study run)."""
+
+    active: FlopTally | None = None
+
+    def __init__(self):
+        self.total = 0
+        self._taken = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        if FlopTally.active is not None:
+            raise RuntimeError("a FLOP tally is already open in this process")
+        FlopTally.active = self
+        return self
+
+    def __exit__(self, *exc):
+        FlopTally.active = None
+
+    def add(self, flop: int) -> None:
+        with self._lock:
+            self.total += flop
+
+    def take(self) -> int:
+        """The FLOPs counted since the last `take`."""
+        with self._lock:
+            new, self._taken = self.total - self._taken, self.total
+            return new
+
+
+def counted(step: Callable):
+    """`step` itself, or, while a `FlopTally` is open, `step` counted into it."""
+    tally = FlopTally.active
+    if tally is None:
+        return step
+
+    def step_counted(*args, **kwargs):
+        with flop_counter() as counter:
+            result = step(*args, **kwargs)
+        tally.add(counter.get_total_flops())
+        return result
+
+    return step_counted
+
+
 def latency_ms(predict: Callable[[], object], warmup: int = 5, repeats: int = 30) -> tuple[float, float]:
     """p50 and p95 in milliseconds of `predict()`, after `warmup` calls that are not timed.
 

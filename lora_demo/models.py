@@ -6,19 +6,22 @@ so every training run needs its own copy); `inference.ModelCache` keeps one unto
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .cache import Cache
 from .config import LABEL_NAMES, ModelSpec, UserError, get_model_spec
-from .data import hub_reachable, label_word, offline_mode
+from .data import hub_reachable, label_word, offline_mode, review_hash, texts_fingerprint
 
 
 @dataclass
@@ -69,12 +72,18 @@ class EncoderClassifier(nn.Module):
         hidden = self.run_layers(hidden_states, attention_mask, start_layer)
         return mean_pool(hidden, attention_mask)
 
+    def classify(
+        self, input_ids=None, attention_mask=None, hidden_states=None, start_layer: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's logits and the unit-length features it read, from one pass (what `forward` computes)."""
+        # unit-length features: a cosine classifier, so the head can start from the zero-shot label prototypes
+        features = nn.functional.normalize(self.embed(input_ids, attention_mask, hidden_states, start_layer), dim=-1)
+        return self.classifier(self.dropout(features)), features
+
     def forward(
         self, input_ids=None, attention_mask=None, labels=None, hidden_states=None, start_layer: int = 0, **kwargs
     ) -> SequenceClassifierOutput:
-        # unit-length features: a cosine classifier, so the head can start from the zero-shot label prototypes
-        features = nn.functional.normalize(self.embed(input_ids, attention_mask, hidden_states, start_layer), dim=-1)
-        logits = self.classifier(self.dropout(features))
+        logits, _ = self.classify(input_ids, attention_mask, hidden_states, start_layer)
         loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
@@ -209,14 +218,50 @@ def special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int]
     return full[:start], full[start + len(plain) :]
 
 
+# token ids kept per process (int32: 4 bytes each): the default split's reviews several times over, so the
+# zero-shot, LoRA and head-only passes over a split, and every session on it, tokenize it once
+ENCODED_TOKENS_KEPT = 4_000_000
+_ENCODED = Cache(budget=ENCODED_TOKENS_KEPT, weigh=lambda packed: len(packed[0]))
+_TOKENIZER_NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A name for what a tokenizer does (its whole definition, where the tokenizer is a fast one), once per
+    tokenizer object: two copies of one model's tokenizer share it."""
+    with _LOCKS_LOCK:
+        name = _TOKENIZER_NAMES.get(tokenizer)
+    if name is None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        described = backend.to_str() if backend is not None else f"{type(tokenizer).__name__} {tokenizer.name_or_path}"
+        name = review_hash(f"{described} {len(tokenizer)} {tokenizer.model_max_length}")
+        with _LOCKS_LOCK:
+            _TOKENIZER_NAMES[tokenizer] = name
+    return name
+
+
 def encode_head_tail(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> list[list[int]]:
     """Tokenise once, keeping the first and last tokens of long reviews.
 
     A review's verdict is often in its last sentences ("...a waste of time"), so instead of cutting
     at `max_length` we keep the head and the tail, with the special tokens around them. A model that reads fewer
-    tokens (its tokenizer's `model_max_length`) gets at most that many.
+    tokens (its tokenizer's `model_max_length`) gets at most that many. The same texts through the same
+    tokenizer at the same length are tokenized once per process (`ENCODED_TOKENS_KEPT`).
     """
+    texts = list(texts)
     max_length = min(max_length, tokenizer.model_max_length)
+    key = (tokenizer_fingerprint(tokenizer), max_length, texts_fingerprint(texts))
+    flat, ends = _ENCODED.get(key, lambda: _packed(_encode_head_tail(tokenizer, texts, max_length)))
+    return [flat[start:end].tolist() for start, end in zip([0, *ends[:-1]], ends)]
+
+
+def _packed(encoded: list[list[int]]) -> tuple[np.ndarray, list[int]]:
+    """Token id lists as one int32 array and each list's end in it: a tenth of the lists' memory."""
+    ends = np.cumsum([len(ids) for ids in encoded]).tolist()
+    flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=ends[-1] if ends else 0)
+    return flat, ends
+
+
+def _encode_head_tail(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> list[list[int]]:
     prefix, suffix = special_tokens_around(tokenizer)
     pieces = tokenize(tokenizer, list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
     budget = max_length - len(prefix) - len(suffix)

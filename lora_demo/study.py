@@ -12,7 +12,9 @@ the CLI prints and the app lays out; the app keeps one study per session and cal
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -35,7 +37,15 @@ from .config import (
     get_model_spec,
     get_preset,
 )
-from .data import NAMED_SOURCES, SplitRecord, Splits, describe_source, load_splits, review_hash, trained_on
+from .data import (
+    NAMED_SOURCES,
+    SplitRecord,
+    Splits,
+    describe_source,
+    load_splits,
+    texts_fingerprint,
+    trained_on,
+)
 from .inference import Predictions
 from .lora import AdapterWeights
 from .metrics import evaluate_predictions
@@ -49,8 +59,9 @@ Progress = Callable[[str, int, int], None]  # (what is being done, done, total)
 # many validation reviews of the shipped IMDb sample, scored once per process
 FALLBACK_CALIBRATION_REVIEWS = 100
 MAX_RUNS = 20  # runs kept per study for the Compare tab; the oldest is dropped beyond this
-# answers every session on the same reviews would compute alike (the zero-shot model's, the TF-IDF rung's): made
-# once per process and shared read-only, the least recently used dropped past this many
+# answers every session on the same reviews would compute alike (the zero-shot model's, the TF-IDF and head-only
+# rungs', an adapter's with the same weights): made once per process and shared read-only, the least recently used
+# dropped past this many (a scored test set of 1,000 reviews, with its features, is about 1.6 MB)
 SHARED = Cache(32)
 
 
@@ -125,10 +136,6 @@ class RunRecord:
     accuracy: float
     f1: float
     history: list[dict]
-
-
-def texts_fingerprint(texts) -> str:
-    return review_hash("\n".join(review_hash(text) for text in texts))
 
 
 class Models:
@@ -212,6 +219,9 @@ class Study:
         self.runs: list[RunRecord] = []
         self.resources: dict | None = None
         self.jobs_in_workers = 0  # jobs that crossed a process boundary (ZeroGPU, or its stand-in)
+        # seconds per step of the latest whole run (`steps`), in the order they ran: what a visitor waited for
+        self.timings: dict[str, float] = {}
+        self.on_timed: Callable[[str, float], None] | None = None  # told each step's name and seconds as it ends
         self._scores: dict[tuple, Evaluation | dict] = {}  # keyed by (what, model, max_length, reviews): computed once
         # the zero-shot model's calibration on the loaded split, per max length: (splits, model, Calibration), so that
         # a Classify click does not cut windows and hash the validation reviews again
@@ -233,6 +243,18 @@ class Study:
 
     def _ref(self, name: str | None = None) -> ModelRef:
         return self.models.ref(name or self.model_name)
+
+    @contextlib.contextmanager
+    def _timed(self, step: str):
+        """Add the block's seconds to `timings[step]` (a step asked for again adds what it took again)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - started
+            self.timings[step] = self.timings.get(step, 0.0) + seconds
+            if self.on_timed:
+                self.on_timed(step, seconds)
 
     # --- data -------------------------------------------------------------------------------------------------
 
@@ -344,12 +366,13 @@ class Study:
     def _finetuned_answers(self, tuned: TunedModel, frame: pd.DataFrame, progress: Progress | None = None):
         """The LoRA model's answers on `frame`, unchecked: callers make sure it never trained on them."""
         report = _reporter(progress, f"The LoRA model on {len(frame)} reviews")
-        max_length, ref = tuned.config.max_length, self._ref(tuned.name)
-        return self._score(
-            ("finetuned", tuned.weights.key, max_length),
-            frame,
-            lambda texts: self._run("score", ref, tuned.weights, texts, max_length, progress=report),
-        )
+        max_length, ref, weights = tuned.config.max_length, self._ref(tuned.name), tuned.weights
+
+        def predict(texts):  # the same adapter (same weights: `key`) answers every visitor alike
+            key = ("finetuned", ref, weights.key, max_length, texts_fingerprint(texts))
+            return SHARED.get(key, lambda: self._run("score", ref, weights, texts, max_length, progress=report))
+
+        return self._score(("finetuned", weights.key, max_length), frame, predict)
 
     def tfidf(self, frame: pd.DataFrame | None = None) -> Evaluation | None:
         """TF-IDF + logistic regression trained on the LoRA model's training reviews, on `frame`; None for a
@@ -383,13 +406,22 @@ class Study:
         return self._head_only_answers(tuned, frame, progress)
 
     def _head_only_answers(self, tuned: TunedModel, frame: pd.DataFrame, progress: Progress | None = None):
-        ref = self._ref(tuned.name)
+        """The head-only rung on `frame`, read off the zero-shot pass's features of it: the untouched model is
+        not run over the reviews again."""
         with self._lock:  # trained once, even when the Compare tab and a run's report ask at the same time
             if tuned.head_only is None:
                 if progress:
                     progress("Training the head alone on the same reviews", 0, 1)
-                tuned.head_only, tuned.head_result = self._run("head_only", ref, *tuned.train_frames, tuned.config)
-        return self._score(("head_only",), frame, lambda texts: self._run("score_head", ref, tuned.head_only, texts))
+                ref, (train, val) = self._ref(tuned.name), tuned.train_frames
+                # the same reviews and settings make the same head for every visitor: trained once per process
+                reviews = [texts_fingerprint([*f["text"], *map(str, f["label"])]) for f in (train, val)]
+                tuned.head_only, tuned.head_result = SHARED.get(
+                    ("head_only", ref, *reviews, tuned.config),
+                    lambda: self._run("head_only", ref, train, val, tuned.config),
+                )
+        head = tuned.head_only
+        zero_shot = self.baseline(frame, max_length=head.max_length, progress=progress)
+        return self._score(("head_only",), frame, lambda texts: head.predict_features(zero_shot.predictions.features))
 
     def short_reviews(self) -> dict:
         """Every rung on the short-review test sets ("reviews like the ones you type"): the hand-written reviews'
@@ -616,7 +648,8 @@ class Study:
 
     def finish_run(self, progress: Progress | None = None) -> tuple[Evaluation, Report]:
         """After a training run: score the new LoRA model on the test reviews, keep the run, and report."""
-        evaluation = self.finetuned(progress=progress)
+        with self._timed("tuned_scoring"):
+            evaluation = self.finetuned(progress=progress)
         self.record_run(evaluation)
         return evaluation, self.report(progress=progress)
 
@@ -664,13 +697,18 @@ class Study:
             UserError: for settings that do not fit the model, a model that cannot load, or a failed step.
         """
         self._check_settings(lora)
-        notes = self.ensure_data()
+        self.timings = {}
+        with self._timed("load"):
+            notes = self.ensure_data()
         yield DataReady(self.splits, notes)
         if with_baseline:
-            yield BaselineScored(self.baseline(max_length=config.max_length, progress=progress))
+            with self._timed("zero_shot"):
+                baseline = self.baseline(max_length=config.max_length, progress=progress)
+            yield BaselineScored(baseline)
         self._busy = True
         try:
-            yield from self.train_steps(lora, config, recipe)
+            with self._timed("training"):
+                yield from self.train_steps(lora, config, recipe)
             if self.abandoned:  # nobody is left to see the comparison
                 return
             evaluation, report = self.finish_run(progress=progress)
@@ -718,19 +756,28 @@ class Study:
 
     def _report(self, tuned: TunedModel, splits: Splits, progress: Progress | None) -> Report:
         test = splits.test
-        after = self.finetuned(test, progress=progress)
-        before = self.baseline(test, max_length=tuned.config.max_length, progress=progress)
-        comparison = compare_models(
-            test["label"], before.predictions.labels, after.predictions.labels, seed=splits.config.seed
-        )
-        tfidf, head = self.tfidf(test), self.head_only(test, progress=progress)
+        with self._timed("tuned_scoring"):
+            after = self.finetuned(test, progress=progress)
+        with self._timed("zero_shot"):
+            before = self.baseline(test, max_length=tuned.config.max_length, progress=progress)
+        with self._timed("significance"):
+            comparison = compare_models(
+                test["label"], before.predictions.labels, after.predictions.labels, seed=splits.config.seed
+            )
+        with self._timed("tfidf"):
+            tfidf = self.tfidf(test)
+        with self._timed("head_only"):
+            head = self.head_only(test, progress=progress)
         rungs = {"baseline": before, "tfidf": tfidf, "head_only": head, "finetuned": after}
-        calibration = self.calibration_report(rungs, test)
+        with self._timed("calibration"):
+            calibration = self.calibration_report(rungs, test)
         if head is not None:
             comparison["verdict"] += head_only_sentence(head.metrics, after.metrics)
         saved = tuned.saved_report or {}
         result = tuned.result
         changes = self.changes(progress, test)
+        with self._timed("short_reviews"):
+            short_reviews = self.short_reviews()
         return Report(
             model=tuned.name,
             model_kind=tuned.kind,
@@ -747,7 +794,7 @@ class Study:
             head_only=head.metrics if head else None,
             rungs=self._rung_notes(),
             calibration=calibration,
-            short_reviews=self.short_reviews(),
+            short_reviews=short_reviews,
             resources=self.resources,
             update_norms=changes["update_norms"],
             projection=changes["projection"],
@@ -763,23 +810,22 @@ class Study:
         return {**where, "runner": self.models.runner.name, "jobs_in_workers": self.jobs_in_workers}
 
     def changes(self, progress: Progress | None = None, test: pd.DataFrame | None = None) -> dict:
-        """Where the LoRA model's adapter changed the model, and the test reviews (default: the split's) before /
-        after on one 2-D map (`anatomy.measure_changes`: two more passes over them), computed once per model and
-        test set.
-        """
+        """Where the LoRA model's adapter changed the model (`anatomy.update_norms`), and the test reviews (default:
+        the split's) before / after on one 2-D map (`anatomy.project_pair`) of the features the zero-shot and the
+        LoRA scoring passes read: no further pass over the reviews. Computed once per model and test set."""
+        from .anatomy import project_pair
+
         tuned = self._require_tuned()
         test = self._test_frame() if test is None else test
         key = ("finetuned", "changes", tuned.weights.key, tuned.config.max_length, texts_fingerprint(test["text"]))
+        before = self.baseline(test, max_length=tuned.config.max_length, progress=progress).predictions.features
+        after = self.finetuned(test, progress=progress).predictions.features
         with self._lock:
             if key not in self._scores:  # "finetuned" first: forgotten with the model's scores when it is replaced
-                self._scores[key] = self._run(
-                    "changes",
-                    self._ref(tuned.name),
-                    tuned.weights,
-                    test["text"].tolist(),
-                    tuned.config.max_length,
-                    progress=_reporter(progress, f"Measuring how the {len(test)} test reviews moved"),
-                )
+                with self._timed("update_norms"):
+                    norms = self._run("update_norms", self._ref(tuned.name), tuned.weights)
+                with self._timed("projection"):
+                    self._scores[key] = {"update_norms": norms, "projection": project_pair(before, after)}
             return self._scores[key]
 
     def _rung_notes(self) -> dict:

@@ -3,6 +3,7 @@ result sentence."""
 
 from __future__ import annotations
 
+import collections
 import json
 
 import numpy as np
@@ -249,22 +250,50 @@ def test_bundled_minilm_norms_and_vectors(toy_reviews):
     assert shapes.lora_total == sum(p.numel() for n, p in tuned.model.named_parameters() if "lora_" in n)
 
 
-def test_measure_changes_gives_the_reports_two_keys(tiny_encoder_factory, toy_reviews):
-    from lora_demo.inference import serving_copy
+def passes_over(bundle, passes: collections.Counter):
+    """Hook the model's entrance so `passes` counts every review (its token ids) that goes into it, whichever copy
+    of the model (a merged serving copy keeps the hook)."""
+    entrance = bundle.model.get_encoder() if bundle.spec.kind == "seq2seq" else bundle.model.encoder.embeddings
+    pad = bundle.tokenizer.pad_token_id
 
-    train, val, test = toy_reviews
-    texts = test["text"].tolist()
-    tuned, _ = train_lora(tiny_encoder_factory(), train, val, ENCODER_ALL, FEW_STEPS)
-    calls = []
-    changes = anatomy.measure_changes(
-        tiny_encoder_factory(), tuned, texts, 32, serving=serving_copy(tuned), progress=lambda *a: calls.append(a)
-    )
-    assert len(changes["update_norms"]) == 12 and all(row["relative_norm"] > 0 for row in changes["update_norms"])
-    projection = changes["projection"]
-    assert len(projection["baseline"]) == len(projection["finetuned"]) == len(texts)
-    assert calls[-1] == (2 * len(texts), 2 * len(texts)) and calls == sorted(calls)
-    # the "after" vectors are the tuned model's: its map differs from the untouched model's
-    assert projection["baseline"] != projection["finetuned"]
+    def count(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        for row in [] if ids is None else ids.tolist():  # training's cached hidden states come in without ids
+            while row and row[-1] == pad:
+                row.pop()
+            passes[tuple(row)] += 1
+
+    entrance.register_forward_pre_hook(count, with_kwargs=True)
+    return bundle
+
+
+@pytest.mark.parametrize(
+    ("factory", "settings"),
+    [("tiny_encoder_factory", LoraSettings(r=4, target_modules=("query", "value"), top_layers=0)),
+     ("tiny_t5_factory", T5_QV)],
+)  # fmt: skip
+def test_every_test_review_goes_once_through_each_model_whatever_the_report_shows(request, toy_csv, factory, settings):
+    """The projection and the head-only rung read the scoring passes' features: a whole study runs each test review
+    through the untouched model once (zero-shot) and through the LoRA model once, and a second report none."""
+    from lora_demo.data import format_seq2seq
+    from lora_demo.models import encode_head_tail
+    from lora_demo.study import Models, Study
+
+    build, passes = request.getfixturevalue(factory), collections.Counter()
+    model = "t5-small" if factory == "tiny_t5_factory" else "minilm"
+    loader = lambda name, seed=42: passes_over(build(0), passes)  # noqa: E731
+    study = Study(model, models=Models(loader=loader, check=lambda spec: None))
+    study.load_data(DataConfig(source=str(toy_csv), train_size=48, val_size=16, test_size=32, seed=1))
+    report = study.run(settings, FEW_STEPS).to_dict()
+    test = study.splits.test
+    prompts = [format_seq2seq(t) for t in test["text"]] if model == "t5-small" else test["text"].tolist()
+    reviews = [tuple(ids) for ids in encode_head_tail(loader(model).tokenizer, prompts, FEW_STEPS.max_length)]
+    assert [passes[ids] for ids in reviews] == [2] * len(test)  # zero-shot once, LoRA once
+    assert report["head_only"] is not None and len(report["projection"]["baseline"]) == len(test)
+    before, after = (study.baseline(test, max_length=FEW_STEPS.max_length), study.finetuned(test))
+    assert report["projection"] == anatomy.project_pair(before.predictions.features, after.predictions.features)
+    study.report()
+    assert [passes[ids] for ids in reviews] == [2] * len(test)
 
 
 TOY_SIZES = ["--train-size", "48", "--val-size", "16", "--test-size", "32"]

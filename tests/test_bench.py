@@ -211,3 +211,68 @@ def test_predict_in_order_answers_in_the_datasets_order_under_length_grouping(tm
     expected = [tiny.model(input_ids=r, attention_mask=torch.ones_like(r)).logits[0].detach().numpy() for r in rows]
     assert np.allclose(bench.predict_in_order(trainer, dataset), np.stack(expected), atol=1e-4)
     assert trainer.args.train_sampling_strategy == "group_by_length"  # put back for training
+
+
+WHOLE_STUDY_STEPS = [
+    "load", "zero_shot", "training", "tuned_scoring", "significance", "tfidf", "head_only", "calibration",
+    "update_norms", "projection", "short_reviews", "other",
+]  # fmt: skip
+
+
+def test_the_whole_study_timing_names_each_step_its_seconds_and_flops(tiny_encoder_factory, toy_csv):
+    """Two visitors on the same data: every step timed and its FLOPs counted as it ran; the second visitor finds
+    the untouched model's work (zero-shot, head only) done and trains its own model."""
+    from lora_demo.study import Models
+    from lora_demo.whole_study_timing import time_whole_study
+
+    models = Models(loader=lambda name, seed=42: tiny_encoder_factory(0), check=lambda spec: None)
+    data = DataConfig(train_size=40, val_size=50, test_size=30)  # enough validation reviews to calibrate
+    config = TrainConfig(epochs=1, batch_size=16, max_length=32, evals_per_epoch=1)
+    figures = time_whole_study(str(toy_csv), seed=1, visitors=2, models=models, data=data, config=config)
+    first, second = figures["visitors"]
+    assert list(first["steps"]) == WHOLE_STUDY_STEPS and figures["seconds"] == first["seconds"]
+    for row in (first, second):
+        assert sum(step["seconds"] for step in row["steps"].values()) == pytest.approx(row["seconds"], abs=0.01)
+        assert row["training_seconds"] == pytest.approx(row["steps"]["training"]["seconds"], abs=0.01)
+        assert row["overhead_ratio"] == pytest.approx(
+            (row["seconds"] - row["training_seconds"]) / row["training_seconds"], abs=0.01
+        )
+        assert row["tflop"] == pytest.approx(sum(step["tflop"] for step in row["steps"].values()), abs=1e-3)
+        for name in ("training", "tuned_scoring", "calibration", "short_reviews"):
+            assert row["steps"][name]["tflop"] > 0, name  # passes through the LoRA model
+        for name in ("update_norms", "projection", "tfidf", "significance"):
+            assert row["steps"][name]["tflop"] == 0, name  # no review goes through a model
+    assert first["steps"]["zero_shot"]["tflop"] > 0 and first["steps"]["head_only"]["tflop"] > 0
+    # the untouched model answers every visitor alike: the second finds its passes and its head-only rung done
+    assert second["steps"]["zero_shot"]["tflop"] == 0 and second["steps"]["head_only"]["tflop"] == 0
+    assert second["accuracy"]["zero_shot"] == first["accuracy"]["zero_shot"]
+
+
+def test_the_whole_study_goals_and_table_read_the_figures():
+    from lora_demo.whole_study_timing import add_utilization, check_goals, goals_lines, whole_study_table
+
+    def visitor(seconds, training, tflop):
+        steps = {"zero_shot": {"seconds": seconds - training, "tflop": 0.0}, "training": {"seconds": training,
+                 "tflop": tflop}}  # fmt: skip
+        row = {"seconds": seconds, "steps": steps, "training_seconds": training, "tflop": tflop,
+               "overhead_ratio": (seconds - training) / training}  # fmt: skip
+        add_utilization(row, peak_gflops=400.0)
+        return row
+
+    first, second = visitor(50.0, 40.0, 8.0), visitor(43.0, 40.0, 8.0)
+    assert first["utilization"] == pytest.approx(8e3 / (400 * 50)) and first["training_utilization"] == 0.5
+    goals = check_goals({**first, "visitors": [first, second]})
+    assert goals["seconds"]["met"] and goals["overhead_ratio"]["met"] is True  # 0.25 at most
+    assert goals["training_utilization"]["met"] and goals["second_visitor_extra_seconds"]["value"] == 3.0
+    slow = visitor(80.0, 40.0, 8.0)
+    missed = check_goals({**slow, "visitors": [slow]})
+    assert not missed["seconds"]["met"] and not missed["overhead_ratio"]["met"] and len(missed) == 3
+    assert "MISSED seconds: 80.0 (goal <= 60)" in goals_lines({"goals": missed})
+    table = whole_study_table({"visitors": [first, second]})
+    assert "| zero shot | 10.00 | 20% | 0.000 | 3.00 | 7% | 0.000 |" in table
+    assert "| **whole study** | **50.0** | 100% | 8.000 | **43.0** | 100% | 8.000 |" in table
+
+
+def test_visitors_without_whole_study_is_a_usage_error(capsys):
+    assert cli.main(["bench", "--visitors", "2"]) == 2
+    assert "--visitors goes with --whole-study" in capsys.readouterr().err

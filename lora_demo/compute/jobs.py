@@ -131,30 +131,20 @@ def head_only(ref: ModelRef, train_frame: pd.DataFrame, val_frame: pd.DataFrame,
     """The ladder's head-only rung: the same head trained with the model frozen (`ladder.train_head_only`).
 
     Returns:
-        (`ladder.HeadOnlyModel`, `ladder.HeadResult`): plain data, scored later by `score_head`.
+        (`ladder.HeadOnlyModel`, `ladder.HeadResult`): plain data; it labels reviews from their zero-shot features
+        (`HeadOnlyModel.predict_features`), outside any job.
     """
     from ..ladder import train_head_only
 
     return train_head_only(models.base(ref), train_frame, val_frame, config)
 
 
-def score_head(ref: ModelRef, head, texts: list[str]) -> Predictions:
-    """The head-only rung's answers (a `ladder.HeadOnlyModel` on the untouched model)."""
-    return head.predict(models.base(ref), list(texts))
+def update_norms(ref: ModelRef, weights: AdapterWeights) -> list[dict]:
+    """Where the adapter changed the model: each adapted matrix's update against its frozen weights
+    (`anatomy.update_norms`), from the weights alone: no review goes through the model."""
+    from ..anatomy import update_norms as measure
 
-
-def changes(ref: ModelRef, weights: AdapterWeights, texts: list[str], max_length: int, progress: Progress = None):
-    """Where the adapter changed the model and how the reviews moved (`anatomy.measure_changes`)."""
-    from ..anatomy import measure_changes
-
-    return measure_changes(
-        models.base(ref),
-        models.adapted(ref, weights),
-        list(texts),
-        max_length,
-        serving=models.tuned(ref, weights),
-        progress=progress,
-    )
+    return measure(models.adapted(ref, weights))
 
 
 def resources(ref: ModelRef, lora: LoraSettings, frame: pd.DataFrame, seed: int = 42) -> dict:
@@ -175,7 +165,6 @@ WORK = {
         + len(val) * max(1, config.evals_per_epoch) * config.epochs
     ),
     "head_only": lambda ref, train, val, config: len(train) * (1 + config.short_windows) + len(val),
-    "score_head": lambda ref, head, texts: len(texts),
-    "changes": lambda ref, weights, texts, *args, **kwargs: 2 * len(texts),
+    "update_norms": lambda ref, weights: 1,
     "resources": lambda ref, lora, frame, *args, **kwargs: 20 * len(frame),
 }
