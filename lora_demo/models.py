@@ -248,6 +248,8 @@ def encode_head_tail(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_l
     tokenizer at the same length are tokenized once per process (`ENCODED_TOKENS_KEPT`).
     """
     texts = list(texts)
+    if not texts:
+        return []
     max_length = min(max_length, tokenizer.model_max_length)
     key = (tokenizer_fingerprint(tokenizer), max_length, texts_fingerprint(texts))
     flat, ends = _ENCODED.get(key, lambda: _packed(_encode_head_tail(tokenizer, texts, max_length)))

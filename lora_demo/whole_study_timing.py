@@ -40,7 +40,8 @@ def time_whole_study(
 
     Returns:
         `{"visitors": [...], **the first visitor's figures}`: each visitor's `seconds`, `steps` (name -> seconds and
-        tflop, in the order they ran), `training_seconds`, `overhead_ratio`, `tflop` and `accuracy`.
+        tflop, in the order they ran), `training_seconds`, `overhead_ratio`, `tflop`, `accuracy` and `adapter` (its
+        weights' hash: a second visitor who trained the same adapter is answered from the first one's passes).
     """
     from .study import Study
 
@@ -63,7 +64,7 @@ def time_whole_study(
             seconds = time.perf_counter() - started
             timings = {"load": loading + study.timings.pop("load", 0.0), **study.timings}
             flop["training"] = training_flop(study)
-            rows.append(visitor_figures(timings, flop, seconds, report))
+            rows.append({**visitor_figures(timings, flop, seconds, report), "adapter": study.tuned.weights.key})
     return {"visitors": rows, **rows[0]}
 
 

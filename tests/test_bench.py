@@ -234,18 +234,22 @@ def test_the_whole_study_timing_names_each_step_its_seconds_and_flops(tiny_encod
     for row in (first, second):
         assert sum(step["seconds"] for step in row["steps"].values()) == pytest.approx(row["seconds"], abs=0.01)
         assert row["training_seconds"] == pytest.approx(row["steps"]["training"]["seconds"], abs=0.01)
-        assert row["overhead_ratio"] == pytest.approx(
-            (row["seconds"] - row["training_seconds"]) / row["training_seconds"], abs=0.01
+        assert row["overhead_ratio"] == pytest.approx(  # (from seconds rounded to hundredths)
+            (row["seconds"] - row["training_seconds"]) / row["training_seconds"], rel=0.05
         )
         assert row["tflop"] == pytest.approx(sum(step["tflop"] for step in row["steps"].values()), abs=1e-3)
-        for name in ("training", "tuned_scoring", "calibration", "short_reviews"):
-            assert row["steps"][name]["tflop"] > 0, name  # passes through the LoRA model
+        assert row["steps"]["training"]["tflop"] > 0
         for name in ("update_norms", "projection", "tfidf", "significance"):
             assert row["steps"][name]["tflop"] == 0, name  # no review goes through a model
+    lora_steps = ("tuned_scoring", "calibration", "short_reviews")  # passes through the LoRA model
+    assert all(first["steps"][name]["tflop"] > 0 for name in lora_steps)
     assert first["steps"]["zero_shot"]["tflop"] > 0 and first["steps"]["head_only"]["tflop"] > 0
     # the untouched model answers every visitor alike: the second finds its passes and its head-only rung done
     assert second["steps"]["zero_shot"]["tflop"] == 0 and second["steps"]["head_only"]["tflop"] == 0
     assert second["accuracy"]["zero_shot"] == first["accuracy"]["zero_shot"]
+    # the same data and seed train the same adapter (where training is deterministic): its answers are shared too
+    same = second["adapter"] == first["adapter"]
+    assert all((second["steps"][name]["tflop"] == 0) == same for name in lora_steps)
 
 
 def test_the_whole_study_goals_and_table_read_the_figures():

@@ -42,6 +42,19 @@ def test_the_cache_loads_each_key_once_and_keeps_no_failure():
             cache.get("flan", broken)
 
 
+def test_a_cache_with_a_budget_drops_the_oldest_past_it_and_always_keeps_the_newest():
+    cache = Cache(budget=10, weigh=len)
+    cache.get("a", lambda: "aaaa")
+    cache.get("b", lambda: "bbbb")
+    cache.get("a", lambda: "never made")  # used again: now the newest
+    cache.get("c", lambda: "cccc")  # 12 > 10: the least recently used ("b") goes
+    assert len(cache) == 2 and cache.get("b", lambda: "made again") == "made again"
+    cache.get("d", lambda: "d" * 30)  # alone over the budget: kept, the others go
+    assert len(cache) == 1 and cache.get("d", lambda: "never made") == "d" * 30
+    cache.drop(lambda key: key == "d")
+    assert len(cache) == 0
+
+
 def test_a_slow_load_of_one_model_never_holds_up_another():
     cache, started = Cache(), threading.Event()
 

@@ -22,6 +22,25 @@ def test_special_tokens_around(tiny_encoder, tiny_t5):
     assert special_tokens_around(t5) == ([], [t5.eos_token_id])
 
 
+def test_the_same_texts_are_tokenized_once_per_tokenizer_and_length(tiny_encoder, monkeypatch):
+    """A split's reviews go through the zero-shot, LoRA and head-only models: tokenized once, whichever copy of the
+    tokenizer asks, and again only for another length or other texts."""
+    import copy
+
+    texts = [" ".join(WORDS[i:] + WORDS[:i]) * 3 for i in range(6)]
+    calls = []
+    original = models._encode_head_tail
+    monkeypatch.setattr(models, "_encode_head_tail", lambda *args: calls.append(args[2]) or original(*args))
+    models._ENCODED.clear()
+    first = encode_head_tail(tiny_encoder.tokenizer, texts, 24)
+    again = encode_head_tail(copy.deepcopy(tiny_encoder.tokenizer), list(texts), 24)
+    assert first == again == original(tiny_encoder.tokenizer, texts, 24) and calls == [24]
+    encode_head_tail(tiny_encoder.tokenizer, texts, 32)
+    encode_head_tail(tiny_encoder.tokenizer, texts[:3], 24)
+    assert calls == [24, 32, 24]
+    assert encode_head_tail(tiny_encoder.tokenizer, [], 24) == []
+
+
 def test_encode_head_tail_keeps_head_and_tail(tiny_encoder):
     tokenizer = tiny_encoder.tokenizer
     text = " ".join(WORDS)  # 16 words, one token each
