@@ -22,6 +22,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REHEARSAL = {"train_size": 24, "val_size": 8, "test_size": 16}  # --rehearse: the code path, not the figures
+REHEARSAL_LENGTH = 64  # tokens per review in the rehearsal
 sys.path.insert(0, str(REPO_ROOT))
 
 
@@ -114,7 +115,7 @@ def check_minilm(data: str, sizes: dict | None) -> dict:
     study.load_data(DataConfig(source=data, **(sizes or {})))
     lora, config = recipe("fast", get_model_spec("minilm"))
     if sizes:
-        config = replace(config, epochs=1)
+        config = replace(config, epochs=1, max_length=REHEARSAL_LENGTH)
     return run_study("minilm, default recipe", study, lora, config, placed)
 
 
@@ -132,6 +133,8 @@ def check_study_preset(data: str, sizes: dict | None) -> dict:
     preset = get_preset("study")
     study.load_data(replace(DataConfig(source=data), **(sizes or STUDY_SIZES), seed=42))
     lora, config = now_settings(42)
+    if sizes:
+        config = replace(config, max_length=REHEARSAL_LENGTH)
     return run_study(f"t5-small (random weights), {preset.name} preset", study, lora, config, placed)
 
 

@@ -76,7 +76,8 @@ def set_slider(page, label: str, value):
 
 
 def plotly_points(page, selector: str) -> list[int]:
-    """Number of points of each trace of the plotly chart inside `selector`."""
+    """Number of points of each trace of the plotly chart inside `selector`, once it is drawn."""
+    page.locator(f"{selector} .js-plotly-plot").wait_for()
     return page.evaluate(
         "sel => Array.from(document.querySelector(sel + ' .js-plotly-plot').data, t => (t.x || []).length)", selector
     )
