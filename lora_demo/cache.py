@@ -24,7 +24,7 @@ class Cache:
         self._locks: dict = {}
         self._lock = threading.Lock()
         self._size = size
-        self._budget, self._weigh, self._weights = budget, weigh, {}
+        self._budget, self._weigh, self._weights, self._weight = budget, weigh, {}, 0.0
 
     def get(self, key, make: Callable[[], object]):
         with self._lock:
@@ -41,21 +41,22 @@ class Cache:
                 self._values[key] = value
                 if self._weigh is not None:
                     self._weights[key] = self._weigh(value)
+                    self._weight += self._weights[key]
                 while len(self._values) > 1 and self._over():
-                    self._weights.pop(self._values.popitem(last=False)[0], None)
+                    self._weight -= self._weights.pop(self._values.popitem(last=False)[0], 0.0)
                 self._locks.pop(key, None)
             return value
 
     def _over(self) -> bool:
         too_many = self._size is not None and len(self._values) > self._size
-        return too_many or (self._budget is not None and sum(self._weights.values()) > self._budget)
+        return too_many or (self._budget is not None and self._weight > self._budget)
 
     def drop(self, matches: Callable[[object], bool]) -> None:
         """Forget the values whose key `matches`."""
         with self._lock:
             for key in [key for key in self._values if matches(key)]:
                 del self._values[key]
-                self._weights.pop(key, None)
+                self._weight -= self._weights.pop(key, 0.0)
 
     def __len__(self) -> int:
         with self._lock:
@@ -65,3 +66,4 @@ class Cache:
         with self._lock:
             self._values.clear()
             self._weights.clear()
+            self._weight = 0.0

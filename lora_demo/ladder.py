@@ -104,8 +104,8 @@ class HeadOnlyModel:
         """Label reviews from the untouched model's features of them (`Predictions.features` of its zero-shot
         answers at this `max_length`): no pass through the model.
 
-        In NumPy only: it runs in the app's own process, which under ZeroGPU forks the GPU workers, and a torch
-        thread pool started here would hang their first parallel operation.
+        The arithmetic is NumPy's: it runs in the app's own process, which under ZeroGPU forks the GPU workers, and a
+        torch thread pool started here would hang their first parallel operation.
         """
         features = np.asarray(features, dtype=np.float64)
         if self.head is not None:

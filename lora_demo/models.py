@@ -218,10 +218,10 @@ def special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int]
     return full[:start], full[start + len(plain) :]
 
 
-# token ids kept per process (int32: 4 bytes each): the default split's reviews several times over, so the
-# zero-shot, LoRA and head-only passes over a split, and every session on it, tokenize it once
-ENCODED_TOKENS_KEPT = 4_000_000
-_ENCODED = Cache(budget=ENCODED_TOKENS_KEPT, weigh=lambda packed: len(packed[0]))
+# bytes of token ids kept per process: the default split's reviews several times over, so the zero-shot, LoRA and
+# head-only passes over a split, and every session on it, tokenize it once
+ENCODED_BYTES_KEPT = 16 * 2**20
+_ENCODED = Cache(budget=ENCODED_BYTES_KEPT, weigh=lambda packed: 512 + packed[0].nbytes + packed[1].nbytes)
 _TOKENIZER_NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -245,7 +245,7 @@ def encode_head_tail(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_l
     A review's verdict is often in its last sentences ("...a waste of time"), so instead of cutting
     at `max_length` we keep the head and the tail, with the special tokens around them. A model that reads fewer
     tokens (its tokenizer's `model_max_length`) gets at most that many. The same texts through the same
-    tokenizer at the same length are tokenized once per process (`ENCODED_TOKENS_KEPT`).
+    tokenizer at the same length are tokenized once per process (`ENCODED_BYTES_KEPT`).
     """
     texts = list(texts)
     if not texts:
@@ -253,13 +253,14 @@ def encode_head_tail(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_l
     max_length = min(max_length, tokenizer.model_max_length)
     key = (tokenizer_fingerprint(tokenizer), max_length, texts_fingerprint(texts))
     flat, ends = _ENCODED.get(key, lambda: _packed(_encode_head_tail(tokenizer, texts, max_length)))
+    ends = ends.tolist()
     return [flat[start:end].tolist() for start, end in zip([0, *ends[:-1]], ends)]
 
 
-def _packed(encoded: list[list[int]]) -> tuple[np.ndarray, list[int]]:
+def _packed(encoded: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Token id lists as one int32 array and each list's end in it: a tenth of the lists' memory."""
-    ends = np.cumsum([len(ids) for ids in encoded]).tolist()
-    flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=ends[-1] if ends else 0)
+    ends = np.cumsum([len(ids) for ids in encoded], dtype=np.int64)
+    flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=int(ends[-1]) if len(ends) else 0)
     return flat, ends
 
 

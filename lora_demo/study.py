@@ -61,8 +61,19 @@ FALLBACK_CALIBRATION_REVIEWS = 100
 MAX_RUNS = 20  # runs kept per study for the Compare tab; the oldest is dropped beyond this
 # answers every session on the same reviews would compute alike (the zero-shot model's, the TF-IDF and head-only
 # rungs', an adapter's with the same weights): made once per process and shared read-only, the least recently used
-# dropped past this many (a scored test set of 1,000 reviews, with its features, is about 1.6 MB)
-SHARED = Cache(32)
+# dropped past this many or past SHARED_BYTES (a scored test set of 1,000 reviews, with its features, is 1.6 MB)
+SHARED_BYTES = 256 * 2**20
+
+
+def _shared_bytes(value) -> int:
+    """About what a shared value holds: an answer set's features and per-review lists, else a small constant."""
+    answers = getattr(value, "predictions", value)
+    features = getattr(answers, "features", None)
+    rows = len(getattr(answers, "labels", ()))
+    return 4096 + 120 * rows + (features.nbytes if features is not None else 0)
+
+
+SHARED = Cache(32, budget=SHARED_BYTES, weigh=_shared_bytes)
 
 
 @dataclass
@@ -339,18 +350,28 @@ class Study:
             return self._scores[key]
 
     def baseline(
-        self, frame: pd.DataFrame | None = None, max_length: int = DEFAULT_MAX_LENGTH, progress: Progress | None = None
+        self,
+        frame: pd.DataFrame | None = None,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        progress: Progress | None = None,
+        model: str | None = None,
     ) -> Evaluation:
-        """The untouched model's zero-shot answers on `frame` (default: the test reviews), computed once."""
+        """The untouched model's zero-shot answers on `frame` (default: the test reviews), computed once.
+
+        Args:
+            model: whose (default: the study's model); the report names the LoRA model's own, whatever model is
+                selected since it trained.
+        """
         frame = self._test_frame() if frame is None else frame
-        report = _reporter(progress, f"Zero-shot {self.model_name} on {len(frame)} reviews")
-        ref = self._ref()
+        model = model or self.model_name
+        report = _reporter(progress, f"Zero-shot {model} on {len(frame)} reviews")
+        ref = self._ref(model)
 
         def predict(texts):  # the untouched model answers every visitor alike: once per process and reviews
             key = ("zero_shot", ref, max_length, texts_fingerprint(texts))
             return SHARED.get(key, lambda: self._run("zero_shot", ref, texts, max_length, progress=report))
 
-        return self._score(("baseline", self.model_name, max_length), frame, predict)
+        return self._score(("baseline", model, max_length), frame, predict)
 
     def finetuned(self, frame: pd.DataFrame | None = None, progress: Progress | None = None) -> Evaluation:
         """The LoRA model's answers on `frame` (default: the test reviews).
@@ -420,8 +441,12 @@ class Study:
                     lambda: self._run("head_only", ref, train, val, tuned.config),
                 )
         head = tuned.head_only
-        zero_shot = self.baseline(frame, max_length=head.max_length, progress=progress)
-        return self._score(("head_only",), frame, lambda texts: head.predict_features(zero_shot.predictions.features))
+
+        def predict(texts):  # the LoRA model's own untouched model, as the head was trained on it
+            zero_shot = self.baseline(frame, max_length=head.max_length, progress=progress, model=tuned.name)
+            return head.predict_features(zero_shot.predictions.features)
+
+        return self._score(("head_only",), frame, predict)
 
     def short_reviews(self) -> dict:
         """Every rung on the short-review test sets ("reviews like the ones you type"): the hand-written reviews'
@@ -449,7 +474,7 @@ class Study:
     def _rungs_on(self, frame: pd.DataFrame, tuned: TunedModel) -> dict:
         """`n` and the metrics of the zero-shot, head-only and LoRA rungs on `frame` (TF-IDF is IMDb's own)."""
         rungs = {
-            "baseline": self.baseline(frame, max_length=tuned.config.max_length),
+            "baseline": self.baseline(frame, max_length=tuned.config.max_length, model=tuned.name),
             "head_only": self.head_only(frame),
             "finetuned": self.finetuned(frame),
         }
@@ -733,7 +758,7 @@ class Study:
         if splits is None:
             return 0.0
         per_epoch = len(splits.train) * (1 + config.short_windows) + len(splits.val) * max(1, config.evals_per_epoch)
-        return per_epoch * config.epochs + 6 * len(splits.test)
+        return per_epoch * config.epochs + 2 * len(splits.test)  # the zero-shot and the LoRA pass
 
     def _check_settings(self, lora: LoraSettings) -> None:
         spec = self.spec
@@ -759,7 +784,7 @@ class Study:
         with self._timed("tuned_scoring"):
             after = self.finetuned(test, progress=progress)
         with self._timed("zero_shot"):
-            before = self.baseline(test, max_length=tuned.config.max_length, progress=progress)
+            before = self.baseline(test, max_length=tuned.config.max_length, progress=progress, model=tuned.name)
         with self._timed("significance"):
             comparison = compare_models(
                 test["label"], before.predictions.labels, after.predictions.labels, seed=splits.config.seed
@@ -818,8 +843,10 @@ class Study:
         tuned = self._require_tuned()
         test = self._test_frame() if test is None else test
         key = ("finetuned", "changes", tuned.weights.key, tuned.config.max_length, texts_fingerprint(test["text"]))
-        before = self.baseline(test, max_length=tuned.config.max_length, progress=progress).predictions.features
-        after = self.finetuned(test, progress=progress).predictions.features
+        tuned.trained_on.check_unseen(test["text"])
+        length = tuned.config.max_length
+        before = self.baseline(test, max_length=length, progress=progress, model=tuned.name).predictions.features
+        after = self._finetuned_answers(tuned, test, progress=progress).predictions.features
         with self._lock:
             if key not in self._scores:  # "finetuned" first: forgotten with the model's scores when it is replaced
                 with self._timed("update_norms"):

@@ -130,3 +130,20 @@ def test_bench_uses_the_ladders_tfidf(toy_reviews, monkeypatch):
     assert figures["accuracy"] == round(
         accuracy(ladder.tfidf_predictions(train, test["text"].tolist(), 5).labels, test), 4
     )
+
+
+@pytest.mark.parametrize("factory", ["tiny_encoder", "tiny_t5"])
+def test_the_head_only_rung_reads_the_zero_shot_pass_as_if_it_ran_the_model_itself(request, factory, toy_reviews):
+    """The study labels reviews with the head-only rung from the zero-shot pass's features
+    (`Predictions.features`): the same answers as running the untouched model under the head."""
+    import numpy as np
+
+    bundle = request.getfixturevalue(factory)
+    train, val, test = toy_reviews
+    model, _ = train_head_only(bundle, train, val, CONFIG)
+    texts = test["text"].tolist()
+    features = zero_shot_predict(bundle, texts, max_length=CONFIG.max_length).features
+    from_pass, from_model = model.predict_features(features), model.predict(bundle, texts)
+    assert features.shape == (len(texts), 32) and features.dtype == np.float32
+    assert from_pass.labels == from_model.labels
+    assert from_pass.confidence == pytest.approx(from_model.confidence, rel=1e-5)

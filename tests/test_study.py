@@ -277,3 +277,22 @@ def test_the_short_review_sets_show_in_the_cli_line_and_the_ladder_and_old_repor
     saved_before = {**rungs, "short_reviews": scores(160, 0.762, 0.769)}  # all 160 hand-written as one set
     assert "160 from the hand-written reviews: baseline 0.762" in short_reviews_line(saved_before)
     assert [row[3:5] for row in ladder_rows(saved_before)] == [[0.762, "–"], [0.769, "–"]]
+
+
+def test_the_report_keeps_to_the_lora_models_own_zero_shot_model_when_another_is_selected(
+    tiny_encoder_factory, tiny_t5_factory, toy_csv
+):
+    """Choosing another model on the Baseline tab after training leaves the report's zero-shot rung, head-only
+    rung and review map on the model the LoRA run trained."""
+
+    def loader(name, seed=42):
+        return tiny_t5_factory(0) if name.startswith("t5") else tiny_encoder_factory(0)
+
+    study = Study(models=Models(loader=loader, check=lambda spec: None))
+    study.load_data(csv_config(toy_csv))
+    before = study.run(LORA, TINY).to_dict()
+    study.select_model("t5-small")
+    study.baseline()  # the Baseline tab scores the newly chosen model
+    after = study.report().to_dict()
+    for key in ("baseline", "head_only", "projection"):
+        assert after[key] == before[key], key
