@@ -280,3 +280,27 @@ def test_the_whole_study_goals_and_table_read_the_figures():
 def test_visitors_without_whole_study_is_a_usage_error(capsys):
     assert cli.main(["bench", "--visitors", "2"]) == 2
     assert "--visitors goes with --whole-study" in capsys.readouterr().err
+
+
+def test_bench_whole_study_writes_its_report_and_prints_the_machine_table_and_goals(monkeypatch, tmp_path, capsys):
+    from lora_demo import whole_study_timing
+
+    steps = {"training": {"seconds": 40.0, "tflop": 8.0}, "zero_shot": {"seconds": 10.0, "tflop": 0.0}}
+    row = {"seconds": 50.0, "training_seconds": 40.0, "overhead_ratio": 0.25, "tflop": 8.0, "steps": steps}
+    whole_study_timing.add_utilization(row, 400.0)
+    whole = {**row, "visitors": [row], "peak_gflops": 400.0, "precision": "bf16"}
+    whole["goals"] = whole_study_timing.check_goals(whole)
+    machine = {"model_name": "Test CPU", "cpu_family": "6", "model": "207", "threads": 2}
+    asked = []
+
+    def fake(source, seed, visitors):
+        asked.append((source, seed, visitors))
+        return {"machine": machine, "whole_study": whole}
+
+    monkeypatch.setattr(whole_study_timing, "run_whole_study_bench", fake)
+    report = tmp_path / "b.json"
+    assert cli.main(["bench", "--whole-study", "--visitors", "2", "--seed", "3", "--report", str(report)]) == 0
+    assert asked == [("sample", 3, 2)] and json.loads(report.read_text())["whole_study"]["seconds"] == 50.0
+    out = capsys.readouterr().out
+    assert "machine: Test CPU (cpu family 6, model 207), 2 threads, bf16 matmul peak 400 GFLOP/s" in out
+    assert "| **whole study** | **50.0** |" in out and "met    training_utilization: 0.5 (goal >= 0.5)" in out
