@@ -302,7 +302,7 @@ def run_ours(splits: Splits, plan: BenchPlan, seed: int, loader=None) -> dict:
         {"lora": asdict(lora), "train_config": asdict(config), "serving": "adapter merged, bf16 where native"},
     )
     flop = count_training_flop(tuned, splits, lora, config, result, bf16)
-    return {**figures, "precision": "bf16" if bf16 else "fp32", "train_tflop": _significant(flop / 1e12)}
+    return {**figures, "precision": "bf16" if bf16 else "fp32", "train_tflop": significant(flop / 1e12)}
 
 
 def count_training_flop(tuned: ModelBundle, splits: Splits, lora, config, result, bf16: bool) -> float:
@@ -408,11 +408,17 @@ def check_goals(report: dict) -> dict:
         "latency_ms_p50": (ours["latency_ms_p50"], "<=", GOALS["latency_ms_p50"]),
         "accuracy_vs_reference_interval": (ours["accuracy"], ">=", low),
     }
+    return judged(rows)
+
+
+def judged(rows: dict[str, tuple]) -> dict:
+    """Goals as `name -> (value, ">=" or "<=", target)`, each with its target written out and whether it was met
+    (a value that could not be measured, None, is not)."""
     return {
         name: {
             "value": value,
             "target": f"{sign} {target:g}",
-            "met": value >= target if sign == ">=" else value <= target,
+            "met": value is not None and (value >= target if sign == ">=" else value <= target),
         }
         for name, (value, sign, target) in rows.items()
     }
@@ -471,14 +477,14 @@ def add_utilization(report: dict):
     achieved = ours["train_tflop"] * 1e3 / ours["train_seconds"]
     ours["train_gflops_per_s"] = round(achieved, 1)
     ours["peak_gflops"] = peak
-    ours["utilization"] = _significant(achieved / peak)
+    ours["utilization"] = significant(achieved / peak)
     ours["flop_count"] = (
         "torch.utils.flop_counter.FlopCounterMode on the run's real batches: frozen-layer caching, forward and "
         "backward of every step, validation passes"
     )
 
 
-def _significant(value: float, digits: int = 4) -> float:
+def significant(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
 
 

@@ -357,7 +357,8 @@ def _bench_study_preset(args, log) -> int:
 
 
 def _bench_whole_study(args) -> int:
-    from .whole_study_timing import goals_lines, run_whole_study_bench, whole_study_table
+    from .bench import goals_lines
+    from .whole_study_timing import run_whole_study_bench, whole_study_table
 
     report = run_whole_study_bench(args.source or "sample", args.seed, args.visitors)
     _write_json(args.report, report, args.force)

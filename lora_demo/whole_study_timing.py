@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from .bench import judged, significant
 from .config import DataConfig, LoraSettings, TrainConfig
 from .measure import FlopTally, machine_figures, matmul_gflops, run_isolated
 
@@ -95,7 +96,7 @@ def visitor_figures(timings: dict[str, float], flop: dict[str, int], seconds: fl
 
 
 def _tera(flop: int) -> float:
-    return float(f"{flop / 1e12:.4g}")
+    return significant(flop / 1e12)
 
 
 def _peak(precision: str) -> float:
@@ -146,14 +147,7 @@ def check_goals(whole: dict) -> dict:
         second = whole["visitors"][1]
         extra = round(second["seconds"] - second["training_seconds"], 2)
         rows["second_visitor_extra_seconds"] = (extra, "<=", GOALS["second_visitor_extra_seconds"])
-    return {
-        name: {
-            "value": value,
-            "target": f"{sign} {target:g}",
-            "met": value is not None and (value >= target if sign == ">=" else value <= target),
-        }
-        for name, (value, sign, target) in rows.items()
-    }
+    return judged(rows)
 
 
 def whole_study_table(whole: dict) -> str:
@@ -172,10 +166,3 @@ def whole_study_table(whole: dict) -> str:
     totals = " | ".join(f"**{row['seconds']:.1f}** | 100% | {row['tflop']:.3f}" for row in visitors)
     lines.append(f"| **whole study** | {totals} |")
     return "\n".join(lines)
-
-
-def goals_lines(whole: dict) -> list[str]:
-    return [
-        f"{'met   ' if goal['met'] else 'MISSED'} {name}: {goal['value']} (goal {goal['target']})"
-        for name, goal in whole["goals"].items()
-    ]

@@ -253,7 +253,8 @@ def test_the_whole_study_timing_names_each_step_its_seconds_and_flops(tiny_encod
 
 
 def test_the_whole_study_goals_and_table_read_the_figures():
-    from lora_demo.whole_study_timing import add_utilization, check_goals, goals_lines, whole_study_table
+    from lora_demo.bench import goals_lines
+    from lora_demo.whole_study_timing import add_utilization, check_goals, whole_study_table
 
     def visitor(seconds, training, tflop):
         steps = {"zero_shot": {"seconds": seconds - training, "tflop": 0.0}, "training": {"seconds": training,
