@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from . import inference
 from .config import LoraSettings, TrainConfig
 from .data import Splits
 from .measure import run_isolated
@@ -42,7 +41,7 @@ def ablation_steps(epochs: float = 3, seed: int = 42) -> list[AblationStep]:
 def train_step(step: AblationStep, splits: Splits, loader) -> dict:
     """Train one step's recipe and score it on the validation reviews."""
     from .inference import classify_texts, serving_copy
-    from .train import train_lora
+    from .train import train_lora, trains_in_bf16
 
     tuned, result = train_lora(loader(step.config.seed), splits.train, splits.val, step.lora, step.config)
     predicted = classify_texts(serving_copy(tuned), splits.val["text"].tolist(), max_length=step.config.max_length)
@@ -53,7 +52,7 @@ def train_step(step: AblationStep, splits: Splits, loader) -> dict:
         "train_seconds": round(result.seconds, 2),
         "val_accuracy": round(accuracy, 4),
         "val_accuracy_interval": bootstrap_interval(labels, predicted.labels, "accuracy", step.config.seed),
-        "bf16": inference.fast_bf16() if step.config.bf16 is None else step.config.bf16,
+        "bf16": trains_in_bf16(step.config),
         "lora": asdict(step.lora),
         "train_config": asdict(step.config),
     }

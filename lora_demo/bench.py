@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments, set_seed
 
-from . import inference
 from .baseline import SIMILARITY_SCALE, label_prototypes
 from .config import DEFAULT_MODEL, DataConfig, LoraSettings, TrainConfig, UserError
 from .data import Splits
@@ -37,7 +36,14 @@ from .measure import flop_counter, latency_ms, machine_figures, matmul_gflops, r
 from .metrics import evaluate_predictions
 from .models import ModelBundle, encode_head_tail
 from .significance import bootstrap_interval
-from .train import build_training_args, prepare_data, tokenize_split, train_lora
+from .train import (
+    build_training_args,
+    prepare_data,
+    tokenize_split,
+    train_lora,
+    training_examples,
+    trains_in_bf16,
+)
 
 LATENCY_REVIEW = "The acting was fine and the music was lovely, but the plot dragged and I was bored by the end."
 REFERENCE_LORA = LoraSettings(r=8, alpha=32, dropout=0.1, target_modules=("query", "value"), top_layers=0)
@@ -291,7 +297,7 @@ def run_ours(splits: Splits, plan: BenchPlan, seed: int, loader=None) -> dict:
     predictions = classify_texts(served, splits.test["text"].tolist(), max_length=config.max_length)
     eval_seconds = time.perf_counter() - started
     latency = latency_ms(lambda: classify_texts(served, [LATENCY_REVIEW], max_length=config.max_length))
-    bf16 = inference.fast_bf16() if config.bf16 is None else config.bf16
+    bf16 = trains_in_bf16(config)
     figures = _figures(
         len(splits.train) * config.epochs,
         result.seconds,
@@ -305,16 +311,27 @@ def run_ours(splits: Splits, plan: BenchPlan, seed: int, loader=None) -> dict:
     return {**figures, "precision": "bf16" if bf16 else "fp32", "train_tflop": significant(flop / 1e12)}
 
 
+def run_ours_without_bf16(splits: Splits, plan: BenchPlan, seed: int, loader=None) -> dict:
+    """`run_ours` as a CPU without fast bf16 runs it: training and serving in fp32 (`LORA_DEMO_BF16=0` in this
+    process, which `run_isolated` starts fresh), so that the ratios against the fp32 references can be read for
+    another CPU."""
+    import os
+
+    os.environ["LORA_DEMO_BF16"] = "0"
+    return run_ours(splits, plan, seed, loader)
+
+
 def count_training_flop(tuned: ModelBundle, splits: Splits, lora, config, result, bf16: bool) -> float:
     """FLOPs of a finished `train_lora` run, counted with torch's `FlopCounterMode` on the same real batches.
 
-    Replays, under the counter: the data preparation (the frozen bottom layers over the training and
-    validation reviews), one epoch of forward and backward passes over the batches the Trainer drew
-    (scaled to the steps taken) and the validation passes the run made. FLOPs do not depend on the
-    weights, so the trained model stands in for the fresh one.
+    Replays, under the counter: the data preparation (the frozen bottom layers over the training examples,
+    sentence windows included, and the validation reviews), one epoch of forward and backward passes over the
+    batches the Trainer drew (scaled to the steps taken) and the validation passes the run made. FLOPs do not
+    depend on the weights, so the trained model stands in for the fresh one.
     """
+    examples = training_examples(splits.train, config)
     with flop_counter() as counter:
-        train_set, val_set, collator = prepare_data(tuned, splits.train, splits.val, lora, config.max_length)
+        train_set, val_set, collator = prepare_data(tuned, examples, splits.val, lora, config.max_length, bf16)
     total = counter.get_total_flops()
     with tempfile.TemporaryDirectory(prefix="lora-demo-bench-") as scratch:
         args = build_training_args(config, len(train_set), scratch, seq2seq=False)
@@ -386,6 +403,19 @@ def compute_ratios(report: dict) -> dict:
         "peak_rss_same_tokens": _ratio(ours["peak_rss_mb"], same["peak_rss_mb"]),
         "accuracy_gain_over_reference_same_tokens": round(ours["accuracy"] - same["accuracy"], 4),
         "accuracy_gain_over_tfidf": round(ours["accuracy"] - report["tfidf"]["accuracy"], 4),
+        **_fp32_ratios(report),
+    }
+
+
+def _fp32_ratios(report: dict) -> dict:
+    """Ours with bf16 off against the same-tokens reference (fp32 too), where that run was made."""
+    fp32, same = report.get("ours_fp32"), report["reference_same_tokens"]
+    if fp32 is None:
+        return {}
+    return {
+        "train_throughput_same_tokens_fp32": _ratio(fp32["train_reviews_per_s"], same["train_reviews_per_s"]),
+        "eval_throughput_same_tokens_fp32": _ratio(fp32["eval_reviews_per_s"], same["eval_reviews_per_s"]),
+        "latency_p50_speedup_same_tokens_fp32": _ratio(same["latency_ms_p50"], fp32["latency_ms_p50"]),
     }
 
 
@@ -456,12 +486,16 @@ def run_bench(splits: Splits, plan: BenchPlan = FULL_PLAN, seed: int = 42, loade
         log, "reference (same tokens)", run_same_tokens_reference, splits, plan, seed, loader
     )
     report["ours"] = _isolated(log, "ours", run_ours, splits, plan, seed, loader)
+    if report["ours"]["precision"] == "bf16":  # and as a CPU without fast bf16 would run it
+        report["ours_fp32"] = _isolated(log, "ours, bf16 off", run_ours_without_bf16, splits, plan, seed, loader)
     report["machine"]["matmul_gflops_end"] = {
         "fp32": round(matmul_gflops(torch.float32), 1),
         "bf16": round(matmul_gflops(torch.bfloat16), 1),
     }
     add_utilization(report)
     report["ratios"] = compute_ratios(report)
+    peaks = report["machine"]["matmul_gflops"]
+    report["machine"]["bf16_over_fp32_peak"] = round(peaks["bf16"] / peaks["fp32"], 2)
     report["goals"] = check_goals(report)
     report["scaling"] = run_isolated(run_scaling, splits, plan.scaling, seed, loader)[0] if plan.scaling else []
     log(f"scaling (1 epoch each): {report['scaling']}")
@@ -522,6 +556,15 @@ def bench_table(report: dict) -> str:
         f"{ours['train_gflops_per_s']:.0f} GFLOP/s = {100 * ours['utilization']:.0f}% of "
         f"{ours['peak_gflops']:.0f} ({ours['precision']} matmul) | | |"
     )
+    fp32 = report.get("ours_fp32")
+    if fp32 is not None:
+        lines.append(
+            f"| Ours with bf16 off (fp32, as a CPU without fast bf16) | | | "
+            f"train {fp32['train_reviews_per_s']:.1f} reviews/s, eval {fp32['eval_reviews_per_s']:.1f} reviews/s, "
+            f"p50 {fp32['latency_ms_p50']:.1f} ms, accuracy {fp32['accuracy']:.3f} | | "
+            f"{_times(fp32['train_reviews_per_s'], same['train_reviews_per_s'], False)} training, "
+            f"{_times(fp32['eval_reviews_per_s'], same['eval_reviews_per_s'], False)} evaluation |"
+        )
     lines.append(
         f"| TF-IDF + logistic regression | accuracy {tfidf['accuracy']:.3f} [{tfidf['accuracy_interval'][0]:.3f}, "
         f"{tfidf['accuracy_interval'][1]:.3f}], F1 {tfidf['f1']:.3f}, {tfidf['seconds']:.1f} s | | | | |"

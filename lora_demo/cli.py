@@ -366,7 +366,14 @@ def _bench_whole_study(args) -> int:
     print(
         f"machine: {machine['model_name']} (cpu family {machine['cpu_family']}, model {machine['model']}), "
         f"{machine['threads']} threads, {whole['precision']} matmul peak {whole['peak_gflops']:.0f} GFLOP/s"
+        + (f" (median product {whole['typical_gflops']:.0f})" if whole.get("typical_gflops") else "")
     )
+    if whole.get("training_gflops") is not None:
+        typical = whole.get("training_utilization_typical")
+        print(
+            f"training: {whole['training_gflops']:.0f} GFLOP/s, {100 * whole['training_utilization']:.0f}% of the peak"
+            + (f", {100 * typical:.0f}% of the median product" if typical is not None else "")
+        )
     print(whole_study_table(whole))
     print("\n".join(goals_lines(whole)))
     return 0

@@ -55,7 +55,16 @@ class EncoderClassifier(nn.Module):
         self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
 
     def run_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int, stop: int | None = None):
-        """Run encoder layers `start:stop` on hidden states (layer 0's input is the embedding output)."""
+        """Run encoder layers `start:stop` on hidden states (layer 0's input is the embedding output).
+
+        Attention is PyTorch's fused kernel (`sdpa`), except while gradients are taken on a CPU: there the fused
+        kernel's backward pass alone takes longer than the plain matrix products' (`eager`) forward and backward
+        together (training 1.2-1.4x faster), while its forward is the faster one (scoring 2.5x).
+        """
+        training_on_cpu = torch.is_grad_enabled() and hidden.device.type == "cpu"
+        attention = "eager" if training_on_cpu else "sdpa"
+        if self.config._attn_implementation != attention:
+            self.encoder.set_attn_implementation(attention)
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
         for layer in self.encoder.encoder.layer[start:stop]:
             hidden = layer(hidden, mask)

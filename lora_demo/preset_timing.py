@@ -77,8 +77,8 @@ def run_preset(splits: Splits, lora: LoraSettings, config: TrainConfig, loader=r
     Returns:
         seconds per phase, the losses, the number of training and validation passes, and the settings.
     """
-    from .inference import fast_bf16
     from .study import Models, Study
+    from .train import trains_in_bf16
 
     models = Models(loader=lambda name, seed=config.seed: loader(seed), check=lambda spec: None)
     study = Study("t5-small", models)
@@ -99,7 +99,7 @@ def run_preset(splits: Splits, lora: LoraSettings, config: TrainConfig, loader=r
         "train_loss": result.train_loss,
         "val_loss": result.val_loss,
         "unmapped_answers": evaluation.metrics["prediction_counts"]["unmapped"],
-        "bf16": fast_bf16() if config.bf16 is None else config.bf16,
+        "bf16": trains_in_bf16(config),
         "lora": asdict(lora),
         "train_config": asdict(config),
     }

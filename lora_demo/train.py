@@ -221,23 +221,28 @@ class CachedBottomCollator:
     """Swap each review for the cached output of the frozen layers below LoRA, padded per batch.
 
     Those layers get no adapter, so their output never changes during training: computing it once
-    instead of once per epoch removes most of the work of each step.
+    instead of once per epoch removes most of the work of each step. The states are kept in bf16 and
+    handed over in `dtype`: bf16 when training runs under bf16 autocast (its first products would cast
+    them back to bf16 anyway), fp32 otherwise.
     """
 
-    def __init__(self, hidden: list[torch.Tensor], start_layer: int):
+    def __init__(self, hidden: list[torch.Tensor], start_layer: int, dtype: torch.dtype = torch.float32):
         self.hidden = hidden
         self.start_layer = start_layer
+        self.dtype = dtype
 
     def __call__(self, features: list[dict]) -> dict:
         states = [self.hidden[f["idx"]] for f in features]
-        padded = torch.nn.utils.rnn.pad_sequence(states, batch_first=True).float()
+        padded = torch.nn.utils.rnn.pad_sequence(states, batch_first=True).to(self.dtype)
         lengths = torch.tensor([len(state) for state in states])
         mask = (torch.arange(padded.shape[1])[None, :] < lengths[:, None]).long()
         labels = torch.tensor([f["labels"] for f in features])
         return {"hidden_states": padded, "attention_mask": mask, "labels": labels, "start_layer": self.start_layer}
 
 
-def cache_bottom_layers(bundle: ModelBundle, frames: list[pd.DataFrame], max_length: int, layers: int):
+def cache_bottom_layers(
+    bundle: ModelBundle, frames: list[pd.DataFrame], max_length: int, layers: int, dtype: torch.dtype = torch.float32
+):
     """Run the frozen bottom `layers` once over every review (no gradients; bf16 where the hardware has it).
 
     Returns:
@@ -268,7 +273,7 @@ def cache_bottom_layers(bundle: ModelBundle, frames: list[pd.DataFrame], max_len
             )
         )
         hidden.extend(states)
-    return sets, CachedBottomCollator(hidden, layers)
+    return sets, CachedBottomCollator(hidden, layers, dtype)
 
 
 CACHE_BUDGET_BYTES = 2 * 2**30
@@ -284,12 +289,14 @@ def _cache_fits(bundle: ModelBundle, frames: list[pd.DataFrame], max_length: int
     return reviews * max_length * bundle.model.config.hidden_size * 2 <= CACHE_BUDGET_BYTES
 
 
-def prepare_data(bundle: ModelBundle, train_frame, val_frame, lora: LoraSettings, max_length: int):
-    """Datasets and collator for training: token ids, or cached frozen-layer states when LoRA skips the bottom."""
+def prepare_data(bundle: ModelBundle, train_frame, val_frame, lora: LoraSettings, max_length: int, bf16: bool = False):
+    """Datasets and collator for training: token ids, or cached frozen-layer states when LoRA skips the bottom
+    (handed to the model in bf16 when it trains under bf16 autocast)."""
     layers = lora.layers_for(bundle.spec)
     frames = [train_frame] + ([val_frame] if len(val_frame) else [])
     if layers and bundle.spec.kind == "encoder" and _cache_fits(bundle, frames, max_length):
-        sets, collator = cache_bottom_layers(bundle, frames, max_length, layers[0])
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        sets, collator = cache_bottom_layers(bundle, frames, max_length, layers[0], dtype)
     else:
         sets = [tokenize_split(bundle, frame, max_length) for frame in frames]
         if bundle.spec.kind == "seq2seq":
@@ -325,6 +332,16 @@ def frozen_weights_in_bf16(model: torch.nn.Module, enabled: bool):
             module.weight.data = weight
 
 
+def training_examples(train_frame: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
+    """What a run with `config` trains on: the training reviews and their sentence windows (`config.short_windows`)."""
+    return add_sentence_windows(train_frame, config.short_windows, config.seed)
+
+
+def trains_in_bf16(config: TrainConfig) -> bool:
+    """Whether a run with `config` trains under bf16 autocast: as set, else where the hardware runs bf16 natively."""
+    return inference.fast_bf16() if config.bf16 is None else config.bf16
+
+
 def build_training_args(config: TrainConfig, n_train: int, output_dir: str, seq2seq: bool) -> TrainingArguments:
     steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
     eval_steps = max(1, steps_per_epoch // config.evals_per_epoch) if config.evals_per_epoch else None
@@ -353,7 +370,7 @@ def build_training_args(config: TrainConfig, n_train: int, output_dir: str, seq2
         label_names=["labels"],
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        bf16=inference.fast_bf16() if config.bf16 is None else config.bf16,
+        bf16=trains_in_bf16(config),
         ddp_find_unused_parameters=False,  # every LoRA matrix takes part in each step (torchrun / accelerate)
         use_cpu=not torch.cuda.is_available(),  # bf16 on a CPU needs it said explicitly
     )
@@ -393,8 +410,10 @@ def train_lora(
         set_dropout(bundle.model.encoder if bundle.spec.kind == "encoder" else bundle.model, config.model_dropout)
     if bundle.spec.kind == "encoder":
         bundle.model.init_head(label_prototypes(bundle), SIMILARITY_SCALE)
-    train_frame = add_sentence_windows(train_frame, config.short_windows, config.seed)
-    train_set, val_set, collator = prepare_data(bundle, train_frame, val_frame, lora, config.max_length)
+    train_frame = training_examples(train_frame, config)
+    train_set, val_set, collator = prepare_data(
+        bundle, train_frame, val_frame, lora, config.max_length, trains_in_bf16(config)
+    )
     tuned = apply_lora(bundle, lora)
     if val_set is None:
         config = replace(config, evals_per_epoch=0)

@@ -71,13 +71,13 @@ def time_whole_study(
 
 def training_flop(study) -> int:
     """FLOPs of the study's latest training run, replayed under the counter on its own batches (not timed)."""
-    from . import inference
     from .bench import count_training_flop
     from .compute import models
+    from .train import trains_in_bf16
 
     tuned = study.tuned
     bundle = models.adapted(study.models.ref(tuned.name), tuned.weights)
-    bf16 = inference.fast_bf16() if tuned.config.bf16 is None else tuned.config.bf16
+    bf16 = trains_in_bf16(tuned.config)
     return int(count_training_flop(bundle, study.splits, tuned.lora, tuned.config, tuned.result, bf16))
 
 
@@ -119,21 +119,33 @@ def run_whole_study_bench(source: str = "sample", seed: int = 42, visitors: int 
     figures, peak_rss = run_isolated(time_whole_study, source, seed, visitors)
     precision = "bf16" if inference.fast_bf16() else "fp32"
     peak = max(machine["matmul_gflops"][precision], _peak(precision))
+    typical = machine["matmul_gflops_typical"][precision]
     for row in figures["visitors"]:
-        add_utilization(row, peak)
+        add_utilization(row, peak, typical)
     first = figures["visitors"][0]
-    whole = {**first, "visitors": figures["visitors"], "peak_gflops": round(peak, 1), "precision": precision}
+    whole = {
+        **first,
+        "visitors": figures["visitors"],
+        "peak_gflops": round(peak, 1),
+        "typical_gflops": typical,
+        "precision": precision,
+    }
     whole["peak_rss_mb"] = round(peak_rss, 1)
     whole["goals"] = check_goals(whole)
     return {"machine": machine, "whole_study": whole}
 
 
-def add_utilization(row: dict, peak_gflops: float) -> None:
-    """All FLOPs over (peak x seconds), and training's alone over (peak x training seconds)."""
+def add_utilization(row: dict, peak_gflops: float, typical_gflops: float | None = None) -> None:
+    """All FLOPs over (peak x seconds), and training's alone over (peak x training seconds); against the typical
+    (median) product's GFLOP/s too where given (`training_utilization_typical`)."""
     row["utilization"] = round(row["tflop"] * 1e3 / (peak_gflops * row["seconds"]), 3)
     training = row["steps"].get("training")
     if training and training["seconds"]:
-        row["training_utilization"] = round(training["tflop"] * 1e3 / (peak_gflops * training["seconds"]), 3)
+        gflops = training["tflop"] * 1e3 / training["seconds"]
+        row["training_gflops"] = round(gflops, 1)
+        row["training_utilization"] = round(gflops / peak_gflops, 3)
+        if typical_gflops:
+            row["training_utilization_typical"] = round(gflops / typical_gflops, 3)
 
 
 def check_goals(whole: dict) -> dict:

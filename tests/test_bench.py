@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import build_tiny_encoder, build_tiny_t5, make_toy_reviews, needs_minilm
+from conftest import build_tiny_encoder, build_tiny_t5, make_toy_reviews, needs_minilm, sample_reviews
 
 from lora_demo import ablation, bench, cli, measure, preset_timing
 from lora_demo.config import DataConfig, LoraSettings, TrainConfig
@@ -56,6 +56,8 @@ def test_quick_bench_report_has_every_key(quick_bench):
     assert {"utilization", "train_tflop", "train_gflops_per_s", "precision", "flop_count"} <= set(report["ours"])
     machine = report["machine"]
     assert machine["matmul_gflops"]["fp32"] > 0 and machine["matmul_gflops"]["bf16"] > 0
+    for precision in ("fp32", "bf16"):  # the median of the same products is at most their best
+        assert 0 < machine["matmul_gflops_typical"][precision] <= machine["matmul_gflops"][precision]
     assert {"cpu_family", "model", "model_name", "threads"} <= set(machine)
     assert set(report["goals"]) == {
         "train_throughput_same_tokens",
@@ -80,6 +82,16 @@ def test_quick_bench_ratios_are_computed_from_its_figures(quick_bench):
         "accuracy_gain_over_reference_same_tokens": ours["accuracy"] - same["accuracy"],
         "accuracy_gain_over_tfidf": ours["accuracy"] - quick_bench["tfidf"]["accuracy"],
     }
+    fp32 = quick_bench.get("ours_fp32")
+    assert (fp32 is not None) == (ours["precision"] == "bf16")  # bf16 off is measured where bf16 was on
+    if fp32 is not None:
+        assert fp32["precision"] == "fp32" and FIGURE_KEYS <= set(fp32)
+        assert fp32["recipe"]["train_config"] == ours["recipe"]["train_config"]
+        expected["train_throughput_same_tokens_fp32"] = fp32["train_reviews_per_s"] / same["train_reviews_per_s"]
+        expected["eval_throughput_same_tokens_fp32"] = fp32["eval_reviews_per_s"] / same["eval_reviews_per_s"]
+        expected["latency_p50_speedup_same_tokens_fp32"] = same["latency_ms_p50"] / fp32["latency_ms_p50"]
+    peaks = quick_bench["machine"]["matmul_gflops"]
+    assert quick_bench["machine"]["bf16_over_fp32_peak"] == pytest.approx(peaks["bf16"] / peaks["fp32"], abs=0.006)
     assert set(ratios) == set(expected)
     for name, value in expected.items():
         assert ratios[name] == pytest.approx(value, abs=0.006), name
@@ -128,6 +140,23 @@ def test_flop_counter_counts_cpu_attention():
         tiny.model.embed(ids, torch.ones_like(ids))
     per_token = 2 * (4 * width * width + 2 * width * ff) + 4 * length * width  # projections, FFN, attention
     assert counter.get_total_flops() == 3 * length * layers * per_token
+
+
+def test_the_training_flop_count_is_what_the_run_itself_did_sentence_windows_included():
+    """The bench replays a finished run's batches under the counter; it must count the run's own training
+    examples (reviews and their sentence windows), its epochs and its validation passes: what a counter open
+    around the whole run counts."""
+    from lora_demo.train import train_lora
+
+    reviews = sample_reviews(64, "train")  # IMDb reviews of several sentences: each gets a window
+    splits = Splits(reviews[:48], reviews[48:], reviews[:0], source="sample", config=DataConfig())
+    lora, config = LoraSettings(), TrainConfig(epochs=2, batch_size=8, max_length=64, short_windows=1.0, bf16=False)
+    with measure.flop_counter() as counter:
+        tuned, result = train_lora(build_tiny_encoder(), splits.train, splits.val, lora, config)
+    live = counter.get_total_flops()
+    assert result.steps == 2 * 12  # 48 reviews and 48 windows, 8 a step
+    replayed = bench.count_training_flop(tuned, splits, lora, config, result, bf16=False)
+    assert replayed == pytest.approx(live, rel=0.03)
 
 
 def _toy_splits(train=64, val=16, test=16) -> Splits:
@@ -261,11 +290,12 @@ def test_the_whole_study_goals_and_table_read_the_figures():
                  "tflop": tflop}}  # fmt: skip
         row = {"seconds": seconds, "steps": steps, "training_seconds": training, "tflop": tflop,
                "overhead_ratio": (seconds - training) / training}  # fmt: skip
-        add_utilization(row, peak_gflops=400.0)
+        add_utilization(row, peak_gflops=400.0, typical_gflops=250.0)
         return row
 
     first, second = visitor(50.0, 40.0, 8.0), visitor(43.0, 40.0, 8.0)
     assert first["utilization"] == pytest.approx(8e3 / (400 * 50)) and first["training_utilization"] == 0.5
+    assert first["training_gflops"] == 200.0 and first["training_utilization_typical"] == 0.8
     goals = check_goals({**first, "visitors": [first, second]})
     assert goals["seconds"]["met"] and goals["overhead_ratio"]["met"] is True  # 0.25 at most
     assert goals["training_utilization"]["met"] and goals["second_visitor_extra_seconds"]["value"] == 3.0
@@ -288,8 +318,8 @@ def test_bench_whole_study_writes_its_report_and_prints_the_machine_table_and_go
 
     steps = {"training": {"seconds": 40.0, "tflop": 8.0}, "zero_shot": {"seconds": 10.0, "tflop": 0.0}}
     row = {"seconds": 50.0, "training_seconds": 40.0, "overhead_ratio": 0.25, "tflop": 8.0, "steps": steps}
-    whole_study_timing.add_utilization(row, 400.0)
-    whole = {**row, "visitors": [row], "peak_gflops": 400.0, "precision": "bf16"}
+    whole_study_timing.add_utilization(row, 400.0, 250.0)
+    whole = {**row, "visitors": [row], "peak_gflops": 400.0, "typical_gflops": 250.0, "precision": "bf16"}
     whole["goals"] = whole_study_timing.check_goals(whole)
     machine = {"model_name": "Test CPU", "cpu_family": "6", "model": "207", "threads": 2}
     asked = []
@@ -303,5 +333,9 @@ def test_bench_whole_study_writes_its_report_and_prints_the_machine_table_and_go
     assert cli.main(["bench", "--whole-study", "--visitors", "2", "--seed", "3", "--report", str(report)]) == 0
     assert asked == [("sample", 3, 2)] and json.loads(report.read_text())["whole_study"]["seconds"] == 50.0
     out = capsys.readouterr().out
-    assert "machine: Test CPU (cpu family 6, model 207), 2 threads, bf16 matmul peak 400 GFLOP/s" in out
+    assert (
+        "machine: Test CPU (cpu family 6, model 207), 2 threads, bf16 matmul peak 400 GFLOP/s (median product 250)"
+        in out
+    )
+    assert "training: 200 GFLOP/s, 50% of the peak, 80% of the median product" in out
     assert "| **whole study** | **50.0** |" in out and "met    training_utilization: 0.5 (goal >= 0.5)" in out

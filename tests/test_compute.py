@@ -99,6 +99,20 @@ def test_the_device_policy_follows_the_environment(monkeypatch):
             device_policy.device()
 
 
+def test_bf16_can_be_turned_off_from_the_environment(monkeypatch):
+    monkeypatch.setattr(device_policy, "_cpu_bf16", lambda: True)  # a CPU with AMX or AVX-512 BF16
+    monkeypatch.setenv("LORA_DEMO_DEVICE", "cpu")
+    monkeypatch.delenv("LORA_DEMO_BF16", raising=False)
+    assert device_policy.bf16_native()
+    monkeypatch.setenv("LORA_DEMO_BF16", "1")
+    assert device_policy.bf16_native()
+    monkeypatch.setenv("LORA_DEMO_BF16", "0")
+    assert not device_policy.bf16_native()
+    monkeypatch.setenv("LORA_DEMO_BF16", "fp32")
+    with pytest.raises(UserError, match="LORA_DEMO_BF16 must be 0"):
+        device_policy.bf16_native()
+
+
 def test_a_stop_flag_crosses_a_pickle_and_says_when_the_run_finished():
     flag = StopFlag()
     copy = pickle.loads(pickle.dumps(flag))  # what a worker gets

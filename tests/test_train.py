@@ -161,9 +161,9 @@ def test_top_layers_trains_on_cached_bottom_layers(tiny_encoder, toy_reviews, mo
     calls = []
     original = train_module.cache_bottom_layers
 
-    def spy(bundle, frames, max_length, layers):
+    def spy(bundle, frames, max_length, layers, dtype):
         calls.append(layers)
-        return original(bundle, frames, max_length, layers)
+        return original(bundle, frames, max_length, layers, dtype)
 
     monkeypatch.setattr(train_module, "cache_bottom_layers", spy)
     bottom = {k: v.clone() for k, v in tiny_encoder.model.encoder.encoder.layer[0].state_dict().items()}
@@ -306,3 +306,22 @@ def test_frozen_weights_are_bf16_only_while_training_under_bf16(tiny_t5):
     assert query.base_layer.weight.dtype == torch.float32 and torch.equal(query.base_layer.weight, before)
     with frozen_weights_in_bf16(model, enabled=False):
         assert query.base_layer.weight.dtype == torch.float32
+
+
+def test_the_encoder_trains_with_plain_attention_and_scores_with_the_fused_kernel_to_the_same_answers(tiny_encoder):
+    """On a CPU the fused attention kernel's backward pass is slow, so a forward that takes gradients uses the
+    plain matrix products; scoring keeps the fused kernel. Both compute the same attention."""
+    model = tiny_encoder.model
+    ids = torch.randint(5, 30, (4, 12))
+    mask = torch.ones_like(ids)
+    mask[2:, 8:] = 0  # padded reviews
+    with torch.no_grad():
+        scored, _ = model.classify(ids, mask)
+    assert model.config._attn_implementation == "sdpa"
+    trained, _ = model.classify(ids, mask)
+    assert model.config._attn_implementation == "eager"
+    assert trained.requires_grad
+    torch.testing.assert_close(trained.detach(), scored, rtol=1e-4, atol=1e-5)
+    with torch.inference_mode():
+        model.classify(ids, mask)
+    assert model.config._attn_implementation == "sdpa"

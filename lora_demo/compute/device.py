@@ -1,7 +1,8 @@
 """The device policy: where models and batches go, and whether bf16 pays there.
 
 CUDA when it is there (under `torchrun`, each rank's own GPU), else the CPU; `LORA_DEMO_DEVICE=cpu|cuda` overrides.
-bf16 is the default only where it is native: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or AMX.
+bf16 is the default only where it is native: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or AMX;
+`LORA_DEMO_BF16=0` turns it off everywhere (fp32, as a CPU without fast bf16 runs: what the bench compares).
 The CLI, the bench, the app and every job ask here, so they agree.
 """
 
@@ -77,7 +78,17 @@ def _cpu_bf16() -> bool:
 
 
 def bf16_native() -> bool:
-    """Whether the policy's device runs bfloat16 matrix products natively (elsewhere they are emulated, slower)."""
+    """Whether the policy's device runs bfloat16 matrix products natively (elsewhere they are emulated, slower);
+    False under `LORA_DEMO_BF16=0`.
+
+    Raises:
+        UserError: `LORA_DEMO_BF16` is set to something other than 0 or 1.
+    """
+    wanted = os.environ.get("LORA_DEMO_BF16", "").strip()
+    if wanted not in ("", "0", "1"):
+        raise UserError(f"LORA_DEMO_BF16 must be 0 (fp32) or 1 (bf16 where native), got {wanted!r}")
+    if wanted == "0":
+        return False
     if on_gpu():
         return torch.cuda.is_bf16_supported()
     return _cpu_bf16()

@@ -96,9 +96,8 @@ def train(
     Raises:
         UserError: for settings that do not fit the model.
     """
-    from .. import inference
     from ..lora import adapter_weights, lora_summary
-    from ..train import train_lora
+    from ..train import train_lora, trains_in_bf16
 
     run_stop = RunStop(stop, seconds)
 
@@ -108,7 +107,7 @@ def train(
             adapter, result = train_lora(
                 bundle, train_frame, val_frame, lora, config, on_event=on_event, stop_event=stop_event
             )
-            bf16 = inference.fast_bf16() if config.bf16 is None else config.bf16
+            bf16 = trains_in_bf16(config)
             summary = lora_summary(lora, adapter.spec)
             out_of_time = result.stopped and run_stop.out_of_time and not (stop is not None and stop.is_set())
             result = replace(result, out_of_time=out_of_time)
