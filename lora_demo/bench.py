@@ -37,12 +37,14 @@ from .metrics import evaluate_predictions
 from .models import ModelBundle, encode_head_tail
 from .significance import bootstrap_interval
 from .train import (
+    CachedBottomCollator,
     build_training_args,
     prepare_data,
     tokenize_split,
     train_lora,
     training_examples,
     trains_in_bf16,
+    untouched_features,
 )
 
 LATENCY_REVIEW = "The acting was fine and the music was lovely, but the plot dragged and I was bored by the end."
@@ -321,17 +323,23 @@ def run_ours_without_bf16(splits: Splits, plan: BenchPlan, seed: int, loader=Non
     return run_ours(splits, plan, seed, loader)
 
 
-def count_training_flop(tuned: ModelBundle, splits: Splits, lora, config, result, bf16: bool) -> float:
+def count_training_flop(
+    tuned: ModelBundle, splits: Splits, lora, config, result, bf16: bool, with_features: bool = False
+) -> float:
     """FLOPs of a finished `train_lora` run, counted with torch's `FlopCounterMode` on the same real batches.
 
     Replays, under the counter: the data preparation (the frozen bottom layers over the training examples,
-    sentence windows included, and the validation reviews), one epoch of forward and backward passes over the
-    batches the Trainer drew (scaled to the steps taken) and the validation passes the run made. FLOPs do not
-    depend on the weights, so the trained model stands in for the fresh one.
+    sentence windows included, and the validation reviews; with `with_features`, the untouched top layers over
+    those states too, for the head-only rung), one epoch of forward and backward passes over the batches the
+    Trainer drew (scaled to the steps taken) and the validation passes the run made. FLOPs do not depend on the
+    weights, so the trained model stands in for the fresh one.
     """
     examples = training_examples(splits.train, config)
     with flop_counter() as counter:
         train_set, val_set, collator = prepare_data(tuned, examples, splits.val, lora, config.max_length, bf16)
+        if with_features and isinstance(collator, CachedBottomCollator):  # as `train_lora(with_features=True)`
+            with tuned.model.disable_adapter():  # the run computed them before LoRA was attached
+                untouched_features(tuned, [s for s in (train_set, val_set) if s is not None], collator, False)
     total = counter.get_total_flops()
     with tempfile.TemporaryDirectory(prefix="lora-demo-bench-") as scratch:
         args = build_training_args(config, len(train_set), scratch, seq2seq=False)

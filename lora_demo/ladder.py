@@ -18,13 +18,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .augment import add_sentence_windows
 from .baseline import SIMILARITY_SCALE, embed_texts, label_prototypes
 from .config import TrainConfig
 from .data import format_seq2seq
 from .inference import Predictions, run_batches
 from .models import ModelBundle, encode_head_tail, mean_pool
-from .train import TrainEvent
+from .train import TrainEvent, training_examples
 
 HEAD_METHODS = {
     "encoder": "the LoRA run's classification head, started from the zero-shot label prototypes and trained with "
@@ -126,6 +125,7 @@ def train_head_only(
     val: pd.DataFrame,
     config: TrainConfig,
     on_event: Callable[[TrainEvent], None] | None = None,
+    features: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[HeadOnlyModel, HeadResult]:
     """Train the head-only rung on the same reviews and settings as a LoRA run.
 
@@ -136,22 +136,29 @@ def train_head_only(
             windows (`short_windows`), seed.
         on_event: receives a `log` event (mean train loss) and an `eval` event (val_loss, val_accuracy) per epoch,
             as `TrainEvent`s like a LoRA run's; the result's history holds them as dicts.
+        features: the untouched encoder's features of the training examples and of `val`, where the LoRA run
+            already computed them (`TrainResult.untouched_features`): then the model is not run over them again.
 
     Returns:
         The model and the run's figures.
     """
     started = time.perf_counter()
     # the same training examples as the LoRA run, sentence windows included, so the rungs differ only in what trains
-    train = add_sentence_windows(train, config.short_windows, config.seed)
+    train = training_examples(train, config)
     if bundle.spec.kind == "seq2seq":
         model, result = _fit_t5_probe(bundle, train, val, config)
     else:
-        model, result = _fit_encoder_head(bundle, train, val, config, on_event)
+        if features is None:
+            features = tuple(embed_texts(bundle, frame["text"].tolist(), config.max_length) for frame in (train, val))
+        model, result = _fit_encoder_head(bundle, (train, val), features, config, on_event)
     result.seconds = time.perf_counter() - started
     return model, result
 
 
-def _fit_encoder_head(bundle, train, val, config: TrainConfig, on_event) -> tuple[HeadOnlyModel, HeadResult]:
+def _fit_encoder_head(bundle, frames, features, config: TrainConfig, on_event) -> tuple[HeadOnlyModel, HeadResult]:
+    (train, val), (train_features, val_features) = frames, features
+    if len(train_features) != len(train) or len(val_features) != len(val):
+        raise ValueError("the head-only rung's features do not match its training and validation reviews")
     torch.manual_seed(config.seed)
     head = nn.Linear(bundle.model.classifier.in_features, bundle.model.classifier.out_features)
     with torch.no_grad():
@@ -159,11 +166,10 @@ def _fit_encoder_head(bundle, train, val, config: TrainConfig, on_event) -> tupl
         head.bias.zero_()
     # the same dropout the LoRA run's head sees on its features (the model's own, 0.1 for MiniLM)
     dropout = nn.Dropout(bundle.model.dropout.p)
-    features = embed_texts(bundle, train["text"].tolist(), config.max_length)
     labels = torch.tensor(train["label"].astype(int).tolist())
-    val_set = (embed_texts(bundle, val["text"].tolist(), config.max_length), torch.tensor(val["label"].tolist()))
+    val_set = (val_features, torch.tensor(val["label"].tolist()))
     history, train_loss, steps = fit_linear_head(
-        head, dropout, (features, labels), val_set if len(val) else None, config, on_event
+        head, dropout, (train_features, labels), val_set if len(val) else None, config, on_event
     )
     evals = [e for e in history if e["type"] == "eval"]
     result = HeadResult(

@@ -7,7 +7,7 @@ Keys scripts already read stay where they were (`data.sizes`, `baseline` / `fine
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 # the comparison ladder, bottom to top: each rung is scored on the same test reviews
@@ -72,7 +72,7 @@ class Report:
 
 def train_summary(result) -> dict:
     """The `train` key: a `TrainResult` without its parameter counts (they are `params`)."""
-    return {key: value for key, value in asdict(result).items() if key != "params"}
+    return {key: value for key, value in result.as_dict().items() if key != "params"}
 
 
 def _note(metrics: dict) -> str:

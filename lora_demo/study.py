@@ -434,12 +434,16 @@ class Study:
                 if progress:
                     progress("Training the head alone on the same reviews", 0, 1)
                 ref, (train, val) = self._ref(tuned.name), tuned.train_frames
-                # the same reviews and settings make the same head for every visitor: trained once per process
+                # the same reviews and settings make the same head for every visitor: trained once per process,
+                # on the untouched model's features the LoRA run computed on the way, where it did
+                features = tuned.result.untouched_features if tuned.result else None
                 reviews = [texts_fingerprint([*f["text"], *map(str, f["label"])]) for f in (train, val)]
                 tuned.head_only, tuned.head_result = SHARED.get(
                     ("head_only", ref, *reviews, tuned.config),
-                    lambda: self._run("head_only", ref, train, val, tuned.config),
+                    lambda: self._run("head_only", ref, train, val, tuned.config, features=features),
                 )
+                if tuned.result is not None:  # used once: a session keeps no more than its rung
+                    tuned.result = replace(tuned.result, untouched_features=None)
         head = tuned.head_only
 
         def predict(texts):  # the LoRA model's own untouched model, as the head was trained on it

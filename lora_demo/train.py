@@ -89,9 +89,12 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     val_accuracy: float | None = None  # at the last evaluation, like val_loss
     out_of_time: bool = False  # stopped by the time limit of the GPU call it ran in (ZeroGPU), not by the user
+    # the untouched model's features of the training examples and of the validation reviews (`untouched_features`),
+    # for the head-only rung; None where the run did not cache the frozen layers (T5, LoRA on every layer)
+    untouched_features: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict:
-        return {key: getattr(self, key) for key in self.__dataclass_fields__}
+        return {key: getattr(self, key) for key in self.__dataclass_fields__ if key != "untouched_features"}
 
 
 class StreamCallback(TrainerCallback):
@@ -276,6 +279,33 @@ def cache_bottom_layers(
     return sets, CachedBottomCollator(hidden, layers, dtype)
 
 
+def untouched_features(bundle: ModelBundle, sets: list[datasets.Dataset], collator, bf16: bool) -> list[torch.Tensor]:
+    """The untouched model's unit-length features of each cached dataset's reviews, in its order.
+
+    The frozen top layers run once over the cached bottom-layer states (no gradients; before LoRA is attached):
+    half a pass, where the ladder's head-only rung would otherwise run the whole model over the same reviews.
+    """
+    rows = []
+    model = bundle.model.eval()
+    device = next(model.parameters()).device
+    for dataset in sets:
+        indices, labels, lengths = dataset["idx"], dataset["labels"], dataset["length"]
+        features = torch.empty(len(indices), model.config.hidden_size)
+        order = sorted(range(len(indices)), key=lambda i: -lengths[i])
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            for start in range(0, len(order), 64):
+                chosen = order[start : start + 64]
+                batch = collator([{"idx": indices[i], "labels": labels[i]} for i in chosen])
+                pooled = model.embed(
+                    hidden_states=batch["hidden_states"].float().to(device),
+                    attention_mask=batch["attention_mask"].to(device),
+                    start_layer=batch["start_layer"],
+                )
+                features[chosen] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu()
+        rows.append(features)
+    return rows
+
+
 CACHE_BUDGET_BYTES = 2 * 2**30
 
 
@@ -384,6 +414,7 @@ def train_lora(
     config: TrainConfig,
     on_event: Callable[[TrainEvent], None] | None = None,
     stop_event: threading.Event | None = None,
+    with_features: bool = False,
 ) -> tuple[ModelBundle, TrainResult]:
     """Wrap `bundle` with LoRA and train it.
 
@@ -394,6 +425,8 @@ def train_lora(
         config: epochs, learning rate, batch size, max length, seed.
         on_event: receives each log / eval / progress event as it happens.
         stop_event: set it from another thread to end training after the current step.
+        with_features: also return the untouched model's features of the training examples and validation
+            reviews (`TrainResult.untouched_features`), where the frozen bottom layers are cached: half a pass.
 
     Returns:
         The adapted model and the run's figures; `seconds` covers tokenising and training.
@@ -414,6 +447,11 @@ def train_lora(
     train_set, val_set, collator = prepare_data(
         bundle, train_frame, val_frame, lora, config.max_length, trains_in_bf16(config)
     )
+    features = None
+    if with_features and isinstance(collator, CachedBottomCollator):  # for the head-only rung
+        sets = [s for s in (train_set, val_set) if s is not None]
+        features = untouched_features(bundle, sets, collator, inference.fast_bf16())  # as scoring runs
+        features = (features[0], features[1] if val_set is not None else torch.empty(0, features[0].shape[1]))
     tuned = apply_lora(bundle, lora)
     if val_set is None:
         config = replace(config, evals_per_epoch=0)
@@ -432,6 +470,7 @@ def train_lora(
         params=count_parameters(tuned.model),
         history=history,
         val_accuracy=evals[-1]["val_accuracy"] if evals else None,
+        untouched_features=features,
     )
     return tuned, result
 

@@ -78,7 +78,8 @@ def training_flop(study) -> int:
     tuned = study.tuned
     bundle = models.adapted(study.models.ref(tuned.name), tuned.weights)
     bf16 = trains_in_bf16(tuned.config)
-    return int(count_training_flop(bundle, study.splits, tuned.lora, tuned.config, tuned.result, bf16))
+    # the study's training job also computes the head-only rung's features (`train_lora(with_features=True)`)
+    return int(count_training_flop(bundle, study.splits, tuned.lora, tuned.config, tuned.result, bf16, True))
 
 
 def visitor_figures(timings: dict[str, float], flop: dict[str, int], seconds: float, report) -> dict:

@@ -296,6 +296,27 @@ def test_every_test_review_goes_once_through_each_model_whatever_the_report_show
     assert [passes[ids] for ids in reviews] == [2] * len(test)
 
 
+def test_every_training_review_goes_once_through_the_untouched_model_head_only_rung_included(
+    tiny_encoder_factory, toy_csv
+):
+    """Training runs the frozen bottom layers once over its reviews and, from those states, the untouched model's
+    top layers: the head-only rung trains on those features instead of running the model over the reviews again."""
+    from lora_demo.models import encode_head_tail
+    from lora_demo.study import Models, Study
+
+    passes = collections.Counter()
+    loader = lambda name, seed=42: passes_over(tiny_encoder_factory(0), passes)  # noqa: E731
+    study = Study("minilm", models=Models(loader=loader, check=lambda spec: None))
+    study.load_data(DataConfig(source=str(toy_csv), train_size=48, val_size=16, test_size=32, seed=1))
+    settings = LoraSettings(r=4, target_modules=("query", "value"), top_layers=1)  # the bottom layer is cached
+    report = study.run(settings, FEW_STEPS).to_dict()
+    train = study.splits.train
+    reviews = [tuple(ids) for ids in encode_head_tail(loader("minilm").tokenizer, train["text"], FEW_STEPS.max_length)]
+    assert [passes[ids] for ids in reviews] == [1] * len(train)  # the caching pass, nothing else
+    assert report["head_only"]["accuracy"] > 0 and report["rungs"]["head_only"]["steps"] > 0
+    assert study.tuned.result.untouched_features is None  # used once, then dropped: a session keeps its rung only
+
+
 TOY_SIZES = ["--train-size", "48", "--val-size", "16", "--test-size", "32"]
 
 

@@ -272,7 +272,8 @@ def test_the_whole_study_timing_names_each_step_its_seconds_and_flops(tiny_encod
             assert row["steps"][name]["tflop"] == 0, name  # no review goes through a model
     lora_steps = ("tuned_scoring", "calibration", "short_reviews")  # passes through the LoRA model
     assert all(first["steps"][name]["tflop"] > 0 for name in lora_steps)
-    assert first["steps"]["zero_shot"]["tflop"] > 0 and first["steps"]["head_only"]["tflop"] > 0
+    assert first["steps"]["zero_shot"]["tflop"] > 0
+    assert first["steps"]["head_only"]["tflop"] == 0  # its features came with training's cached layers
     # the untouched model answers every visitor alike: the second finds its passes and its head-only rung done
     assert second["steps"]["zero_shot"]["tflop"] == 0 and second["steps"]["head_only"]["tflop"] == 0
     assert second["accuracy"]["zero_shot"] == first["accuracy"]["zero_shot"]
@@ -339,3 +340,18 @@ def test_bench_whole_study_writes_its_report_and_prints_the_machine_table_and_go
     )
     assert "training: 200 GFLOP/s, 50% of the peak, 80% of the median product" in out
     assert "| **whole study** | **50.0** |" in out and "met    training_utilization: 0.5 (goal >= 0.5)" in out
+
+
+def test_the_training_flop_count_includes_the_head_only_features_where_the_run_made_them():
+    from lora_demo.train import train_lora
+
+    reviews = sample_reviews(40, "train")
+    splits = Splits(reviews[:32], reviews[32:], reviews[:0], source="sample", config=DataConfig())
+    lora, config = LoraSettings(), TrainConfig(epochs=1, batch_size=8, max_length=64, short_windows=0.0, bf16=False)
+    with measure.flop_counter() as counter:
+        tuned, result = train_lora(build_tiny_encoder(), splits.train, splits.val, lora, config, with_features=True)
+    live = counter.get_total_flops()
+    assert result.untouched_features is not None
+    without = bench.count_training_flop(tuned, splits, lora, config, result, bf16=False)
+    replayed = bench.count_training_flop(tuned, splits, lora, config, result, bf16=False, with_features=True)
+    assert without < replayed == pytest.approx(live, rel=0.03)

@@ -147,3 +147,33 @@ def test_the_head_only_rung_reads_the_zero_shot_pass_as_if_it_ran_the_model_itse
     assert features.shape == (len(texts), 32) and features.dtype == np.float32
     assert from_pass.labels == from_model.labels
     assert from_pass.confidence == pytest.approx(from_model.confidence, rel=1e-5)
+
+
+def test_the_untouched_features_a_lora_run_computes_are_the_untouched_models_and_train_the_same_head(
+    tiny_encoder_factory, toy_reviews
+):
+    """A run that caches the frozen bottom layers also runs the untouched top layers over those states once: the
+    features the head-only rung trains on, equal (to bf16 rounding of the cached states) to a full pass."""
+    from lora_demo.baseline import embed_texts
+    from lora_demo.config import LoraSettings
+    from lora_demo.train import train_lora, training_examples
+
+    train, val, _ = toy_reviews
+    config = TrainConfig(**{**vars(CONFIG), "epochs": 1})
+    lora = LoraSettings(r=4, target_modules=("query", "value"), top_layers=1)
+    _, result = train_lora(tiny_encoder_factory(0), train, val, lora, config, with_features=True)
+    features = result.untouched_features
+    untouched = tiny_encoder_factory(0)
+    expected = [
+        embed_texts(untouched, f["text"].tolist(), config.max_length) for f in (training_examples(train, config), val)
+    ]
+    for got, want in zip(features, expected, strict=True):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=2e-2, rtol=0)
+    assert "untouched_features" not in result.as_dict()  # never in a report
+    from_run, _ = train_head_only(untouched, train, val, config, features=features)
+    from_model, _ = train_head_only(untouched, train, val, config)
+    for name, value in from_model.head.items():
+        torch.testing.assert_close(from_run.head[name], value, atol=2e-2, rtol=0)
+    with pytest.raises(ValueError, match="do not match"):
+        train_head_only(untouched, train, val[:4], config, features=features)

@@ -104,8 +104,8 @@ def train(
     def work(on_event, stop_event):
         try:
             bundle = models.fresh(ref, seed=config.seed)
-            adapter, result = train_lora(
-                bundle, train_frame, val_frame, lora, config, on_event=on_event, stop_event=stop_event
+            adapter, result = train_lora(  # with the untouched features the head-only rung trains on
+                bundle, train_frame, val_frame, lora, config, on_event, stop_event, with_features=True
             )
             bf16 = trains_in_bf16(config)
             summary = lora_summary(lora, adapter.spec)
@@ -126,8 +126,9 @@ def train(
         job.join()
 
 
-def head_only(ref: ModelRef, train_frame: pd.DataFrame, val_frame: pd.DataFrame, config: TrainConfig):
-    """The ladder's head-only rung: the same head trained with the model frozen (`ladder.train_head_only`).
+def head_only(ref: ModelRef, train_frame: pd.DataFrame, val_frame: pd.DataFrame, config: TrainConfig, features=None):
+    """The ladder's head-only rung: the same head trained with the model frozen (`ladder.train_head_only`), on
+    `features` where the LoRA run already computed them (`TrainResult.untouched_features`).
 
     Returns:
         (`ladder.HeadOnlyModel`, `ladder.HeadResult`): plain data; it labels reviews from their zero-shot features
@@ -135,7 +136,7 @@ def head_only(ref: ModelRef, train_frame: pd.DataFrame, val_frame: pd.DataFrame,
     """
     from ..ladder import train_head_only
 
-    return train_head_only(models.base(ref), train_frame, val_frame, config)
+    return train_head_only(models.base(ref), train_frame, val_frame, config, features=features)
 
 
 def update_norms(ref: ModelRef, weights: AdapterWeights) -> list[dict]:
@@ -163,7 +164,9 @@ WORK = {
         len(train) * (1 + config.short_windows) * config.epochs
         + len(val) * max(1, config.evals_per_epoch) * config.epochs
     ),
-    "head_only": lambda ref, train, val, config: len(train) * (1 + config.short_windows) + len(val),
+    "head_only": lambda ref, train, val, config, features=None: (
+        0 if features is not None else len(train) * (1 + config.short_windows) + len(val)
+    ),
     "update_norms": lambda ref, weights: 1,
     "resources": lambda ref, lora, frame, *args, **kwargs: 20 * len(frame),
 }
