@@ -105,7 +105,14 @@ def train(
         try:
             bundle = models.fresh(ref, seed=config.seed)
             adapter, result = train_lora(  # with the untouched features the head-only rung trains on
-                bundle, train_frame, val_frame, lora, config, on_event, stop_event, with_features=True
+                bundle,
+                train_frame,
+                val_frame,
+                lora,
+                config,
+                on_event=on_event,
+                stop_event=stop_event,
+                with_features=True,
             )
             bf16 = trains_in_bf16(config)
             summary = lora_summary(lora, adapter.spec)
