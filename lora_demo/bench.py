@@ -339,7 +339,7 @@ def count_training_flop(
         train_set, val_set, collator = prepare_data(tuned, examples, splits.val, lora, config.max_length, bf16)
         if with_features and isinstance(collator, CachedBottomCollator):  # as `train_lora(with_features=True)`
             with tuned.model.disable_adapter():  # the run computed them before LoRA was attached
-                untouched_features(tuned, [s for s in (train_set, val_set) if s is not None], collator, False)
+                untouched_features(tuned, [train_set, val_set], collator, False)
     total = counter.get_total_flops()
     with tempfile.TemporaryDirectory(prefix="lora-demo-bench-") as scratch:
         args = build_training_args(config, len(train_set), scratch, seq2seq=False)

@@ -72,16 +72,18 @@ def cpu_info() -> dict:
     return info
 
 
-def matmul_gflops(dtype: torch.dtype, size: int = MATMUL_SIZE, repeats: int = 12, typical: bool = False) -> float:
+def matmul_gflops(dtype: torch.dtype, size: int = MATMUL_SIZE, repeats: int = 12) -> float:
     """GFLOP/s of a `size`² by `size`² matrix product in `dtype`: the best of `repeats` timed products.
 
     The best rather than the median: on a shared machine slow calls are other people's work, and the
-    point of the figure is what this CPU can do when it is ours. `typical=True` gives the median instead:
-    on a virtual CPU whose core is shared with another tenant the two can differ twofold (AMX bf16 on a
-    2-vCPU Xeon: best 2,200, median 900), and work that runs for minutes meets the typical one.
+    point of the figure is what this CPU can do when it is ours. (`machine_figures` gives the median too:
+    on a virtual CPU whose core is shared with another tenant the two can differ twofold.)
     """
-    seconds = matmul_seconds(dtype, size, repeats)
-    return 2 * size**3 / (statistics.median(seconds) if typical else min(seconds)) / 1e9
+    return _gflops(size, min(matmul_seconds(dtype, size, repeats)))
+
+
+def _gflops(size: int, seconds: float) -> float:
+    return 2 * size**3 / seconds / 1e9
 
 
 def matmul_seconds(dtype: torch.dtype, size: int = MATMUL_SIZE, repeats: int = 12) -> list[float]:
@@ -105,8 +107,8 @@ def machine_figures() -> dict:
     figures = {"matmul_gflops": {}, "matmul_gflops_typical": {}}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         seconds = matmul_seconds(dtype, repeats=24)
-        figures["matmul_gflops"][name] = round(2 * MATMUL_SIZE**3 / min(seconds) / 1e9, 1)
-        figures["matmul_gflops_typical"][name] = round(2 * MATMUL_SIZE**3 / statistics.median(seconds) / 1e9, 1)
+        figures["matmul_gflops"][name] = round(_gflops(MATMUL_SIZE, min(seconds)), 1)
+        figures["matmul_gflops_typical"][name] = round(_gflops(MATMUL_SIZE, statistics.median(seconds)), 1)
     return {**cpu_info(), "threads": torch.get_num_threads(), "matmul_size": MATMUL_SIZE, **figures}
 
 

@@ -279,8 +279,10 @@ def cache_bottom_layers(
     return sets, CachedBottomCollator(hidden, layers, dtype)
 
 
-def untouched_features(bundle: ModelBundle, sets: list[datasets.Dataset], collator, bf16: bool) -> list[torch.Tensor]:
-    """The untouched model's unit-length features of each cached dataset's reviews, in its order.
+def untouched_features(
+    bundle: ModelBundle, sets: list[datasets.Dataset | None], collator, bf16: bool
+) -> tuple[torch.Tensor, ...]:
+    """The untouched model's unit-length features of each cached dataset's reviews, in its order (none for None).
 
     The frozen top layers run once over the cached bottom-layer states (no gradients; before LoRA is attached):
     half a pass, where the ladder's head-only rung would otherwise run the whole model over the same reviews.
@@ -289,6 +291,9 @@ def untouched_features(bundle: ModelBundle, sets: list[datasets.Dataset], collat
     model = bundle.model.eval()
     device = next(model.parameters()).device
     for dataset in sets:
+        if dataset is None:
+            rows.append(torch.empty(0, model.config.hidden_size))
+            continue
         indices, labels, lengths = dataset["idx"], dataset["labels"], dataset["length"]
         features = torch.empty(len(indices), model.config.hidden_size)
         order = sorted(range(len(indices)), key=lambda i: -lengths[i])
@@ -303,7 +308,7 @@ def untouched_features(bundle: ModelBundle, sets: list[datasets.Dataset], collat
                 )
                 features[chosen] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu()
         rows.append(features)
-    return rows
+    return tuple(rows)
 
 
 CACHE_BUDGET_BYTES = 2 * 2**30
@@ -449,9 +454,7 @@ def train_lora(
     )
     features = None
     if with_features and isinstance(collator, CachedBottomCollator):  # for the head-only rung
-        sets = [s for s in (train_set, val_set) if s is not None]
-        features = untouched_features(bundle, sets, collator, inference.fast_bf16())  # as scoring runs
-        features = (features[0], features[1] if val_set is not None else torch.empty(0, features[0].shape[1]))
+        features = untouched_features(bundle, [train_set, val_set], collator, inference.fast_bf16())  # as scoring
     tuned = apply_lora(bundle, lora)
     if val_set is None:
         config = replace(config, evals_per_epoch=0)
