@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--report", help="file to write the JSON report to")
     _add_force(train)
     train.add_argument(
+        "--methods",
+        default=None,
+        help="also train these methods on the same reviews and compare them with LoRA, e.g. "
+        "full,lora,dora,rslora,loraplus,ia3 (each at the learning rate its validation reviews prefer)",
+    )
+    train.add_argument(
         "--no-resources",
         dest="resources",
         action="store_false",
@@ -213,13 +219,22 @@ def _check_targets(args):
 
 
 def cmd_train(args, models=None) -> int:
-    from .report import calibration_line, comparison_table, resources_line, short_reviews_line, train_line
+    from .methods import parse_methods
+    from .report import (
+        calibration_line,
+        comparison_table,
+        methods_table,
+        resources_line,
+        short_reviews_line,
+        train_line,
+    )
     from .study import Study
     from .train import is_main_process
 
     # every setting is checked before the data loads, so a mistake is the only line printed
     choice = _choose(args, models)
     config = choice.train_config(args)
+    methods = parse_methods(args.methods) if args.methods else ()
     study = Study(choice.model, models)
     study.check_model()
     _check_targets(args)
@@ -231,6 +246,8 @@ def cmd_train(args, models=None) -> int:
     if args.resources:
         study.measure_resources(choice.lora, seed=config.seed)
         report.resources = study.resources
+    if methods:
+        report.methods = study.compare_methods(methods, choice.lora, config, on_method=_print_method)
     if args.output:
         study.save(args.output, report)
     _write_json(args.report, report.to_dict(), args.force)
@@ -241,6 +258,9 @@ def cmd_train(args, models=None) -> int:
     for line in (calibration_line(summary), short_reviews_line(summary), resources_line(summary)):
         if line:
             print(line)
+    if methods:
+        print(methods_table(summary))
+        print(summary["methods"]["sentence"])
     for name in ("baseline", "finetuned"):
         if summary[name].get("warning"):
             print(f"warning ({name}): {summary[name]['warning']}")
@@ -404,6 +424,15 @@ def _print_event(event):
             f"step {event.step:>4}  epoch {event.epoch:.2f}  validation loss {event.val_loss:.4f}{accuracy}",
             flush=True,
         )
+
+
+def _print_method(name: str, row: dict):
+    rates = ", ".join(f"{lr:g}" for lr in row["lr_grid"])
+    print(
+        f"method {name}: accuracy {row['accuracy']:.3f} at lr {row['chosen_lr']:g} (chosen on validation from "
+        f"{rates}), {row['trainable_params']:,} trainable parameters, trained in {row['train_seconds']:.0f} s",
+        flush=True,
+    )
 
 
 def _print_notes(notes):

@@ -31,8 +31,8 @@ from .models import EncoderClassifier, ModelBundle, load_bundle
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
-def build_lora_config(settings: LoraSettings, spec: ModelSpec) -> LoraConfig:
-    """Turn our settings into PEFT's config for this model."""
+def build_lora_config(settings: LoraSettings, spec: ModelSpec, **variant) -> LoraConfig:
+    """Turn our settings into PEFT's config for this model (`variant`: PEFT's LoRA variants, e.g. `use_dora`)."""
     encoder = spec.kind == "encoder"
     layers = settings.layers_for(spec)
     return LoraConfig(
@@ -45,6 +45,7 @@ def build_lora_config(settings: LoraSettings, spec: ModelSpec) -> LoraConfig:
         # the encoder's classification head is new, so it trains in full and is saved with the adapter
         modules_to_save=["classifier"] if encoder else None,
         task_type=None if encoder else TaskType.SEQ_2_SEQ_LM,
+        **variant,
     )
 
 

@@ -39,6 +39,8 @@ class Report:
             `test` halves and `imdb_sentences`, each scored by every rung, or why it was left out.
         resources: LoRA vs full fine-tuning, measured (`resources.measure`), when asked for.
         update_norms, projection: where the adapter changed the model and how the reviews moved, when computed.
+        methods: full fine-tuning and other PEFT methods against LoRA on the same reviews, when asked for
+            (`Study.compare_methods`, `methods.compare_runs`).
         runtime: where the compute ran: `device`, `device_name`, `dtype` (of training's products), `runner` and
             `jobs_in_workers` (how many jobs crossed a process boundary: ZeroGPU, or its stand-in).
         adapter: the folder the adapter was saved to.
@@ -63,6 +65,7 @@ class Report:
     resources: dict | None = None
     update_norms: list | None = None
     projection: dict | None = None
+    methods: dict | None = None
     runtime: dict | None = None
     adapter: str | None = None
 
@@ -133,6 +136,33 @@ def short_reviews_line(report: dict) -> str | None:
         )
         parts.append(f"{scores['n']} from {title}: {rungs}")
     return f"Reviews like the ones you type, accuracy: {'; '.join(parts)}." if parts else None
+
+
+def methods_table(report: dict) -> str:
+    """The method comparison, one row per method: test accuracy with its interval, p against LoRA, what trains
+    and ships, time, memory, short reviews and how far the sentence vectors moved."""
+    comparison = report["methods"]
+    lines = [
+        f"| Method ({comparison['n']} test reviews) | Accuracy (95% interval) | F1 | p vs LoRA | Trainable "
+        "| Shipped | Train s | Peak MB | Short reviews | Vectors kept (on / off) | lr |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in comparison["methods"].items():
+        low, high = row["accuracy_interval"]
+        p_value = "–" if row["p_value_vs_lora"] is None else f"{row['p_value_vs_lora']:.3f}"
+        shift = row["embedding_shift"]
+        off = "–" if shift["adapter_off"] is None else f"{shift['adapter_off']:.3f}"
+        short = "–" if row["short_reviews_accuracy"] is None else f"{row['short_reviews_accuracy']:.3f}"
+        lines.append(
+            f"| {name} | {row['accuracy']:.3f} ({low:.3f}-{high:.3f}) | {row['f1']:.3f} | {p_value} "
+            f"| {row['trainable_params']:,} | {_size(row['shipped_bytes'])} | {row['train_seconds']:.0f} "
+            f"| {row['peak_memory_mb']:.0f} | {short} | {shift['adapter_on']:.3f} / {off} | {row['chosen_lr']:g} |"
+        )
+    return "\n".join(lines)
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:.1f} MB" if count >= 2**20 else f"{count / 2**10:.0f} KB"
 
 
 def calibration_line(report: dict) -> str | None:

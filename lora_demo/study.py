@@ -229,6 +229,7 @@ class Study:
         self.tuned: TunedModel | None = None
         self.runs: list[RunRecord] = []
         self.resources: dict | None = None
+        self.method_comparison: tuple[Splits, dict] | None = None  # (the split, `methods.compare_runs`) once run
         self.jobs_in_workers = 0  # jobs that crossed a process boundary (ZeroGPU, or its stand-in)
         # seconds per step of the latest whole run (`steps`), in the order they ran: what a visitor waited for
         self.timings: dict[str, float] = {}
@@ -770,6 +771,82 @@ class Study:
         lora.layers_for(spec)
         self.check_model()
 
+    # --- other training methods -----------------------------------------------------------------------------
+
+    def compare_methods(
+        self,
+        methods,
+        lora: LoraSettings,
+        config: TrainConfig,
+        on_method: Callable[[str, dict], None] | None = None,
+    ) -> dict:
+        """Train each of `methods` (`methods.METHODS`; LoRA always among them, as every method is compared with
+        it) on the study's training reviews with the same schedule, each at the learning rate its validation
+        reviews prefer, and score them all on the same test and short reviews (`methods.compare_runs`). Each
+        method is its own job (its own GPU call on ZeroGPU). The report's `methods` from now on, for this split.
+
+        Args:
+            methods: names, or `full,lora,...`.
+            on_method: told each method's name and row as it finishes.
+
+        Raises:
+            UserError: for an unknown method, no data loaded, settings that do not fit the model, or a method
+                that would not fit in memory (refused before any training).
+        """
+        from .methods import check_memory, compare_runs, parse_methods
+
+        names = parse_methods(methods)
+        names = ("lora", *(name for name in names if name != "lora"))
+        if self.training or self._busy:
+            raise UserError("a run is going on this study: wait for it to finish or press Stop, then compare methods")
+        splits, name = self._check_training(lora)
+        short = self._short_sets(splits)
+        texts = {key: frame["text"].tolist() for key, frame in short.items()}
+        args = (self._ref(name), (splits.train, splits.val), splits.test["text"].tolist(), texts)
+        for method in names:  # every refusal before the first method trains
+            check_memory(name, method, lora)
+            self.models.runner.check("method", *args, method, lora, config)
+        runs = []
+        self._busy = True
+        try:
+            for method in names:
+                with self._timed(f"method_{method}"):
+                    runs.append(self._run("method", *args, method, lora, config))
+                if on_method:
+                    row = compare_runs(runs, splits.test["label"], self._short_labels(short), splits.config.seed)
+                    on_method(method, row["methods"][method])
+        finally:
+            self._busy = False
+        result = compare_runs(runs, splits.test["label"], self._short_labels(short), seed=splits.config.seed)
+        result["conditions"] = {
+            "model": name,
+            "sizes": splits.sizes(),
+            "source": splits.source,
+            "epochs": config.epochs,
+            "batch_size": config.batch_size,
+            "max_length": config.max_length,
+            "seed": config.seed,
+            "short_windows": config.short_windows,
+        }
+        self.method_comparison = (splits, result)
+        return result
+
+    @staticmethod
+    def _short_sets(splits: Splits) -> dict[str, pd.DataFrame]:
+        """The short-review test sets no method trains on with `splits`: the hand-written test half, the IMDb
+        test endings."""
+        from .data import load_imdb_sentences, short_review_halves
+
+        seen = trained_on(splits)
+        sets = {"test": short_review_halves()["test"], "imdb_sentences": load_imdb_sentences()}
+        return {
+            key: frame for key, frame in sets.items() if splits.source != "builtin" and not seen.overlap(frame["text"])
+        }
+
+    @staticmethod
+    def _short_labels(short: dict[str, pd.DataFrame]) -> dict[str, list[int]]:
+        return {key: frame["label"].tolist() for key, frame in short.items()}
+
     # --- compare, report, save --------------------------------------------------------------------------------
 
     def report(self, progress: Progress | None = None) -> Report:
@@ -827,8 +904,15 @@ class Study:
             resources=self.resources,
             update_norms=changes["update_norms"],
             projection=changes["projection"],
+            methods=self._methods_for(splits),
             runtime=self.runtime(),
         )
+
+    def _methods_for(self, splits: Splits) -> dict | None:
+        """The method comparison, if one ran on `splits`."""
+        if self.method_comparison is None or self.method_comparison[0] is not splits:
+            return None
+        return self.method_comparison[1]
 
     def runtime(self) -> dict:
         """Where the compute ran (the LoRA model's training; the saved report's for a loaded adapter) and how many

@@ -37,7 +37,8 @@ from .baseline import SIMILARITY_SCALE, label_prototypes
 from .config import LoraSettings, TrainConfig, UserError
 from .data import format_seq2seq
 from .inference import run_batches
-from .lora import apply_lora, count_parameters
+from .lora import count_parameters
+from .methods import apply_method, method_optimizer, method_settings
 from .models import ModelBundle, encode_head_tail, label_targets
 
 
@@ -420,8 +421,9 @@ def train_lora(
     on_event: Callable[[TrainEvent], None] | None = None,
     stop_event: threading.Event | None = None,
     with_features: bool = False,
+    method: str = "lora",
 ) -> tuple[ModelBundle, TrainResult]:
-    """Wrap `bundle` with LoRA and train it.
+    """Wrap `bundle` with LoRA (or another `methods.METHODS` method) and train it.
 
     Args:
         bundle: a fresh model from `load_bundle` (it is adapted in place).
@@ -432,6 +434,8 @@ def train_lora(
         stop_event: set it from another thread to end training after the current step.
         with_features: also return the untouched model's features of the training examples and validation
             reviews (`TrainResult.untouched_features`), where the frozen bottom layers are cached: half a pass.
+        method: what trains (`methods.apply_method`): `lora`, or full fine-tuning or another PEFT method, on the
+            same examples with the same schedule.
 
     Returns:
         The adapted model and the run's figures; `seconds` covers tokenising and training.
@@ -450,17 +454,18 @@ def train_lora(
         bundle.model.init_head(label_prototypes(bundle), SIMILARITY_SCALE)
     train_frame = training_examples(train_frame, config)
     train_set, val_set, collator = prepare_data(
-        bundle, train_frame, val_frame, lora, config.max_length, trains_in_bf16(config)
+        bundle, train_frame, val_frame, method_settings(lora, method), config.max_length, trains_in_bf16(config)
     )
     features = None
     if with_features and isinstance(collator, CachedBottomCollator):  # for the head-only rung
         features = untouched_features(bundle, [train_set, val_set], collator, inference.fast_bf16())  # as scoring
-    tuned = apply_lora(bundle, lora)
+    tuned = apply_method(bundle, lora, method)
     if val_set is None:
         config = replace(config, evals_per_epoch=0)
     history: list[dict] = []
     callbacks = [StreamCallback(on_event, history), StopCallback(stop_event or threading.Event())]
-    output, state = _run_trainer(tuned, config, (train_set, val_set, collator), callbacks)
+    optimizer = method_optimizer(tuned.model, method, config)
+    output, state = _run_trainer(tuned, config, (train_set, val_set, collator), callbacks, optimizer)
     tuned.model.eval()
     evals = [e for e in history if e["type"] == "eval"]
     result = TrainResult(
@@ -478,8 +483,9 @@ def train_lora(
     return tuned, result
 
 
-def _run_trainer(tuned: ModelBundle, config: TrainConfig, data, callbacks):
-    """The Hugging Face Trainer over (train set, validation set, collator); returns its output and final state."""
+def _run_trainer(tuned: ModelBundle, config: TrainConfig, data, callbacks, optimizer=None):
+    """The Hugging Face Trainer over (train set, validation set, collator), with its own AdamW unless `optimizer`
+    is given; returns its output and final state."""
     train_set, val_set, collator = data
     seq2seq = tuned.spec.kind == "seq2seq"
     with tempfile.TemporaryDirectory(prefix="lora-demo-trainer-") as scratch:
@@ -502,6 +508,7 @@ def _run_trainer(tuned: ModelBundle, config: TrainConfig, data, callbacks):
             callbacks=callbacks,
             compute_metrics=label_accuracy,
             preprocess_logits_for_metrics=predicted_label_ids,
+            optimizers=(optimizer, None),
         )
         trainer.remove_callback(PrinterCallback)  # events go to on_event, not to stdout
         with frozen_weights_in_bf16(tuned.model, trainer.args.bf16):

@@ -146,6 +146,35 @@ def head_only(ref: ModelRef, train_frame: pd.DataFrame, val_frame: pd.DataFrame,
     return train_head_only(models.base(ref), train_frame, val_frame, config, features=features)
 
 
+def method(
+    ref: ModelRef,
+    frames: tuple[pd.DataFrame, pd.DataFrame],
+    test_texts: list[str],
+    short_texts: dict[str, list[str]],
+    name: str,
+    lora: LoraSettings,
+    config: TrainConfig,
+):
+    """One training method of the comparison (`methods.run_method`): trained at each rate of its grid on the
+    (training, validation) reviews, the run validation prefers scored on the test and short reviews.
+
+    Returns:
+        `methods.MethodRun`: plain data.
+    """
+    from ..methods import run_method
+
+    return run_method(
+        lambda: models.fresh(ref, seed=config.seed),
+        models.base(ref),
+        frames,
+        test_texts,
+        short_texts,
+        name,
+        lora,
+        config,
+    )
+
+
 def update_norms(ref: ModelRef, weights: AdapterWeights) -> list[dict]:
     """Where the adapter changed the model: each adapted matrix's update against its frozen weights
     (`anatomy.update_norms`), from the weights alone: no review goes through the model."""
@@ -161,18 +190,31 @@ def resources(ref: ModelRef, lora: LoraSettings, frame: pd.DataFrame, seed: int 
     return measure(ref.name, lora, frame, seed=seed, loader=lambda name, seed: models.fresh(ref, seed))
 
 
+def _training_work(train: pd.DataFrame, val: pd.DataFrame, config: TrainConfig) -> float:
+    """A training run's reviews through the model: its examples (with sentence windows) and validation passes."""
+    return (len(train) * (1 + config.short_windows) + len(val) * max(1, config.evals_per_epoch)) * config.epochs
+
+
+def _method(name: str):
+    from ..methods import METHODS
+
+    return METHODS[name]
+
+
 # how much work a call is, in reviews through the model (training: reviews x epochs, with its sentence windows)
 WORK = {
     "zero_shot": lambda ref, texts, *args, **kwargs: len(texts),
     "score": lambda ref, weights, texts, *args, **kwargs: len(texts),
     "classify": lambda ref, weights, texts, *args, **kwargs: 2 * len(texts),
     "explain": lambda ref, weights, text, *args, **kwargs: 2 * (len(text.split()) + 1),
-    "train": lambda ref, train, val, lora, config, *args, **kwargs: (
-        len(train) * (1 + config.short_windows) * config.epochs
-        + len(val) * max(1, config.evals_per_epoch) * config.epochs
-    ),
+    "train": lambda ref, train, val, lora, config, *args, **kwargs: _training_work(train, val, config),
     "head_only": lambda ref, train, val, config, features=None: (
         0 if features is not None else len(train) * (1 + config.short_windows) + len(val)
+    ),
+    "method": lambda ref, frames, test, short, name, lora, config: (
+        len(_method(name).rates) * _method(name).cost * _training_work(*frames, config)
+        + len(test)
+        + sum(map(len, short.values()))
     ),
     "update_norms": lambda ref, weights: 1,
     "resources": lambda ref, lora, frame, *args, **kwargs: 20 * len(frame),

@@ -59,8 +59,11 @@ def check_fits(name: str, *args, **kwargs) -> None:
     needed = DURATION_FLOOR + WORK[name](*args, **kwargs) * SECONDS_PER_REVIEW.get(ref.name, 0.03)
     if needed > DURATION_CAP:
         what = "fewer training reviews or epochs" if name in GENERATORS else "fewer reviews"
+        job = name.replace("_", " ")
+        if name == "method":  # (ref, frames, test, short, method, ...): say which
+            job, what = f"{args[4]} run", "fewer training reviews or epochs, or leave it out of the comparison"
         raise UserError(
-            f"this {name.replace('_', ' ')} would need about {needed:.0f} s of GPU time, more than the "
+            f"this {job} would need about {needed:.0f} s of GPU time, more than the "
             f"{DURATION_CAP} s a ZeroGPU call may take: use {what}"
         )
 
@@ -124,6 +127,9 @@ class Runner:
         """Seconds a job may run before it ends itself (None: no limit here)."""
         return None
 
+    def check(self, name: str, *args, **kwargs) -> None:
+        """Refuse a job this runner could not finish, before any job starts (`check_fits` on ZeroGPU)."""
+
 
 class WorkerRunner(Runner):
     """Runs jobs through a `spaces.GPU`-like decorator: a worker per call, everything pickled across."""
@@ -164,6 +170,9 @@ class WorkerRunner(Runner):
 
     def budget(self, name: str, *args, **kwargs) -> float:
         return TRAIN_BUDGET_SHARE * duration(name, args, kwargs)
+
+    def check(self, name: str, *args, **kwargs) -> None:
+        check_fits(name, *args, **kwargs)
 
     def _aborted(self, name, args, kwargs, started, err) -> JobAborted:
         seconds, limit = time.monotonic() - started, duration(name, args, kwargs)

@@ -1,0 +1,496 @@
+"""Other ways to train the same model, beside LoRA: full fine-tuning and PEFT's other methods, as rungs.
+
+Every method trains the same head on the same training reviews, with the same epochs and schedule as the LoRA
+run; only what trains differs (`apply_method`), and for LoRA+ the optimizer (`method_optimizer`). Each method's
+learning rate is chosen from its own small grid (`Method.rates`) on the validation reviews alone
+(`choose_rate`): PEFT's benchmarks show IA3 wants rates far above LoRA's and full fine-tuning far below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from peft import IA3Config, get_peft_model
+from peft.optimizers import create_loraplus_optimizer
+
+from .config import LoraSettings, ModelSpec, TrainConfig, UserError
+from .lora import apply_lora, build_lora_config
+from .models import ModelBundle
+
+RSLORA_RANK = 64  # rank-stabilised scaling (alpha / sqrt(r)) only differs from LoRA's at a high rank
+LORAPLUS_RATIO = 16  # the LoRA+ paper's ratio of B's learning rate to A's
+
+
+@dataclass(frozen=True)
+class Method:
+    """A way to train the model.
+
+    Attributes:
+        rates: the learning-rate grid, chosen from on validation reviews.
+        cost: training time against LoRA's on the same reviews (measured on a CPU, minilm, 500 reviews):
+            what a GPU call's duration and the comparison's budget are estimated from.
+    """
+
+    name: str
+    description: str
+    rates: tuple[float, ...]
+    cost: float
+
+
+METHODS: dict[str, Method] = {
+    method.name: method
+    for method in (
+        Method("full", "full fine-tuning: every weight of the model trains, with the same head", (3e-5, 1e-4), 4.0),
+        Method(
+            "lora", "LoRA: a low-rank update beside each adapted projection (the study's method)", (3e-4, 1e-3), 1.0
+        ),
+        Method(
+            "dora",
+            "DoRA: LoRA on each weight's direction and a trained magnitude per output (`use_dora`)",
+            (3e-4, 1e-3),
+            1.6,
+        ),
+        Method(
+            "rslora",
+            f"rsLoRA: LoRA at rank {RSLORA_RANK}, its update scaled by alpha / sqrt(r) (`use_rslora`)",
+            (3e-4, 1e-3),
+            1.3,
+        ),
+        Method(
+            "loraplus",
+            f"LoRA+: LoRA whose B matrices learn {LORAPLUS_RATIO}x faster than A (`create_loraplus_optimizer`)",
+            (3e-4, 1e-3),
+            1.0,
+        ),
+        Method(
+            "ia3",
+            "IA3: a learned scale on each key, value and feed-forward input, nothing else (`IA3Config`)",
+            (3e-3, 1e-2),
+            0.9,
+        ),
+    )
+}
+# per model kind, IA3's targets as in its paper: keys and values, and the second feed-forward matrix (whose input
+# it scales)
+IA3_TARGETS = {
+    "encoder": (r"attention\.self\.(?:key|value)", r"(?<!attention\.)output\.dense"),
+    "seq2seq": (r"(?:SelfAttention|EncDecAttention)\.(?:k|v)", r"DenseReluDense\.wo"),
+}
+
+
+def parse_methods(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Method names from `full,lora,...` (or a list), in the order given, each once.
+
+    Raises:
+        UserError: naming an unknown method and the known ones.
+    """
+    names = [n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise UserError(f"unknown method {', '.join(unknown)}: choose from {', '.join(METHODS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def method_settings(lora: LoraSettings, method: str) -> LoraSettings:
+    """The adapter settings `method` trains with: the study's, at rank 64 for rsLoRA, every layer for `full`."""
+    if method == "rslora":
+        return replace(lora, r=RSLORA_RANK)
+    if method == "full":
+        return replace(lora, top_layers=0)
+    return lora
+
+
+def apply_method(bundle: ModelBundle, lora: LoraSettings, method: str) -> ModelBundle:
+    """`bundle` made ready to train with `method` (PEFT wraps it in place; `full` unfreezes every weight)."""
+    spec, settings = bundle.spec, method_settings(lora, method)
+    if method == "lora" or method == "loraplus":
+        return apply_lora(bundle, settings)
+    if method == "full":
+        bundle.model.requires_grad_(True)
+        return bundle
+    if method == "ia3":
+        config = ia3_config(settings, spec)
+    else:
+        config = build_lora_config(settings, spec, use_dora=method == "dora", use_rslora=method == "rslora")
+    return replace(bundle, model=get_peft_model(bundle.model, config))
+
+
+def ia3_config(lora: LoraSettings, spec: ModelSpec) -> IA3Config:
+    """IA3 on the layers LoRA adapts: keys, values and the feed-forward output's input (PEFT's own choice of
+    modules for BERT and T5), with the encoder's new head trained in full as LoRA's is."""
+    attention, feedforward = IA3_TARGETS[spec.kind]
+    layers = lora.layers_for(spec)
+    where = rf"\.(?:layer|block)\.({'|'.join(map(str, layers))})\." if layers else r"\."
+    return IA3Config(
+        target_modules=rf".*{where}.*(?:{attention}|{feedforward})$",
+        feedforward_modules=rf".*{where}.*{feedforward}$",
+        modules_to_save=["classifier"] if spec.kind == "encoder" else None,
+        task_type=None if spec.kind == "encoder" else "SEQ_2_SEQ_LM",
+    )
+
+
+def method_optimizer(model: torch.nn.Module, method: str, config: TrainConfig) -> torch.optim.Optimizer | None:
+    """LoRA+'s optimizer (B's rate `LORAPLUS_RATIO` times A's); None lets the Trainer build its AdamW."""
+    if method != "loraplus":
+        return None
+    return create_loraplus_optimizer(
+        model, torch.optim.AdamW, lr=config.learning_rate, loraplus_lr_ratio=LORAPLUS_RATIO, weight_decay=0.01
+    )
+
+
+def choose_rate(trials: list[dict]) -> dict:
+    """The trial to keep: the best validation accuracy, then the lowest validation loss, then the lower rate.
+
+    Each trial holds `lr`, `val_accuracy` and `val_loss`, all from validation reviews: no test review is read.
+    """
+    if not trials:
+        raise ValueError("no trial to choose from")
+
+    def rank(trial):
+        accuracy, loss = trial.get("val_accuracy"), trial.get("val_loss")
+        return (-(accuracy if accuracy is not None else -1.0), loss if loss is not None else float("inf"), trial["lr"])
+
+    return min(trials, key=rank)
+
+
+def check_memory(model: str, method: str, lora: LoraSettings) -> None:
+    """Refuse, before it trains, a method whose optimizer state would not fit in the memory free now.
+
+    What training adds beyond the model is mostly the trainable weights' gradients and AdamW's two moments
+    (12 bytes a weight in fp32): 0.3 GB for full fine-tuning of minilm, 0.7 GB of T5-small; a PEFT method adds
+    a few MB. Half of the free memory is left for activations, the serving copies and other visitors.
+
+    Raises:
+        UserError: saying how much it needs and how much is free.
+    """
+    import psutil
+
+    from .lora import count_parameters_offline
+
+    counts = count_parameters_offline(model, method_settings(lora, method))
+    trainable = counts["base_total"] if method == "full" else counts["trainable"]
+    needed = trainable * 12
+    if torch.cuda.is_available():
+        free = torch.cuda.mem_get_info()[0]
+    else:
+        free = psutil.virtual_memory().available
+    if needed > free / 2:
+        raise UserError(
+            f"training {model} with {method} needs about {needed / 2**30:.1f} GB for its gradients and optimizer "
+            f"state, more than half of the {free / 2**30:.1f} GB free now: leave it out of the comparison"
+        )
+
+
+# --- one method, trained at each rate of its grid and scored: the body of the `method` job ----------------------
+
+SHIFT_REVIEWS = 200  # test reviews whose sentence vectors are compared before and after training
+
+
+@dataclass
+class MethodRun:
+    """What one method's job returns: plain data (it crosses a process boundary on ZeroGPU).
+
+    Attributes:
+        trials: per rate of the grid, `lr`, `val_accuracy`, `val_loss`, `seconds` (validation reviews only).
+        chosen_lr: the rate `choose_rate` kept; every figure below is that run's.
+        params: trainable and total parameters (`lora.count_parameters`).
+        shipped_bytes: the file you would ship: the adapter's safetensors (with the head), or the whole model.
+        train_seconds: the chosen run's training, from tokenising to its last step.
+        peak_memory_mb: the most memory the chosen run's training added: the process's resident memory above
+            its level at the start (CPU), or the GPU memory allocated (CUDA); `memory_measured` says which.
+        test: the chosen model's answers to the test reviews.
+        short: its answers to each short-review set.
+        embedding_shift: mean cosine between the untouched model's sentence vectors of `reviews` test reviews
+            and the trained model's, with the adapter on (`adapter_on`) and off (`adapter_off`, None for `full`):
+            1.0 means unmoved.
+        settings: what trained (the adapter's settings, or `full`).
+    """
+
+    method: str
+    trials: list[dict]
+    chosen_lr: float
+    params: dict
+    shipped_bytes: int
+    train_seconds: float
+    peak_memory_mb: float
+    memory_measured: str
+    test: object  # inference.Predictions
+    short: dict
+    embedding_shift: dict
+    settings: dict
+
+
+def run_method(
+    fresh: Callable[[], ModelBundle],
+    base: ModelBundle,
+    frames: tuple,
+    test_texts: list[str],
+    short_texts: dict[str, list[str]],
+    method: str,
+    lora: LoraSettings,
+    config: TrainConfig,
+) -> MethodRun:
+    """Train `method` at each rate of its grid on a fresh model, keep the run the validation reviews prefer,
+    and score it on the test and short reviews.
+
+    Args:
+        fresh: a new copy of the base model, each call.
+        base: the untouched model's serving copy (for the sentence vectors before training).
+        frames: (training reviews, validation reviews).
+        method: a `METHODS` name.
+    """
+    from .inference import classify_texts, serving_copy
+
+    train_frame, val_frame = frames
+    if len(val_frame) < 2:
+        raise UserError("comparing methods needs validation reviews: each method's learning rate is chosen on them")
+    trials, kept, memory = [], None, 0.0
+    for rate in METHODS[method].rates:
+        tuned, result, (added, measured) = _train_measured(
+            fresh(), frames, method, lora, replace(config, learning_rate=rate)
+        )
+        memory = max(memory, added)  # the same shapes at every rate: the first run's reading is the cleanest
+        trial = {"lr": rate, "val_accuracy": result.val_accuracy, "val_loss": result.val_loss}
+        trials.append({**trial, "seconds": round(result.seconds, 2)})
+        if choose_rate([trial, kept[0]] if kept else [trial]) is trial:
+            kept = (trial, tuned, result)
+        del tuned
+    trial, tuned, result = kept
+    serving = serving_copy(tuned)
+    test = classify_texts(serving, list(test_texts), max_length=config.max_length)
+    short = {
+        name: classify_texts(serving, list(texts), max_length=config.max_length) for name, texts in short_texts.items()
+    }
+    shift = embedding_shift(base, tuned, test, list(test_texts)[:SHIFT_REVIEWS], config.max_length)
+    return MethodRun(
+        method=method,
+        trials=trials,
+        chosen_lr=trial["lr"],
+        params=result.params,
+        shipped_bytes=shipped_bytes(tuned.model),
+        train_seconds=round(result.seconds, 2),
+        peak_memory_mb=round(memory, 1),
+        memory_measured=measured,
+        test=test,
+        short=short,
+        embedding_shift=shift,
+        settings=method_summary(lora, method, tuned.spec),
+    )
+
+
+def _train_measured(bundle: ModelBundle, frames: tuple, method: str, lora: LoraSettings, config: TrainConfig):
+    """`train_lora` with `method`, and the most memory it added: (model, result, (MB, how it was measured))."""
+    import gc
+
+    from .measure import PeakRSS
+    from .train import train_lora
+
+    on_gpu = next(bundle.model.parameters()).device.type == "cuda"
+    gc.collect()
+    _give_back_freed_memory()
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        tuned, result = train_lora(bundle, *frames, lora, config, method=method)
+        return tuned, result, ((torch.cuda.max_memory_allocated() - start) / 2**20, "cuda_allocated_above_start")
+    with PeakRSS() as peak:
+        start = peak.peak
+        tuned, result = train_lora(bundle, *frames, lora, config, method=method)
+    return tuned, result, ((peak.peak - start) / 2**20, "process_rss_above_start")
+
+
+def _give_back_freed_memory() -> None:
+    """Return the C allocator's freed pages to the system (glibc), so a run's resident memory above its start
+    counts what it allocates, not less because an earlier run's freed memory was still held."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc: the reading may undercount, never overcount
+        pass
+
+
+def shipped_bytes(model: torch.nn.Module) -> int:
+    """Bytes of what you would ship after training: PEFT's adapter file (its matrices and the head), or the
+    whole model's safetensors for full fine-tuning (tied weights once)."""
+    import tempfile
+    from pathlib import Path
+
+    from peft import PeftModel, get_peft_model_state_dict
+    from safetensors.torch import save_file, save_model
+
+    with tempfile.TemporaryDirectory(prefix="lora-demo-size-") as folder:
+        path = Path(folder) / "model.safetensors"
+        if isinstance(model, PeftModel):
+            save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}, str(path))
+        else:
+            save_model(model, str(path))
+        return path.stat().st_size
+
+
+def embedding_shift(base: ModelBundle, tuned: ModelBundle, test, texts: list[str], max_length: int) -> dict:
+    """How far training moved the model's sentence vectors of `texts` (test reviews: never trained on).
+
+    The vectors are the ones the head reads (`anatomy.pooled_embeddings`): the untouched model's against the
+    trained model's with its adapter on (read off the test scoring pass) and, for a PEFT method, off.
+    """
+    import numpy as np
+    from peft import PeftModel
+
+    from .anatomy import pooled_embeddings
+
+    def mean_cosine(a, b) -> float:
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+        return round(float(cos.mean()), 4)
+
+    before = pooled_embeddings(base, texts, max_length)
+    off = None
+    if isinstance(tuned.model, PeftModel):
+        with tuned.model.disable_adapter():
+            off = mean_cosine(before, pooled_embeddings(tuned, texts, max_length))
+    return {"adapter_on": mean_cosine(before, test.features[: len(texts)]), "adapter_off": off, "reviews": len(texts)}
+
+
+def method_summary(lora: LoraSettings, method: str, spec: ModelSpec) -> dict:
+    """What `method` trained, as the report keeps it."""
+    from .lora import lora_summary
+
+    if method == "full":
+        return {"method": "full", "trains": "every weight"}
+    if method == "ia3":
+        layers = lora.layers_for(spec) or "all"
+        attention, feedforward = IA3_TARGETS[spec.kind]
+        return {"method": "ia3", "target_modules": [attention, feedforward], "layers": layers}
+    summary = lora_summary(method_settings(lora, method), spec)
+    extra = {"loraplus_lr_ratio": LORAPLUS_RATIO} if method == "loraplus" else {}
+    return {"method": method, **summary, **extra}
+
+
+# --- the comparison, from the jobs' plain results: the report's `methods` ------------------------------------------
+
+STATED_BUDGET = 16  # the whole comparison on 2 vCPUs, in LoRA runs of the same reviews (README: measured)
+
+
+def compare_runs(runs: list[MethodRun], labels, short_labels: dict[str, list[int]], seed: int = 0) -> dict:
+    """Every method scored on the same test reviews, each against LoRA, and the Pareto frontier of accuracy
+    against trainable parameters.
+
+    Args:
+        runs: one `MethodRun` per method, LoRA's among them for the p-values.
+        labels: the test reviews' labels.
+        short_labels: each short-review set's labels, as `MethodRun.short` holds its answers.
+
+    Returns:
+        `methods` (per method: accuracy, f1, their 95% bootstrap intervals, `p_value_vs_lora` (McNemar's exact
+        test on the reviews the two answered differently), trainable_params, shipped_bytes, train_seconds,
+        peak_memory_mb, short_reviews_accuracy, embedding_shift, chosen_lr and the trials it was chosen from),
+        `frontier`, `sentence`, `n` and `work` (all trials' training against the LoRA run's).
+    """
+    from .metrics import evaluate_predictions
+    from .significance import bootstrap_interval, flips, mcnemar_exact
+
+    labels = [int(y) for y in labels]
+    lora = next((run for run in runs if run.method == "lora"), None)
+    rows = {}
+    for run in runs:
+        answers = run.test.labels
+        metrics = evaluate_predictions(labels, answers)
+        p_value, better, worse = None, None, None
+        if lora is not None and run is not lora:
+            changed = flips(labels, lora.test.labels, answers)
+            better, worse = len(changed["fixed"]), len(changed["broken"])
+            p_value = mcnemar_exact(better, worse)
+        short = {
+            name: round(evaluate_predictions(short_labels[name], predictions.labels)["accuracy"], 4)
+            for name, predictions in run.short.items()
+        }
+        rows[run.method] = {
+            "description": METHODS[run.method].description,
+            "accuracy": round(metrics["accuracy"], 4),
+            "f1": round(metrics["f1"], 4),
+            "accuracy_interval": bootstrap_interval(labels, answers, "accuracy", seed),
+            "f1_interval": bootstrap_interval(labels, answers, "f1", seed),
+            "p_value_vs_lora": None if p_value is None else round(p_value, 4),
+            "right_where_lora_wrong": better,
+            "wrong_where_lora_right": worse,
+            "trainable_params": run.params["trainable"],
+            "total_params": run.params["total"],
+            "shipped_bytes": run.shipped_bytes,
+            "train_seconds": run.train_seconds,
+            "peak_memory_mb": run.peak_memory_mb,
+            "memory_measured": run.memory_measured,
+            "short_reviews_accuracy": short.get("test"),
+            "imdb_sentences_accuracy": short.get("imdb_sentences"),
+            "embedding_shift": run.embedding_shift,
+            "chosen_lr": run.chosen_lr,
+            "lr_grid": [trial["lr"] for trial in run.trials],
+            "trials": run.trials,
+            "settings": run.settings,
+        }
+    frontier = pareto_frontier(rows)
+    trained = sum(trial["seconds"] for run in runs for trial in run.trials)
+    return {
+        "n": len(labels),
+        "methods": rows,
+        "frontier": frontier,
+        "sentence": frontier_sentence(rows, frontier),
+        "work": {
+            "train_seconds_all_trials": round(trained, 1),
+            "lora_runs": round(trained / lora.train_seconds, 1) if lora and lora.train_seconds else None,
+            "budget_lora_runs": STATED_BUDGET,
+        },
+    }
+
+
+def pareto_frontier(rows: dict[str, dict]) -> list[str]:
+    """The methods no other beats on both counts (as accurate or more with as few trainable parameters or
+    fewer, better on one), from fewest parameters to most."""
+
+    def beaten(name):
+        a = rows[name]
+        return any(
+            b["accuracy"] >= a["accuracy"]
+            and b["trainable_params"] <= a["trainable_params"]
+            and (b["accuracy"] > a["accuracy"] or b["trainable_params"] < a["trainable_params"])
+            for other, b in rows.items()
+            if other != name
+        )
+
+    return sorted((name for name in rows if not beaten(name)), key=lambda name: rows[name]["trainable_params"])
+
+
+def frontier_sentence(rows: dict[str, dict], frontier: list[str]) -> str:
+    """Which methods are on the frontier and whether LoRA is, and which differences from LoRA are more than
+    chance on these reviews (McNemar, p < 0.05), in one or two sentences."""
+    on = ", ".join(
+        f"{name} ({rows[name]['accuracy']:.3f}, {rows[name]['trainable_params']:,} parameters)" for name in frontier
+    )
+    sentence = f"On accuracy against trainable parameters the frontier is {on}"
+    if "lora" in rows:
+        if "lora" in frontier:
+            sentence += "; LoRA is on it."
+        else:
+            lora = rows["lora"]
+            above = [
+                name
+                for name in frontier
+                if rows[name]["accuracy"] >= lora["accuracy"]
+                and rows[name]["trainable_params"] <= lora["trainable_params"]
+            ]
+            sentence += f"; LoRA is not: {', '.join(above)} did as well or better with as few parameters or fewer."
+        real = [
+            name for name, row in rows.items() if row["p_value_vs_lora"] is not None and row["p_value_vs_lora"] < 0.05
+        ]
+        if real:
+            parts = [f"{name} {rows[name]['accuracy'] - rows['lora']['accuracy']:+.3f}" for name in real]
+            sentence += f" Against LoRA, more than chance (McNemar p < 0.05): {', '.join(parts)}."
+        else:
+            sentence += " No method's accuracy differs from LoRA's by more than chance here (McNemar p >= 0.05)."
+    else:
+        sentence += "."
+    return sentence
