@@ -219,7 +219,7 @@ def _check_targets(args):
 
 
 def cmd_train(args, models=None) -> int:
-    from .methods import parse_methods
+    from .config import parse_methods
     from .report import (
         calibration_line,
         comparison_table,

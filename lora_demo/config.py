@@ -381,3 +381,73 @@ def field_help(cls, name: str) -> str:
 
 def field_default(cls, name: str):
     return {f.name: f.default for f in fields(cls)}[name]
+
+
+# --- training methods beside LoRA (`methods.py` trains them) ----------------------------------------------------
+
+RSLORA_RANK = 64  # rank-stabilised scaling (alpha / sqrt(r)) only differs from LoRA's at a high rank
+LORAPLUS_RATIO = 16  # the LoRA+ paper's ratio of B's learning rate to A's
+
+
+@dataclass(frozen=True)
+class Method:
+    """A way to train the model.
+
+    Attributes:
+        rates: the learning-rate grid, chosen from on validation reviews.
+        cost: training time against LoRA's on the same reviews (measured on a CPU, minilm, 500 reviews):
+            what a GPU call's duration and the comparison's budget are estimated from.
+    """
+
+    name: str
+    description: str
+    rates: tuple[float, ...]
+    cost: float
+
+
+METHODS: dict[str, Method] = {
+    method.name: method
+    for method in (
+        Method("full", "full fine-tuning: every weight of the model trains, with the same head", (3e-5, 1e-4), 4.0),
+        Method(
+            "lora", "LoRA: a low-rank update beside each adapted projection (the study's method)", (3e-4, 1e-3), 1.0
+        ),
+        Method(
+            "dora",
+            "DoRA: LoRA on each weight's direction and a trained magnitude per output (`use_dora`)",
+            (3e-4, 1e-3),
+            1.6,
+        ),
+        Method(
+            "rslora",
+            f"rsLoRA: LoRA at rank {RSLORA_RANK}, its update scaled by alpha / sqrt(r) (`use_rslora`)",
+            (3e-4, 1e-3),
+            1.3,
+        ),
+        Method(
+            "loraplus",
+            f"LoRA+: LoRA whose B matrices learn {LORAPLUS_RATIO}x faster than A (`create_loraplus_optimizer`)",
+            (3e-4, 1e-3),
+            1.0,
+        ),
+        Method(
+            "ia3",
+            "IA3: a learned scale on each key, value and feed-forward input, nothing else (`IA3Config`)",
+            (3e-3, 1e-2),
+            0.9,
+        ),
+    )
+}
+
+
+def parse_methods(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Method names from `full,lora,...` (or a list), in the order given, each once.
+
+    Raises:
+        UserError: naming an unknown method and the known ones.
+    """
+    names = [n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise UserError(f"unknown method {', '.join(unknown)}: choose from {', '.join(METHODS)}")
+    return tuple(dict.fromkeys(names))

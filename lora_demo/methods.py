@@ -15,82 +15,16 @@ import torch
 from peft import IA3Config, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
 
-from .config import LoraSettings, ModelSpec, TrainConfig, UserError
+from .config import LORAPLUS_RATIO, METHODS, RSLORA_RANK, LoraSettings, ModelSpec, TrainConfig, UserError
 from .lora import apply_lora, build_lora_config
 from .models import ModelBundle
 
-RSLORA_RANK = 64  # rank-stabilised scaling (alpha / sqrt(r)) only differs from LoRA's at a high rank
-LORAPLUS_RATIO = 16  # the LoRA+ paper's ratio of B's learning rate to A's
-
-
-@dataclass(frozen=True)
-class Method:
-    """A way to train the model.
-
-    Attributes:
-        rates: the learning-rate grid, chosen from on validation reviews.
-        cost: training time against LoRA's on the same reviews (measured on a CPU, minilm, 500 reviews):
-            what a GPU call's duration and the comparison's budget are estimated from.
-    """
-
-    name: str
-    description: str
-    rates: tuple[float, ...]
-    cost: float
-
-
-METHODS: dict[str, Method] = {
-    method.name: method
-    for method in (
-        Method("full", "full fine-tuning: every weight of the model trains, with the same head", (3e-5, 1e-4), 4.0),
-        Method(
-            "lora", "LoRA: a low-rank update beside each adapted projection (the study's method)", (3e-4, 1e-3), 1.0
-        ),
-        Method(
-            "dora",
-            "DoRA: LoRA on each weight's direction and a trained magnitude per output (`use_dora`)",
-            (3e-4, 1e-3),
-            1.6,
-        ),
-        Method(
-            "rslora",
-            f"rsLoRA: LoRA at rank {RSLORA_RANK}, its update scaled by alpha / sqrt(r) (`use_rslora`)",
-            (3e-4, 1e-3),
-            1.3,
-        ),
-        Method(
-            "loraplus",
-            f"LoRA+: LoRA whose B matrices learn {LORAPLUS_RATIO}x faster than A (`create_loraplus_optimizer`)",
-            (3e-4, 1e-3),
-            1.0,
-        ),
-        Method(
-            "ia3",
-            "IA3: a learned scale on each key, value and feed-forward input, nothing else (`IA3Config`)",
-            (3e-3, 1e-2),
-            0.9,
-        ),
-    )
-}
 # per model kind, IA3's targets as in its paper: keys and values, and the second feed-forward matrix (whose input
 # it scales)
 IA3_TARGETS = {
     "encoder": (r"attention\.self\.(?:key|value)", r"(?<!attention\.)output\.dense"),
     "seq2seq": (r"(?:SelfAttention|EncDecAttention)\.(?:k|v)", r"DenseReluDense\.wo"),
 }
-
-
-def parse_methods(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """Method names from `full,lora,...` (or a list), in the order given, each once.
-
-    Raises:
-        UserError: naming an unknown method and the known ones.
-    """
-    names = [n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
-    unknown = [n for n in names if n not in METHODS]
-    if unknown:
-        raise UserError(f"unknown method {', '.join(unknown)}: choose from {', '.join(METHODS)}")
-    return tuple(dict.fromkeys(names))
 
 
 def method_settings(lora: LoraSettings, method: str) -> LoraSettings:
@@ -231,7 +165,8 @@ def run_method(
     method: str,
     lora: LoraSettings,
     config: TrainConfig,
-) -> MethodRun:
+    stop=None,
+) -> MethodRun | None:
     """Train `method` at each rate of its grid on a fresh model, keep the run the validation reviews prefer,
     and score it on the test and short reviews.
 
@@ -240,6 +175,10 @@ def run_method(
         base: the untouched model's serving copy (for the sentence vectors before training).
         frames: (training reviews, validation reviews).
         method: a `METHODS` name.
+        stop: set it (`is_set()`) to end the training after its current step; the method is then dropped.
+
+    Returns:
+        The method's run, or None when `stop` ended it.
     """
     from .inference import classify_texts, serving_copy
 
@@ -249,8 +188,10 @@ def run_method(
     trials, kept, memory = [], None, 0.0
     for rate in METHODS[method].rates:
         tuned, result, (added, measured) = _train_measured(
-            fresh(), frames, method, lora, replace(config, learning_rate=rate)
+            fresh(), frames, method, lora, replace(config, learning_rate=rate), stop
         )
+        if stop is not None and stop.is_set():
+            return None
         memory = max(memory, added)  # the same shapes at every rate: the first run's reading is the cleanest
         trial = {"lr": rate, "val_accuracy": result.val_accuracy, "val_loss": result.val_loss}
         trials.append({**trial, "seconds": round(result.seconds, 2)})
@@ -280,7 +221,9 @@ def run_method(
     )
 
 
-def _train_measured(bundle: ModelBundle, frames: tuple, method: str, lora: LoraSettings, config: TrainConfig):
+def _train_measured(
+    bundle: ModelBundle, frames: tuple, method: str, lora: LoraSettings, config: TrainConfig, stop=None
+):
     """`train_lora` with `method`, and the most memory it added: (model, result, (MB, how it was measured))."""
     import gc
 
@@ -293,11 +236,11 @@ def _train_measured(bundle: ModelBundle, frames: tuple, method: str, lora: LoraS
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
         start = torch.cuda.memory_allocated()
-        tuned, result = train_lora(bundle, *frames, lora, config, method=method)
+        tuned, result = train_lora(bundle, *frames, lora, config, method=method, stop_event=stop)
         return tuned, result, ((torch.cuda.max_memory_allocated() - start) / 2**20, "cuda_allocated_above_start")
     with PeakRSS() as peak:
         start = peak.peak
-        tuned, result = train_lora(bundle, *frames, lora, config, method=method)
+        tuned, result = train_lora(bundle, *frames, lora, config, method=method, stop_event=stop)
     return tuned, result, ((peak.peak - start) / 2**20, "process_rss_above_start")
 
 

@@ -287,3 +287,59 @@ def reliability_figure(calibration: Mapping) -> go.Figure:
         "share of answers right",
         height=FIGURE_HEIGHT + 60,
     )
+
+
+def methods_pareto_figure(comparison: Mapping) -> go.Figure:
+    """Each training method's test accuracy (with its 95% interval) against its trainable parameters on a log
+    axis, the point's area growing with its training time; the Pareto frontier joined by a line.
+
+    Args:
+        comparison: the report's `methods` (`methods.compare_runs`).
+    """
+    rows = comparison["methods"]
+    longest = max(row["train_seconds"] for row in rows.values()) or 1.0
+    frontier = comparison["frontier"]
+    fig = go.Figure()
+    fig.add_scatter(
+        name="frontier",
+        x=[rows[name]["trainable_params"] for name in frontier],
+        y=[rows[name]["accuracy"] for name in frontier],
+        mode="lines",
+        line={"color": "#9ecae1", "dash": "dot", "width": 2},
+        hoverinfo="skip",
+    )
+    for name, row in rows.items():
+        low, high = row["accuracy_interval"]
+        fig.add_scatter(
+            name=name,
+            x=[row["trainable_params"]],
+            y=[row["accuracy"]],
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": [high - row["accuracy"]],
+                "arrayminus": [row["accuracy"] - low],
+                "thickness": 1.2,
+            },  # fmt: skip
+            mode="markers+text",
+            text=[name],
+            textposition="top right",
+            marker={
+                "size": 12 + 28 * (row["train_seconds"] / longest) ** 0.5,
+                "color": MODEL_COLORS["lora"] if name == "lora" else "#ff7f0e" if name in frontier else "#8c8c8c",
+                "line": {"width": 1, "color": "white"},
+            },
+            hovertemplate=(
+                f"{name}: accuracy %{{y:.3f}} ({low:.3f}-{high:.3f})<br>%{{x:,}} trainable parameters<br>"
+                f"trained in {row['train_seconds']:.0f} s<extra></extra>"
+            ),
+            showlegend=False,
+        )
+    fig.update_xaxes(type="log")
+    return _layout(
+        fig,
+        f"Accuracy against trainable parameters ({comparison['n']} test reviews; bigger = longer training)",
+        "trainable parameters (log scale)",
+        "test accuracy",
+        height=420,
+    )

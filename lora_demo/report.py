@@ -155,13 +155,13 @@ def methods_table(report: dict) -> str:
         short = "–" if row["short_reviews_accuracy"] is None else f"{row['short_reviews_accuracy']:.3f}"
         lines.append(
             f"| {name} | {row['accuracy']:.3f} ({low:.3f}-{high:.3f}) | {row['f1']:.3f} | {p_value} "
-            f"| {row['trainable_params']:,} | {_size(row['shipped_bytes'])} | {row['train_seconds']:.0f} "
+            f"| {row['trainable_params']:,} | {readable_size(row['shipped_bytes'])} | {row['train_seconds']:.0f} "
             f"| {row['peak_memory_mb']:.0f} | {short} | {shift['adapter_on']:.3f} / {off} | {row['chosen_lr']:g} |"
         )
     return "\n".join(lines)
 
 
-def _size(count: int) -> str:
+def readable_size(count: int) -> str:
     return f"{count / 2**20:.1f} MB" if count >= 2**20 else f"{count / 2**10:.0f} KB"
 
 

@@ -36,6 +36,7 @@ from .config import (
     UserError,
     get_model_spec,
     get_preset,
+    parse_methods,
 )
 from .data import (
     NAMED_SOURCES,
@@ -789,11 +790,13 @@ class Study:
             methods: names, or `full,lora,...`.
             on_method: told each method's name and row as it finishes.
 
+        `stop_training` ends it after the current training step; the methods finished by then are compared.
+
         Raises:
-            UserError: for an unknown method, no data loaded, settings that do not fit the model, or a method
-                that would not fit in memory (refused before any training).
+            UserError: for an unknown method, no data loaded, settings that do not fit the model, a method that
+                would not fit in memory (refused before any training), or a stop before LoRA finished.
         """
-        from .methods import check_memory, compare_runs, parse_methods
+        from .methods import check_memory, compare_runs
 
         names = parse_methods(methods)
         names = ("lora", *(name for name in names if name != "lora"))
@@ -807,16 +810,23 @@ class Study:
             check_memory(name, method, lora)
             self.models.runner.check("method", *args, method, lora, config)
         runs = []
-        self._busy = True
+        self._busy, self._stop = True, (stop := StopFlag())
         try:
             for method in names:
                 with self._timed(f"method_{method}"):
-                    runs.append(self._run("method", *args, method, lora, config))
+                    run = self._run("method", *args, method, lora, config, stop=stop)
+                if run is None or stop.is_set():  # Stop: the methods finished so far are compared
+                    break
+                runs.append(run)
                 if on_method:
                     row = compare_runs(runs, splits.test["label"], self._short_labels(short), splits.config.seed)
                     on_method(method, row["methods"][method])
         finally:
-            self._busy = False
+            stop.finish()
+            stop.clear()
+            self._busy, self._stop = False, None
+        if not runs:
+            raise UserError("the comparison was stopped before LoRA finished: nothing to compare")
         result = compare_runs(runs, splits.test["label"], self._short_labels(short), seed=splits.config.seed)
         result["conditions"] = {
             "model": name,

@@ -128,9 +128,12 @@ def test_evaluate_baseline_reports_metrics_and_confusion(trained):
 
 
 @needs_minilm
-def test_evaluate_baseline_loads_the_default_data_when_none_was_loaded(client):
+def test_evaluate_baseline_loads_the_default_data_when_none_was_loaded(client, toy_csv, monkeypatch):
+    # the operator's source ($LORA_DEMO_DATA): a small file here, so the default sizes shrink to it (the shipped
+    # sample at the default sizes is the whole study's browser test)
+    monkeypatch.setenv("LORA_DEMO_DATA", str(toy_csv))
     summary, _, _, metrics = client.predict("minilm", api_name="/evaluate_baseline")
-    assert "default data was loaded" in summary
+    assert "default data was loaded" in summary and str(toy_csv) in summary
     assert_metrics_in_range(metrics, n=metrics["n"])
 
 

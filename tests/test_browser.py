@@ -128,6 +128,13 @@ def test_click_through_every_tab(page, app):
     points = plotly_points(page, "#loss-chart")
     assert sum(points) >= 2, f"the loss chart should show at least two points, got {points}"
     screenshot(page, "3-train")
+    # is LoRA the right choice? IA3 beside it, on the same reviews
+    page.get_by_text("Is LoRA the right choice? Compare full fine-tuning").click()
+    page.get_by_label("ia3").check()
+    page.get_by_role("button", name="Compare methods").click()
+    methods_status = page.locator("#methods-status")
+    methods_status.get_by_text("Done: 2 methods on 20 test reviews").wait_for()
+    assert "frontier" in methods_status.inner_text()
 
     open_tab(page, "4. Compare")
     page.get_by_text("Baseline vs LoRA on the same test reviews").wait_for()
@@ -142,6 +149,16 @@ def test_click_through_every_tab(page, app):
     ).first.wait_for()  # the session's runs, side by side
     assert plotly_points(page, "#runs-chart")[0] >= 2
     screenshot(page, "4-compare")
+    methods = page.locator("#methods-table")  # the methods compared on the Train tab: a table and the frontier
+    for name in ("lora", "ia3"):
+        methods.get_by_text(name, exact=True).filter(visible=True).first.wait_for()
+    assert plotly_points(page, "#methods-chart")[1:] == [1, 1]  # the frontier's line, then a point per method
+    assert "Is LoRA the right choice?" in page.locator("#methods-text").inner_text()
+    page.locator("#methods").screenshot(path=ARTIFACTS / "4-compare-methods-1280.png")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(800)  # plotly re-lays out on resize
+    page.locator("#methods").screenshot(path=ARTIFACTS / "4-compare-methods-390.png")
+    page.set_viewport_size({"width": 1280, "height": 800})
 
     open_tab(page, "5. Classify")
     review = "The visuals were stunning, but the story was weak."

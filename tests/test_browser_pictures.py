@@ -1,6 +1,7 @@
 """The explaining pictures in Chromium: the Train tab's to-scale LoRA picture follows the controls and its counts
-equal the live parameter count; the whole study in one click ends on Compare with the sentence, the heatmap and the
-map. Screenshots at 1280 and 390 px wide go to test-artifacts/pictures/."""
+equal the live parameter count. Screenshots at 1280 and 390 px wide go to test-artifacts/pictures/. (The sentence,
+the heatmap and the map on Compare are checked at the end of the default-size whole study,
+`test_browser_whole_study.py`.)"""
 
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ from conftest import REPO_ROOT, running_app
 from test_browser import (  # noqa: F401 (pytestmark: the browser tests' marks and skips)
     CHROMIUM_ARGS,
     TIMEOUT_MS,
-    load_builtin,
     open_tab,
-    plotly_points,
     pytestmark,
     set_slider,
 )
@@ -96,44 +95,3 @@ def test_lora_picture_follows_r_and_the_targets(page):
     page.wait_for_timeout(800)  # plotly re-lays out on resize
     page.locator("#lora-picture-box").screenshot(path=ARTIFACTS / "lora-picture-390.png")
     assert page.evaluate("() => document.querySelector('#lora-picture .js-plotly-plot').offsetWidth") <= 390
-
-
-def shoot(page, selector: str, name: str):
-    page.wait_for_timeout(800)  # plotly re-lays out after a resize or a redraw
-    page.locator(selector).screenshot(path=ARTIFACTS / f"{name}.png")
-
-
-def test_the_whole_study_in_one_click_ends_on_compare(page):
-    load_builtin(page, 40, 20, 20)
-    page.get_by_role("button", name="Run the whole study").click()
-    wait_for_text(page, "#whole-study-status", "Step 3 of 4")  # training, streamed as it goes
-    page.get_by_role("tab", name="4. Compare", selected=True).wait_for()
-    wait_for_text(page, "#result-sentence", "LoRA trained")
-    sentence = page.locator("#result-sentence").inner_text()
-    assert "on 40 reviews" in sentence and "on 20 test reviews" in sentence, sentence
-    status = page.locator("#whole-study-status").text_content()  # on the first tab, hidden now
-    assert "Step 4 of 4" in status and "The comparison is on" in status, status
-    wait_for_text(page, "#norms-reading", "The largest change is in")
-    assert plotly_points(page, "#norms-heatmap") == [6]  # the default recipe's six matrices per layer
-    assert sum(plotly_points(page, "#review-map")) == 2 * 20  # each test review once per panel
-    wait_for_text(page, "#map-reading", "spreads apart before training")
-    page.get_by_text("Baseline vs LoRA on the same test reviews").wait_for()  # the metrics beside them
-    shoot(page, "#result-sentence", "sentence-1280")
-    shoot(page, "#norms-heatmap", "heatmap-1280")
-    shoot(page, "#review-map", "map-1280")
-    page.set_viewport_size({"width": 390, "height": 800})
-    page.screenshot(path=ARTIFACTS / "compare-390.png", full_page=True)
-    # the Compare tab's tables (gr.Dataframe) hold the whole page at 1240 px on a phone; hidden here, the figures
-    # must fit the phone's width on their own
-    for table in page.query_selector_all("table"):
-        table.evaluate("element => { element.style.display = 'none'; }")
-    page.evaluate("() => window.dispatchEvent(new Event('resize'))")  # the page is narrower now: plotly redraws
-    for selector, name in (("#result-sentence", "sentence"), ("#norms-heatmap", "heatmap"), ("#review-map", "map")):
-        shoot(page, selector, f"{name}-390")
-    widths = page.evaluate(
-        "() => ['#norms-heatmap', '#review-map']"
-        ".map(s => document.querySelector(s + ' .main-svg').getBoundingClientRect().width)"
-    )
-    assert max(widths) <= 390, f"the figures' widths at 390 px: {widths}"
-    open_tab(page, "1. Dataset")
-    shoot(page, "#whole-study-status", "whole-study-status-390")

@@ -52,6 +52,34 @@ def chart_points(page) -> int:
     return sum(plotly_points(page, "#whole-study-chart"))
 
 
+def check_compare_pictures(page, test_reviews: int):
+    """Where the adapter changed the model and how the test reviews moved, on Compare; at 390 px the figures fit
+    the phone's width on their own (the tables, gr.Dataframe, are wider: hidden for the measure)."""
+    wait_for_text(page, "#norms-reading", "The largest change is in")
+    assert plotly_points(page, "#norms-heatmap") == [6]  # the default recipe's six matrices per layer
+    assert sum(plotly_points(page, "#review-map")) == 2 * test_reviews  # each test review once per panel
+    wait_for_text(page, "#map-reading", "spreads apart before training")
+    for selector, name in (("#result-sentence", "sentence"), ("#norms-heatmap", "heatmap"), ("#review-map", "map")):
+        page.locator(selector).screenshot(path=ARTIFACTS / f"{name}-1280.png")
+    page.set_viewport_size({"width": 390, "height": 800})
+    page.screenshot(path=ARTIFACTS / "compare-390.png", full_page=True)
+    hidden = page.evaluate(
+        "() => Array.from(document.querySelectorAll('table'), t => { t.style.display = 'none'; return t; }).length"
+    )
+    page.evaluate("() => window.dispatchEvent(new Event('resize'))")  # the page is narrower now: plotly redraws
+    page.wait_for_timeout(800)
+    for selector, name in (("#result-sentence", "sentence"), ("#norms-heatmap", "heatmap"), ("#review-map", "map")):
+        page.locator(selector).screenshot(path=ARTIFACTS / f"{name}-390.png")
+    widths = page.evaluate(
+        "() => ['#norms-heatmap', '#review-map']"
+        ".map(s => document.querySelector(s + ' .main-svg').getBoundingClientRect().width)"
+    )
+    assert max(widths) <= 390, f"the figures' widths at 390 px: {widths}"
+    page.evaluate("() => document.querySelectorAll('table').forEach(t => { t.style.display = ''; })")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    assert hidden > 0
+
+
 @pytest.mark.slow
 @pytest.mark.as_deployed
 def test_the_whole_study_at_the_default_sizes_shows_itself_and_ends_on_compare(page):
@@ -93,6 +121,7 @@ def test_the_whole_study_at_the_default_sizes_shows_itself_and_ends_on_compare(p
     page.screenshot(path=ARTIFACTS / "compare-1280.png", full_page=True)
     status = page.locator("#whole-study-status").text_content()
     assert "Step 4 of 4" in status and "LoRA accuracy" in status and "Error" not in status, status
+    check_compare_pictures(page, test_reviews=1000)
 
     # the other tabs show the same state: the Train tab's chart, result and download; the Baseline tab's score
     open_tab(page, "3. Train LoRA")

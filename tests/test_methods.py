@@ -10,7 +10,7 @@ from conftest import make_toy_reviews
 
 from lora_demo import methods as methods_module
 from lora_demo.baseline import SIMILARITY_SCALE, label_prototypes
-from lora_demo.config import LoraSettings, TrainConfig, UserError
+from lora_demo.config import LoraSettings, TrainConfig, UserError, parse_methods
 from lora_demo.inference import Predictions, classify_texts
 from lora_demo.methods import (
     LORAPLUS_RATIO,
@@ -21,7 +21,6 @@ from lora_demo.methods import (
     compare_runs,
     method_optimizer,
     pareto_frontier,
-    parse_methods,
     run_method,
 )
 from lora_demo.train import train_lora
@@ -135,9 +134,9 @@ def test_the_learning_rate_is_chosen_on_validation_reviews_and_no_test_review_is
     seen = []
     real_train, real_classify = methods_module._train_measured, classify_texts
 
-    def train_spy(bundle, frames, method, lora, config):
+    def train_spy(bundle, frames, method, lora, config, *rest):
         seen.append(("train", config.learning_rate))
-        return real_train(bundle, frames, method, lora, config)
+        return real_train(bundle, frames, method, lora, config, *rest)
 
     def classify_spy(bundle, texts, **options):
         seen.append(("score", texts[0]))
@@ -319,3 +318,22 @@ def test_methods_run_as_zerogpu_jobs_and_a_method_past_the_cap_is_refused_before
         assert sum(zerogpu_stub.CALLS.values()) == calls, "nothing ran: the refusal came first"
     finally:
         runners.runner.cache_clear()
+
+
+def test_stop_ends_the_comparison_and_keeps_the_methods_finished(tiny_encoder_factory, toy_csv):
+    from test_zerogpu import tiny_models
+
+    from lora_demo.config import DataConfig
+    from lora_demo.study import Study
+
+    study = Study(models=tiny_models(tiny_encoder_factory))
+    study.load_data(DataConfig(source=str(toy_csv), train_size=32, val_size=16, test_size=20, seed=1))
+    stopped = []
+
+    def stop_after_the_first(name, row):
+        stopped.append((name, study.training, study.stop_training()))
+
+    result = study.compare_methods("ia3,full", LORA, QUICK, on_method=stop_after_the_first)
+    assert stopped == [("lora", True, True)]  # running when told, and the stop was taken
+    assert list(result["methods"]) == ["lora"] and not study.training
+    assert study.compare_methods("ia3", LORA, QUICK)["methods"].keys() == {"lora", "ia3"}  # the next one runs

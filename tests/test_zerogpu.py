@@ -166,7 +166,8 @@ def test_the_cli_study_under_the_stand_in_reports_its_jobs(imdb_dir, tmp_path):
     env = {**os.environ, "LORA_DEMO_FAKE_ZEROGPU": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "lora_demo", "train", "--data", str(imdb_dir), "--train-size", "48", "--val-size",
-         "16", "--test-size", "48", "--epochs", "1", "--seed", "7", "--max-length", "96", "--report", str(report)],
+         "16", "--test-size", "48", "--epochs", "1", "--seed", "7", "--max-length", "96", "--no-resources",
+         "--report", str(report)],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -154,12 +154,13 @@ def method(
     name: str,
     lora: LoraSettings,
     config: TrainConfig,
+    stop: StopFlag | None = None,
 ):
     """One training method of the comparison (`methods.run_method`): trained at each rate of its grid on the
     (training, validation) reviews, the run validation prefers scored on the test and short reviews.
 
     Returns:
-        `methods.MethodRun`: plain data.
+        `methods.MethodRun`: plain data; None when `stop` was set while it trained.
     """
     from ..methods import run_method
 
@@ -172,6 +173,7 @@ def method(
         name,
         lora,
         config,
+        stop=None if stop is None else RunStop(stop),
     )
 
 
@@ -196,7 +198,7 @@ def _training_work(train: pd.DataFrame, val: pd.DataFrame, config: TrainConfig) 
 
 
 def _method(name: str):
-    from ..methods import METHODS
+    from ..config import METHODS
 
     return METHODS[name]
 
@@ -211,7 +213,7 @@ WORK = {
     "head_only": lambda ref, train, val, config, features=None: (
         0 if features is not None else len(train) * (1 + config.short_windows) + len(val)
     ),
-    "method": lambda ref, frames, test, short, name, lora, config: (
+    "method": lambda ref, frames, test, short, name, lora, config, **kwargs: (
         len(_method(name).rates) * _method(name).cost * _training_work(*frames, config)
         + len(test)
         + sum(map(len, short.values()))

@@ -101,6 +101,74 @@ def run_rows(runs) -> list[list]:
     ]
 
 
+METHOD_HEADERS = [
+    "method", "accuracy (95% interval)", "F1", "p vs LoRA", "trainable", "shipped", "train s", "peak MB",
+    "short reviews", "vectors kept (on / off)", "lr chosen (grid)",
+]  # fmt: skip
+
+
+def method_rows(comparison: dict) -> list[list]:
+    """One row per training method of the report's `methods`, LoRA first."""
+    from ..report import readable_size
+
+    rows = []
+    for name, row in comparison["methods"].items():
+        low, high = row["accuracy_interval"]
+        shift = row["embedding_shift"]
+        off = "–" if shift["adapter_off"] is None else f"{shift['adapter_off']:.3f}"
+        short = row["short_reviews_accuracy"]
+        rows.append(
+            [
+                name,
+                f"{row['accuracy']:.3f} ({low:.3f}–{high:.3f})",
+                round(row["f1"], 3),
+                "–" if row["p_value_vs_lora"] is None else round(row["p_value_vs_lora"], 3),
+                f"{row['trainable_params']:,}",
+                readable_size(row["shipped_bytes"]),
+                round(row["train_seconds"]),
+                round(row["peak_memory_mb"]),
+                "–" if short is None else round(short, 3),
+                f"{shift['adapter_on']:.3f} / {off}",
+                f"{row['chosen_lr']:g} ({', '.join(f'{lr:g}' for lr in row['lr_grid'])})",
+            ]
+        )
+    return rows
+
+
+def methods_markdown(comparison: dict) -> str:
+    """What the method comparison shows, its conditions, and how to read the columns."""
+    conditions, work = comparison["conditions"], comparison["work"]
+    sizes = conditions["sizes"]
+    described = "\n".join(f"- **{name}**: {row['description']}" for name, row in comparison["methods"].items())
+    cost = f" ({work['lora_runs']:.1f} LoRA runs of training in all)" if work.get("lora_runs") else ""
+    return (
+        f"**Is LoRA the right choice?** {comparison['sentence']}\n\n"
+        f"Every method trained the same head on the same {sizes['train']} training reviews for "
+        f"{conditions['epochs']:g} epoch{'' if conditions['epochs'] == 1 else 's'}, at the learning rate its "
+        f"{sizes['val']} validation reviews preferred "
+        f"from its grid{cost}; all are scored on the same {comparison['n']} test reviews. *p vs LoRA*: McNemar's "
+        "exact test on the reviews the two answered differently. *Shipped*: the adapter file, or the whole model. "
+        "*Peak memory*: what training added to the process. *Sentence vectors*: the mean cosine between the "
+        "untouched model's pooled vectors of test reviews and the trained model's, with its adapter on and off "
+        "(1 = unmoved; full fine-tuning has no adapter to turn off).\n\n" + described
+    )
+
+
+def methods_outputs(report: dict) -> tuple:
+    """(the section's visibility, its text, the table, the Pareto chart) for a report with or without `methods`."""
+    from ..plots import methods_pareto_figure
+
+    comparison = report.get("methods")
+    if not comparison:
+        return gr.update(visible=False), None, None, None
+    return (
+        gr.update(visible=True),
+        methods_markdown(comparison),
+        method_rows(comparison),
+        methods_pareto_figure(comparison),
+    )
+
+
 FLIP_HEADERS = ["review", "true label", "baseline", "LoRA"]
 REVIEW_CHARS = 300
 
@@ -172,7 +240,7 @@ def compare(session: SessionData, progress=gr.Progress()):
 
     study = session.study
     if study.tuned is None:
-        return BEFORE_TRAINING, gr.update(visible=False), *([None] * 12), *NO_PICTURES
+        return BEFORE_TRAINING, gr.update(visible=False), *([None] * 12), *methods_outputs({}), *NO_PICTURES
     study.ensure_data()  # a saved run may be loaded before any data
     report = study.report(progress=study_progress(progress)).to_dict()
     baseline, finetuned, result = report["baseline"], report["finetuned"], report["comparison"]
@@ -204,6 +272,7 @@ def compare(session: SessionData, progress=gr.Progress()):
         ),
         runs_loss_figure([{"name": run.name, "history": run.history} for run in study.runs]),
         run_rows(study.runs),
+        *methods_outputs(report),
         *compare_pictures(report, test["label"].tolist(), before.labels, after.labels, test["text"].tolist()),
     )
 
@@ -264,6 +333,17 @@ def build(session: gr.State, tab: gr.Tab) -> SimpleNamespace:
         )
         runs_chart = gr.Plot(label="Runs", show_label=False, elem_id="runs-chart")
         runs_table = gr.Dataframe(headers=RUN_HEADERS, label="Training runs", interactive=False, elem_id="runs")
+        with gr.Column(visible=False, elem_id="methods") as methods_section:
+            methods_text = gr.Markdown(elem_id="methods-text")
+            methods_chart = gr.Plot(label="Methods", show_label=False, elem_id="methods-chart")
+            methods_table = gr.Dataframe(
+                headers=METHOD_HEADERS,
+                label="Training methods on the same reviews",
+                interactive=False,
+                wrap=True,
+                column_widths=["8%", "15%", "6%", "7%", "10%", "8%", "6%", "7%", "8%", "12%", "13%"],
+                elem_id="methods-table",
+            )
 
     compare_args = dict(
         fn=guard(compare),
@@ -283,6 +363,10 @@ def build(session: gr.State, tab: gr.Tab) -> SimpleNamespace:
             broken,
             runs_chart,
             runs_table,
+            methods_section,
+            methods_text,
+            methods_table,
+            methods_chart,
             *result_outputs(sentence, pictures),
         ],
         api_visibility="private",

@@ -29,6 +29,7 @@ from ..config import (
     get_model_spec,
     recipe,
 )
+from . import methods
 from .errors import guard
 from .pictures import build_lora_picture, wire_lora_picture
 from .session import RUN_SLOTS, TRAIN_SLOTS, UNQUEUED, SessionData
@@ -445,6 +446,7 @@ def build(session: gr.State, model: gr.Dropdown, demo: gr.Blocks) -> SimpleNames
         ui.measure_button = gr.Button("Measure LoRA vs full fine-tuning on a batch of reviews")
         ui.resources = gr.Markdown(elem_id="resources")
         ui.by_rank = gr.Plot(label="Trainable parameters vs r", show_label=False, elem_id="by-rank")
+    ui.methods = methods.build()
     ui.download = gr.DownloadButton(
         "Download the adapter (zip: safetensors, adapter config, report)", visible=False, elem_id="download-adapter"
     )
@@ -504,6 +506,7 @@ def _wire(ui: SimpleNamespace):
         api_visibility="private",
         **TRAIN_SLOTS,
     )
+    methods.wire(ui.methods, [*controls.lora, *controls.training, ui.recipe_name], session)
     # outside the queue: a stop never waits behind the run it stops, nor for a place in a full queue
     ui.stop.click(guard(stop_training), inputs=session, outputs=ui.stop_note, api_name="stop_training", queue=False)
     return model_selected
