@@ -385,6 +385,7 @@ def field_default(cls, name: str):
 
 # --- training methods beside LoRA (`methods.py` trains them) ----------------------------------------------------
 
+WEIGHT_DECAY = 0.01  # AdamW's, for every method (the Trainer's and LoRA+'s own optimizer)
 RSLORA_RANK = 64  # rank-stabilised scaling (alpha / sqrt(r)) only differs from LoRA's at a high rank
 LORAPLUS_RATIO = 16  # the LoRA+ paper's ratio of B's learning rate to A's
 

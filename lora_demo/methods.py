@@ -15,7 +15,16 @@ import torch
 from peft import IA3Config, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
 
-from .config import LORAPLUS_RATIO, METHODS, RSLORA_RANK, LoraSettings, ModelSpec, TrainConfig, UserError
+from .config import (
+    LORAPLUS_RATIO,
+    METHODS,
+    RSLORA_RANK,
+    WEIGHT_DECAY,
+    LoraSettings,
+    ModelSpec,
+    TrainConfig,
+    UserError,
+)
 from .lora import apply_lora, build_lora_config
 from .models import ModelBundle
 
@@ -66,11 +75,17 @@ def ia3_config(lora: LoraSettings, spec: ModelSpec) -> IA3Config:
 
 
 def method_optimizer(model: torch.nn.Module, method: str, config: TrainConfig) -> torch.optim.Optimizer | None:
-    """LoRA+'s optimizer (B's rate `LORAPLUS_RATIO` times A's); None lets the Trainer build its AdamW."""
+    """LoRA+'s optimizer as PEFT builds it: B matrices (and, PEFT's choice, every 1-D weight: the head's bias) at
+    `LORAPLUS_RATIO` times the rate, with the Trainer's weight decay of 0.01 (PEFT's own default is none); None
+    lets the Trainer build its AdamW."""
     if method != "loraplus":
         return None
     return create_loraplus_optimizer(
-        model, torch.optim.AdamW, lr=config.learning_rate, loraplus_lr_ratio=LORAPLUS_RATIO, weight_decay=0.01
+        model,
+        torch.optim.AdamW,
+        lr=config.learning_rate,
+        loraplus_lr_ratio=LORAPLUS_RATIO,
+        loraplus_weight_decay=WEIGHT_DECAY,
     )
 
 
@@ -158,7 +173,6 @@ class MethodRun:
 
 def run_method(
     fresh: Callable[[], ModelBundle],
-    base: ModelBundle,
     frames: tuple,
     test_texts: list[str],
     short_texts: dict[str, list[str]],
@@ -171,8 +185,7 @@ def run_method(
     and score it on the test and short reviews.
 
     Args:
-        fresh: a new copy of the base model, each call.
-        base: the untouched model's serving copy (for the sentence vectors before training).
+        fresh: a new copy of the base model, each call (the untouched one's sentence vectors come from one too).
         frames: (training reviews, validation reviews).
         method: a `METHODS` name.
         stop: set it (`is_set()`) to end the training after its current step; the method is then dropped.
@@ -193,7 +206,7 @@ def run_method(
         if stop is not None and stop.is_set():
             return None
         memory = max(memory, added)  # the same shapes at every rate: the first run's reading is the cleanest
-        trial = {"lr": rate, "val_accuracy": result.val_accuracy, "val_loss": result.val_loss}
+        trial = {"lr": rate, **final_validation(tuned, result, val_frame, config.max_length)}
         trials.append({**trial, "seconds": round(result.seconds, 2)})
         if choose_rate([trial, kept[0]] if kept else [trial]) is trial:
             kept = (trial, tuned, result)
@@ -204,7 +217,7 @@ def run_method(
     short = {
         name: classify_texts(serving, list(texts), max_length=config.max_length) for name, texts in short_texts.items()
     }
-    shift = embedding_shift(base, tuned, test, list(test_texts)[:SHIFT_REVIEWS], config.max_length)
+    shift = embedding_shift(fresh(), tuned, list(test_texts)[:SHIFT_REVIEWS], config.max_length)
     return MethodRun(
         method=method,
         trials=trials,
@@ -219,6 +232,25 @@ def run_method(
         embedding_shift=shift,
         settings=method_summary(lora, method, tuned.spec),
     )
+
+
+def final_validation(tuned: ModelBundle, result, val_frame, max_length: int) -> dict:
+    """The trained model's `val_accuracy` and `val_loss` on the validation reviews: the Trainer's last evaluation
+    where it was at the last step, else scored here (no evaluation was scheduled, or none fell on the end)."""
+    import numpy as np
+
+    from .inference import classify_texts
+
+    evals = [event for event in result.history if event["type"] == "eval"]
+    if evals and evals[-1]["step"] == result.steps:
+        return {"val_accuracy": evals[-1]["val_accuracy"], "val_loss": evals[-1]["val_loss"]}
+    answers = classify_texts(tuned, val_frame["text"].tolist(), max_length=max_length)
+    labels = val_frame["label"].to_numpy()
+    p = np.clip(np.asarray(answers.positive, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return {
+        "val_accuracy": float(np.mean(np.asarray(answers.labels) == labels)),
+        "val_loss": float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))),
+    }
 
 
 def _train_measured(
@@ -275,11 +307,12 @@ def shipped_bytes(model: torch.nn.Module) -> int:
         return path.stat().st_size
 
 
-def embedding_shift(base: ModelBundle, tuned: ModelBundle, test, texts: list[str], max_length: int) -> dict:
+def embedding_shift(untouched: ModelBundle, tuned: ModelBundle, texts: list[str], max_length: int) -> dict:
     """How far training moved the model's sentence vectors of `texts` (test reviews: never trained on).
 
-    The vectors are the ones the head reads (`anatomy.pooled_embeddings`): the untouched model's against the
-    trained model's with its adapter on (read off the test scoring pass) and, for a PEFT method, off.
+    The vectors are the ones the head reads (`anatomy.pooled_embeddings`): a fresh copy of the untouched model's
+    against the trained model's with its adapter on and, for a PEFT method, off; all three on the same weights'
+    precision and the same kernels, so an unmoved vector reads exactly 1.
     """
     import numpy as np
     from peft import PeftModel
@@ -291,12 +324,12 @@ def embedding_shift(base: ModelBundle, tuned: ModelBundle, test, texts: list[str
         cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
         return round(float(cos.mean()), 4)
 
-    before = pooled_embeddings(base, texts, max_length)
-    off = None
+    before = pooled_embeddings(untouched, texts, max_length)
+    on, off = mean_cosine(before, pooled_embeddings(tuned, texts, max_length)), None
     if isinstance(tuned.model, PeftModel):
         with tuned.model.disable_adapter():
             off = mean_cosine(before, pooled_embeddings(tuned, texts, max_length))
-    return {"adapter_on": mean_cosine(before, test.features[: len(texts)]), "adapter_off": off, "reviews": len(texts)}
+    return {"adapter_on": on, "adapter_off": off, "reviews": len(texts)}
 
 
 def method_summary(lora: LoraSettings, method: str, spec: ModelSpec) -> dict:

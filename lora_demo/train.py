@@ -34,7 +34,7 @@ from transformers import (
 from . import inference
 from .augment import add_sentence_windows
 from .baseline import SIMILARITY_SCALE, label_prototypes
-from .config import LoraSettings, TrainConfig, UserError
+from .config import WEIGHT_DECAY, LoraSettings, TrainConfig, UserError
 from .data import format_seq2seq
 from .inference import run_batches
 from .lora import count_parameters
@@ -390,7 +390,7 @@ def build_training_args(config: TrainConfig, n_train: int, output_dir: str, seq2
         learning_rate=config.learning_rate,
         lr_scheduler_type="linear",
         warmup_steps=config.warmup_ratio,
-        weight_decay=0.01,
+        weight_decay=WEIGHT_DECAY,
         label_smoothing_factor=config.label_smoothing,
         logging_strategy="steps",
         logging_steps=config.logging_steps,

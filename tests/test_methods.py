@@ -124,6 +124,8 @@ def test_lora_plus_gives_the_b_matrices_a_higher_rate(tiny_encoder_factory):
         if p is param and "lora_" in name
     }
     assert rates == {"A": 1e-3, "B": 1e-3 * LORAPLUS_RATIO}
+    decays = {group["weight_decay"] for group in optimizer.param_groups if group["params"] and group["lr"] == 1e-3}
+    assert decays == {0.01}, "the same weight decay as the Trainer gives the other methods"
     assert method_optimizer(tuned.model, "lora", TrainConfig()) is None
 
 
@@ -144,19 +146,18 @@ def test_the_learning_rate_is_chosen_on_validation_reviews_and_no_test_review_is
 
     monkeypatch.setattr(methods_module, "_train_measured", train_spy)
     monkeypatch.setattr("lora_demo.inference.classify_texts", classify_spy)
-    base = tiny_encoder_factory(0)
 
     def fresh():
         return tiny_encoder_factory(0)
 
-    first = run_method(fresh, base, (train, val), test["text"].tolist(), {}, "ia3", LORA, QUICK)
+    first = run_method(fresh, (train, val), test["text"].tolist(), {}, "ia3", LORA, QUICK)
     rates = list(METHODS["ia3"].rates)
     assert seen[: len(rates)] == [("train", rate) for rate in rates]  # every trial trained before any scoring
     assert [text for what, text in seen if what == "score"] == [test["text"][0]]  # then the test, once
     assert first.chosen_lr == choose_rate(first.trials)["lr"]
     # another test set (its labels flipped, and other reviews): the same trials, the same choice
     other = make_toy_reviews(24, 9).assign(label=lambda frame: 1 - frame["label"])
-    second = run_method(fresh, base, (train, val), other["text"].tolist(), {}, "ia3", LORA, QUICK)
+    second = run_method(fresh, (train, val), other["text"].tolist(), {}, "ia3", LORA, QUICK)
     strip = [{k: v for k, v in trial.items() if k != "seconds"} for trial in first.trials]
     assert strip == [{k: v for k, v in trial.items() if k != "seconds"} for trial in second.trials]
     assert second.chosen_lr == first.chosen_lr
@@ -277,7 +278,7 @@ def test_the_cli_compares_methods_and_writes_every_field(capsys, tmp_path, toy_c
     assert rows["ia3"]["trainable_params"] < rows["lora"]["trainable_params"]
     assert rows["full"]["shipped_bytes"] > 3 * rows["lora"]["shipped_bytes"]  # the whole model against an adapter
     assert rows["full"]["embedding_shift"]["adapter_off"] is None
-    assert rows["ia3"]["embedding_shift"]["adapter_off"] == pytest.approx(1.0, abs=1e-3)  # adapter off: untouched
+    assert rows["ia3"]["embedding_shift"]["adapter_off"] == 1.0  # adapter off: the untouched model, exactly
     assert rows["lora"]["p_value_vs_lora"] is None and 0 <= rows["full"]["p_value_vs_lora"] <= 1
     assert comparison["conditions"]["sizes"] == {"train": 64, "val": 16, "test": 40}
     assert "| Method (40 test reviews) | Accuracy (95% interval)" in out and "| ia3 | " in out

@@ -166,7 +166,6 @@ def method(
 
     return run_method(
         lambda: models.fresh(ref, seed=config.seed),
-        models.base(ref),
         frames,
         test_texts,
         short_texts,
