@@ -235,11 +235,15 @@ def cmd_train(args, models=None) -> int:
     choice = _choose(args, models)
     config = choice.train_config(args)
     methods = parse_methods(args.methods) if args.methods else ()
+    if methods and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("--methods runs in one process: leave out torchrun (or --methods)")
     study = Study(choice.model, models)
     study.check_model()
     _check_targets(args)
     _print_notes(choice.notes)
     _print_notes(study.load_data(choice.data, fit_to_data=_sizes_not_given(args)).notes)
+    if methods:  # a method that cannot run is refused before the study trains
+        study.check_methods(methods, choice.lora, config)
     report = study.run(choice.lora, config, choice.recipe, on_event=_print_event)
     if not is_main_process():  # torchrun: rank 0 reports
         return 0

@@ -147,8 +147,9 @@ class MethodRun:
         params: trainable and total parameters (`lora.count_parameters`).
         shipped_bytes: the file you would ship: the adapter's safetensors (with the head), or the whole model.
         train_seconds: the chosen run's training, from tokenising to its last step.
-        peak_memory_mb: the most memory the chosen run's training added: the process's resident memory above
-            its level at the start (CPU), or the GPU memory allocated (CUDA); `memory_measured` says which.
+        peak_memory_mb: the most memory training added, the larger reading of the grid's runs (the same shapes at
+            every rate): the process's resident memory above its level at the start (CPU), or the GPU memory
+            allocated (CUDA), the whole process's either way; `memory_measured` says which.
         test: the chosen model's answers to the test reviews.
         short: its answers to each short-review set.
         embedding_shift: mean cosine between the untouched model's sentence vectors of `reviews` test reviews

@@ -774,6 +774,23 @@ class Study:
 
     # --- other training methods -----------------------------------------------------------------------------
 
+    def check_methods(self, methods, lora: LoraSettings, config: TrainConfig) -> tuple:
+        """Refuse, before anything trains, a method comparison that cannot run (see `compare_methods`); returns
+        (the methods, LoRA first; the split; the jobs' arguments; the short-review sets)."""
+        from .methods import check_memory
+
+        names = ("lora", *(name for name in parse_methods(methods) if name != "lora"))
+        if self.training or self._busy:
+            raise UserError("a run is going on this study: wait for it to finish or press Stop, then compare methods")
+        splits, name = self._check_training(lora)
+        short = self._short_sets(splits)
+        texts = {key: frame["text"].tolist() for key, frame in short.items()}
+        args = (self._ref(name), (splits.train, splits.val), splits.test["text"].tolist(), texts)
+        for method in names:
+            check_memory(name, method, lora)
+            self.models.runner.check("method", *args, method, lora, config)
+        return names, splits, args, short
+
     def compare_methods(
         self,
         methods,
@@ -786,60 +803,66 @@ class Study:
         reviews prefer, and score them all on the same test and short reviews (`methods.compare_runs`). Each
         method is its own job (its own GPU call on ZeroGPU). The report's `methods` from now on, for this split.
 
+        `stop_training` ends it after the current training step; the methods finished by then are compared. A
+        method whose job the platform cut, or that ran out of memory or of its GPU call's time, is left out with
+        the reason (`skipped`), and the others go on.
+
         Args:
             methods: names, or `full,lora,...`.
             on_method: told each method's name and row as it finishes.
 
-        `stop_training` ends it after the current training step; the methods finished by then are compared.
-
         Raises:
             UserError: for an unknown method, no data loaded, settings that do not fit the model, a method that
-                would not fit in memory (refused before any training), or a stop before LoRA finished.
+                would not fit in memory or in a GPU call (refused before any training), or no LoRA to compare with.
         """
-        from .methods import check_memory, compare_runs
+        from .methods import compare_runs
 
-        names = parse_methods(methods)
-        names = ("lora", *(name for name in names if name != "lora"))
-        if self.training or self._busy:
-            raise UserError("a run is going on this study: wait for it to finish or press Stop, then compare methods")
-        splits, name = self._check_training(lora)
-        short = self._short_sets(splits)
-        texts = {key: frame["text"].tolist() for key, frame in short.items()}
-        args = (self._ref(name), (splits.train, splits.val), splits.test["text"].tolist(), texts)
-        for method in names:  # every refusal before the first method trains
-            check_memory(name, method, lora)
-            self.models.runner.check("method", *args, method, lora, config)
-        runs = []
-        self._busy, self._stop = True, (stop := StopFlag())
+        with self._lock:  # no data load between the checks and the run
+            names, splits, args, short = self.check_methods(methods, lora, config)
+            self._busy, self._stop = True, (stop := StopFlag())
+        runs, skipped, labels = [], {}, self._short_labels(short)
         try:
             for method in names:
                 with self._timed(f"method_{method}"):
-                    run = self._run("method", *args, method, lora, config, stop=stop)
-                if run is None or stop.is_set():  # Stop: the methods finished so far are compared
+                    run, why = self._method_run(args, method, lora, config, stop)
+                if run is not None:
+                    runs.append(run)
+                    if on_method:
+                        row = compare_runs(runs, splits.test["label"], labels, splits.config.seed)
+                        on_method(method, row["methods"][method])
+                if stop.is_set():  # Stop: the methods finished so far are compared
                     break
-                runs.append(run)
-                if on_method:
-                    row = compare_runs(runs, splits.test["label"], self._short_labels(short), splits.config.seed)
-                    on_method(method, row["methods"][method])
+                if why:
+                    skipped[method] = why
         finally:
             stop.finish()
             stop.clear()
             self._busy, self._stop = False, None
-        if not runs:
-            raise UserError("the comparison was stopped before LoRA finished: nothing to compare")
-        result = compare_runs(runs, splits.test["label"], self._short_labels(short), seed=splits.config.seed)
+        if not runs or runs[0].method != "lora":
+            raise UserError(f"LoRA did not finish ({skipped.get('lora', 'stopped')}): nothing to compare with")
+        result = compare_runs(runs, splits.test["label"], labels, seed=splits.config.seed)
+        result["skipped"] = skipped
         result["conditions"] = {
-            "model": name,
+            "model": args[0].name,
             "sizes": splits.sizes(),
             "source": splits.source,
-            "epochs": config.epochs,
-            "batch_size": config.batch_size,
-            "max_length": config.max_length,
-            "seed": config.seed,
-            "short_windows": config.short_windows,
+            **{key: getattr(config, key) for key in ("epochs", "batch_size", "max_length", "seed", "short_windows")},
         }
         self.method_comparison = (splits, result)
         return result
+
+    def _method_run(self, args: tuple, method: str, lora: LoraSettings, config: TrainConfig, stop: StopFlag):
+        """One method's job: (its `MethodRun`, None), or (None, why it is left out)."""
+        from .compute.runner import JobAborted
+
+        seconds = self.models.runner.budget("method", *args, method, lora, config)
+        try:
+            run = self._run("method", *args, method, lora, config, stop=stop, seconds=seconds)
+        except (JobAborted, MemoryError) as err:
+            return None, str(err) or "out of memory"
+        if run is None and not stop.is_set():
+            return None, "it ran out of its GPU call's time"
+        return run, None
 
     @staticmethod
     def _short_sets(splits: Splits) -> dict[str, pd.DataFrame]:

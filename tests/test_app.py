@@ -137,6 +137,13 @@ def test_evaluate_baseline_loads_the_default_data_when_none_was_loaded(client, t
     assert_metrics_in_range(metrics, n=metrics["n"])
 
 
+def test_methods_are_compared_only_beside_a_trained_lora_model(client):
+    message = app_error(lambda: client.predict(["ia3"], *RECIPE, "fast", api_name="/compare_methods"))
+    assert "train LoRA first" in message
+    message = app_error(lambda: client.predict([], *RECIPE, "fast", api_name="/compare_methods"))
+    assert "tick at least one method" in message
+
+
 def test_t5_offline_is_a_clear_error(client):
     message = app_error(lambda: client.predict("t5-small", api_name="/evaluate_baseline"))
     assert "Hugging Face Hub" in message and "minilm" in message

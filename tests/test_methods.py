@@ -338,3 +338,40 @@ def test_stop_ends_the_comparison_and_keeps_the_methods_finished(tiny_encoder_fa
     assert stopped == [("lora", True, True)]  # running when told, and the stop was taken
     assert list(result["methods"]) == ["lora"] and not study.training
     assert study.compare_methods("ia3", LORA, QUICK)["methods"].keys() == {"lora", "ia3"}  # the next one runs
+
+
+def test_a_method_cut_by_the_platform_is_left_out_with_its_reason_and_the_others_go_on(
+    tiny_encoder_factory, toy_csv, monkeypatch
+):
+    from test_zerogpu import tiny_models
+
+    import lora_demo.compute.jobs as jobs
+    from lora_demo.compute.runner import JobAborted
+    from lora_demo.config import DataConfig
+    from lora_demo.study import Study
+
+    real = jobs.method
+
+    def cut_ia3(ref, frames, test, short, name, *args, **kwargs):
+        if name == "ia3":
+            raise JobAborted("the method job ran past its 60 s GPU time")
+        return real(ref, frames, test, short, name, *args, **kwargs)
+
+    monkeypatch.setattr(jobs, "method", cut_ia3)
+    study = Study(models=tiny_models(tiny_encoder_factory))
+    study.load_data(DataConfig(source=str(toy_csv), train_size=32, val_size=16, test_size=20, seed=1))
+    no_evaluation = TrainConfig(**{**vars(QUICK), "evals_per_epoch": 0})
+    result = study.compare_methods("ia3,loraplus", LORA, no_evaluation)
+    assert list(result["methods"]) == ["lora", "loraplus"]
+    assert result["skipped"] == {"ia3": "the method job ran past its 60 s GPU time"}
+    for row in result["methods"].values():  # no evaluation was scheduled: the final models were scored
+        assert all(trial["val_accuracy"] is not None and trial["val_loss"] > 0 for trial in row["trials"])
+    assert not study.training and not study._busy
+
+
+def test_the_cli_refuses_methods_under_torchrun_before_any_work(capsys, toy_csv, monkeypatch):
+    from test_cli import assert_one_line_error, run_cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, out, err = run_cli(capsys, "train", "--data", str(toy_csv), "--methods", "ia3")
+    assert_one_line_error(code, err, "--methods runs in one process")

@@ -155,12 +155,15 @@ def method(
     lora: LoraSettings,
     config: TrainConfig,
     stop: StopFlag | None = None,
+    seconds: float | None = None,
 ):
     """One training method of the comparison (`methods.run_method`): trained at each rate of its grid on the
     (training, validation) reviews, the run validation prefers scored on the test and short reviews.
 
+    It ends after the current training step when `stop` is set or `seconds` (its GPU call's budget) have passed.
+
     Returns:
-        `methods.MethodRun`: plain data; None when `stop` was set while it trained.
+        `methods.MethodRun`: plain data; None when it was ended so.
     """
     from ..methods import run_method
 
@@ -172,7 +175,7 @@ def method(
         name,
         lora,
         config,
-        stop=None if stop is None else RunStop(stop),
+        stop=RunStop(stop, seconds),
     )
 
 

@@ -29,7 +29,8 @@ class MethodsCompared:
 def intro_markdown() -> str:
     listed = "\n".join(f"- **{name}**: {METHODS[name].description}" for name in CHOICES)
     return (
-        "Is LoRA the right choice here? Tick methods to train on the same reviews with the same epochs, each at "
+        "Is LoRA the right choice here? Once LoRA is trained above, tick methods to train on the same reviews with "
+        "the same epochs, each at "
         "the learning rate its validation reviews prefer from a small grid (LoRA too, at its own grid), and "
         "compare them on the same test reviews: accuracy, what trains and what you would ship, time and memory. "
         "The table and the chart show on **Compare**. Each method trains twice (once per rate of its grid): on "
@@ -49,6 +50,8 @@ def compare_methods(
     if len(names) == 1:
         raise UserError("tick at least one method to compare with LoRA")
     study = session.study
+    if study.tuned is None:
+        raise UserError("train LoRA first (Start training): the methods are compared beside it, on Compare")
     lora = lora_settings(r, alpha, dropout, targets, top_layers)
     lora.targets_for(study.spec)  # refuse a bad recipe before anything loads
     study.check_model()
@@ -56,6 +59,7 @@ def compare_methods(
     splits = study.splits
     base = recipe(recipe_name or DEFAULT_RECIPE, study.spec)[1]
     config = train_config(epochs, learning_rate, batch_size, max_length, len(splits.train), splits.config.seed, base)
+    study.check_methods(names, lora, config)  # every refusal now, not after a wait in the line
 
     def steps(report):
         def on_method(name, row):

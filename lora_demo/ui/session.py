@@ -174,6 +174,8 @@ class SessionData:
         if self.run is not None and self.run.cancel():
             return "Left the line before the run started; nothing was trained."
         if self._study is not None and self._study.stop_training():
+            if getattr(self.run, "kind", None) == "methods":
+                return "Stopping the comparison after the current step; the methods finished by then are compared."
             return "Stopping after the current step; the model trained so far is kept and scored."
         return None
 
