@@ -76,6 +76,17 @@ def count_parameters(model: torch.nn.Module) -> dict:
     return {"trainable": int(trainable), "total": int(total), "percent": 100.0 * trainable / total}
 
 
+def shipped_bytes(model: torch.nn.Module) -> int:
+    """Bytes of what a training run leaves to ship: PEFT's adapter file (its matrices and the trained head, as
+    `save_adapter` writes it), or every weight of a model trained in full (a tied weight once)."""
+    from safetensors.torch import save
+
+    if isinstance(model, PeftModel):
+        return len(save({name: t.contiguous() for name, t in get_peft_model_state_dict(model).items()}))
+    unique = {id(p): p for p in model.parameters()}
+    return sum(p.numel() * p.element_size() for p in unique.values())
+
+
 def count_parameters_offline(name: str, settings: LoraSettings) -> dict:
     """Count parameters from the architecture config shipped in `assets/models/`, on the meta device.
 

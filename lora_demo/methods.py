@@ -25,7 +25,7 @@ from .config import (
     TrainConfig,
     UserError,
 )
-from .lora import apply_lora, build_lora_config
+from .lora import apply_lora, build_lora_config, shipped_bytes
 from .models import ModelBundle
 
 # per model kind, IA3's targets as in its paper: keys and values, and the second feed-forward matrix (whose input
@@ -288,24 +288,6 @@ def _give_back_freed_memory() -> None:
         ctypes.CDLL(name).malloc_trim(0)
     except (OSError, AttributeError, TypeError):  # not glibc: the reading may undercount, never overcount
         pass
-
-
-def shipped_bytes(model: torch.nn.Module) -> int:
-    """Bytes of what you would ship after training: PEFT's adapter file (its matrices and the head), or the
-    whole model's safetensors for full fine-tuning (tied weights once)."""
-    import tempfile
-    from pathlib import Path
-
-    from peft import PeftModel, get_peft_model_state_dict
-    from safetensors.torch import save_file, save_model
-
-    with tempfile.TemporaryDirectory(prefix="lora-demo-size-") as folder:
-        path = Path(folder) / "model.safetensors"
-        if isinstance(model, PeftModel):
-            save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}, str(path))
-        else:
-            save_model(model, str(path))
-        return path.stat().st_size
 
 
 def embedding_shift(untouched: ModelBundle, tuned: ModelBundle, texts: list[str], max_length: int) -> dict:

@@ -8,15 +8,13 @@ Memory is the growth of this process's resident memory during the steps (sampled
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 from .config import LoraSettings
-from .lora import apply_lora, count_parameters, count_parameters_offline, save_adapter
+from .lora import apply_lora, count_parameters, count_parameters_offline, shipped_bytes
 from .measure import PeakRSS
 from .models import ModelBundle, load_bundle
 from .train import tokenize_split
@@ -112,7 +110,7 @@ def measure(
             "percent": round(counts["percent"], 4),
             **step_times(times),
             "memory_growth_mb": round(max(0.0, memory.peak - start_rss) / 2**20, 1),
-            "saved_mb": round(_saved_bytes(bundle, method) / 2**20, 3),
+            "saved_mb": round(shipped_bytes(bundle.model) / 2**20, 3),
         }
         del bundle, batch
     rows["batch"] = {"reviews": len(frame), "max_length": max_length, "steps": steps, "warmup": warmup}
@@ -120,15 +118,6 @@ def measure(
     rows["within_noise"] = within_noise(rows["lora"], rows["full"])
     rows["size_ratio"] = round(rows["full"]["saved_mb"] / rows["lora"]["saved_mb"], 1)
     return rows
-
-
-def _saved_bytes(bundle: ModelBundle, method: str) -> int:
-    """Bytes on disk of what the method must save: the adapter folder, or a full copy of the weights."""
-    if method == "full":
-        return sum(p.numel() * p.element_size() for p in bundle.model.parameters())
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = save_adapter(bundle, Path(scratch) / "adapter", {})
-        return sum(f.stat().st_size for f in folder.iterdir() if f.name.endswith(".safetensors"))
 
 
 def trainable_by_rank(model_name: str, lora: LoraSettings, ranks=RANKS) -> list[dict]:
