@@ -135,6 +135,7 @@ def test_click_through_every_tab(page, app):
     methods_status = page.locator("#methods-status")
     methods_status.get_by_text("Done: 2 methods on 20 test reviews").wait_for()
     assert "frontier" in methods_status.inner_text()
+    methods_status.screenshot(path=ARTIFACTS / "3-train-methods.png")
 
     open_tab(page, "4. Compare")
     page.get_by_text("Baseline vs LoRA on the same test reviews").wait_for()
