@@ -312,7 +312,20 @@ def test_methods_run_as_zerogpu_jobs_and_a_method_past_the_cap_is_refused_before
         result = study.compare_methods("ia3", LORA, QUICK)
         assert sum(zerogpu_stub.CALLS.values()) == calls + 2  # one call per method, LoRA's and IA3's
         assert result["methods"]["ia3"]["accuracy"] >= 0 and result["methods"]["lora"]["chosen_lr"] > 0
-        monkeypatch.setitem(runners.SECONDS_PER_REVIEW, "minilm", 0.1)  # LoRA 83 s; full 4x its training: 169 s
+        # a GPU's speed at which LoRA's call fits under the cap and full fine-tuning's (more work) does not
+        from lora_demo.compute.jobs import WORK
+
+        splits = study.splits
+        args = (
+            None,
+            (splits.train, splits.val),
+            splits.test["text"].tolist(),
+            study._short_labels(study._short_sets(splits)),
+        )
+        lora_work, full_work = (WORK["method"](*args, name, LORA, QUICK) for name in ("lora", "full"))
+        assert full_work > lora_work
+        cap = runners.DURATION_CAP - runners.DURATION_FLOOR
+        monkeypatch.setitem(runners.SECONDS_PER_REVIEW, "minilm", cap / (lora_work * full_work) ** 0.5)
         calls = sum(zerogpu_stub.CALLS.values())
         with pytest.raises(UserError, match=r"this full run would need about \d+ s of GPU time.*leave it out"):
             study.compare_methods("ia3,full", LORA, QUICK)
