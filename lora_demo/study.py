@@ -866,15 +866,15 @@ class Study:
 
     @staticmethod
     def _short_sets(splits: Splits) -> dict[str, pd.DataFrame]:
-        """The short-review test sets no method trains on with `splits`: the hand-written test half, the IMDb
-        test endings."""
+        """The short-review test sets no method trains on with `splits`, by `short_reviews`' rules: the
+        hand-written test half (not when the data is the hand-written reviews), the IMDb test endings."""
         from .data import load_imdb_sentences, short_review_halves
 
         seen = trained_on(splits)
-        sets = {"test": short_review_halves()["test"], "imdb_sentences": load_imdb_sentences()}
-        return {
-            key: frame for key, frame in sets.items() if splits.source != "builtin" and not seen.overlap(frame["text"])
-        }
+        sets = {"imdb_sentences": load_imdb_sentences()}
+        if splits.source != "builtin":
+            sets = {"test": short_review_halves()["test"], **sets}
+        return {key: frame for key, frame in sets.items() if not seen.overlap(frame["text"])}
 
     @staticmethod
     def _short_labels(short: dict[str, pd.DataFrame]) -> dict[str, list[int]]:
