@@ -71,7 +71,7 @@ def test_only_the_documented_endpoints_are_public(app_url):
     from lora_demo.ui import build_demo
 
     public = {fn.api_name for fn in build_demo().fns.values() if fn.api_visibility == "public"}
-    assert public == {"load_data", "evaluate_baseline", "train", "stop_training", "classify"}
+    assert public == {"load_data", "evaluate_baseline", "train", "stop_training", "classify", "compare_methods"}
 
 
 @needs_minilm
