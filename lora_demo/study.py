@@ -828,7 +828,9 @@ class Study:
                 if run is not None:
                     runs.append(run)
                     if on_method:
-                        row = compare_runs(runs, splits.test["label"], labels, splits.config.seed)
+                        # this method's row only (against LoRA, the first): the bootstraps of the others are not redone
+                        pair = runs[:1] + runs[-1:] if len(runs) > 1 else runs
+                        row = compare_runs(pair, splits.test["label"], labels, splits.config.seed)
                         on_method(method, row["methods"][method])
                 if stop.is_set():  # Stop: the methods finished so far are compared
                     break
