@@ -7,6 +7,9 @@ product, measured in the same run, and the share of it that training reached.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import gc
 import multiprocessing
 import resource
@@ -31,14 +34,17 @@ class PeakRSS:
         self._done = threading.Event()
         self._process = psutil.Process()
 
+    def read(self) -> int:
+        return self._process.memory_info().rss
+
     def _sample(self):
         while not self._done.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss)
+            self.peak = max(self.peak, self.read())
             self._done.wait(0.02)
 
     def __enter__(self):
         gc.collect()
-        self.peak = self._process.memory_info().rss
+        self.peak = self.read()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -46,11 +52,53 @@ class PeakRSS:
     def __exit__(self, *exc):
         self._done.set()
         self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
+        self.peak = max(self.peak, self.read())
 
     @property
     def mb(self) -> float:
         return self.peak / 2**20
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+        + ("keepcost",)
+    ]
+
+
+@functools.cache
+def _mallinfo2():
+    """glibc's `mallinfo2` (2.33 and later), or None on another C library."""
+    try:
+        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+    except (OSError, AttributeError, TypeError):
+        return None
+    function.restype = _MallInfo2
+    return function
+
+
+def allocated_bytes() -> int | None:
+    """Bytes the C allocator has handed out and not had back (every CPU tensor's storage among them): what the
+    process holds, whatever freed memory the allocator keeps resident. None where glibc's `mallinfo2` is missing."""
+    mallinfo2 = _mallinfo2()
+    if mallinfo2 is None:
+        return None
+    info = mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+class PeakAllocated(PeakRSS):
+    """Highest `allocated_bytes()` while the block runs, sampled every 20 ms.
+
+    Unlike resident memory it does not depend on what ran before: pages an earlier run freed but the allocator
+    kept (or fragmented) count in RSS and not here, so two runs of the same work read the same, in any order.
+    """
+
+    available = staticmethod(lambda: _mallinfo2() is not None)
+
+    def read(self) -> int:
+        return allocated_bytes() or 0
 
 
 def cpu_info() -> dict:
