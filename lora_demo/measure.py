@@ -95,8 +95,6 @@ class PeakAllocated(PeakRSS):
     kept (or fragmented) count in RSS and not here, so two runs of the same work read the same, in any order.
     """
 
-    available = staticmethod(lambda: _mallinfo2() is not None)
-
     def read(self) -> int:
         return allocated_bytes() or 0
 

@@ -147,9 +147,10 @@ class MethodRun:
         params: trainable and total parameters (`lora.count_parameters`).
         shipped_bytes: the file you would ship: the adapter's safetensors (with the head), or the whole model.
         train_seconds: the chosen run's training, from tokenising to its last step.
-        peak_memory_mb: the most memory training added, the larger reading of the grid's runs (the same shapes at
-            every rate): the process's resident memory above its level at the start (CPU), or the GPU memory
-            allocated (CUDA), the whole process's either way; `memory_measured` says which.
+        peak_memory_mb: the most memory training held above its start, the lower reading of the grid's runs (the
+            same shapes at every rate; the first may also pay caches a process fills once): on a CPU what the C
+            allocator handed out (`measure.PeakAllocated`), on a GPU the CUDA memory allocated; `memory_measured`
+            says which.
         test: the chosen model's answers to the test reviews.
         short: its answers to each short-review set.
         embedding_shift: mean cosine between the untouched model's sentence vectors of `reviews` test reviews
@@ -199,16 +200,15 @@ def run_method(
     train_frame, val_frame = frames
     if len(val_frame) < 2:
         raise UserError("comparing methods needs validation reviews: each method's learning rate is chosen on them")
-    trials, kept, memory = [], None, 0.0
+    trials, kept = [], None
     for rate in METHODS[method].rates:
         tuned, result, (added, measured) = _train_measured(
             fresh(), frames, method, lora, replace(config, learning_rate=rate), stop
         )
         if stop is not None and stop.is_set():
             return None
-        memory = max(memory, added)  # the same shapes at every rate: the first run's reading is the cleanest
         trial = {"lr": rate, **final_validation(tuned, result, val_frame, config.max_length)}
-        trials.append({**trial, "seconds": round(result.seconds, 2)})
+        trials.append({**trial, "seconds": round(result.seconds, 2), "memory_mb": round(added, 1)})
         if choose_rate([trial, kept[0]] if kept else [trial]) is trial:
             kept = (trial, tuned, result)
         del tuned
@@ -226,7 +226,9 @@ def run_method(
         params=result.params,
         shipped_bytes=shipped_bytes(tuned.model),
         train_seconds=round(result.seconds, 2),
-        peak_memory_mb=round(memory, 1),
+        # every rate trains the same shapes: the lower reading is the one without the once-per-process caches
+        # (the math library's kernels for these shapes) that whichever run came first in this process paid
+        peak_memory_mb=min(trial["memory_mb"] for trial in trials),
         memory_measured=measured,
         test=test,
         short=short,
@@ -260,7 +262,7 @@ def _train_measured(
     """`train_lora` with `method`, and the most memory it added: (model, result, (MB, how it was measured))."""
     import gc
 
-    from .measure import PeakAllocated, PeakRSS
+    from .measure import PeakAllocated, PeakRSS, allocated_bytes
     from .train import train_lora
 
     on_gpu = next(bundle.model.parameters()).device.type == "cuda"
@@ -273,7 +275,7 @@ def _train_measured(
         return tuned, result, ((torch.cuda.max_memory_allocated() - start) / 2**20, "cuda_allocated_above_start")
     # what the C allocator handed out (every tensor), not resident memory: that one counted freed pages an earlier
     # method left behind, so the same method read up to 1.5x more when it ran after full fine-tuning than first
-    allocated = PeakAllocated.available()
+    allocated = allocated_bytes() is not None
     with PeakAllocated() if allocated else PeakRSS() as peak:
         start = peak.peak
         tuned, result = train_lora(bundle, *frames, lora, config, method=method, stop_event=stop)

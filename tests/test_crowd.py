@@ -1,13 +1,15 @@
 """A crowd on loopback: what one 2-vCPU Space holds when many visitors arrive at once.
 
-Bounded in count and time, and it stops by itself. 16 pages open in Chromium at once while a training runs, and
-each fills its header, its trainable-parameter count and the LoRA picture; then 10 visitors classify over and over
-(as the page posts it) while 3 others train one after another, and the server's memory after they all leave
-returns near where it started. The figures are printed (`pytest tests/test_crowd.py -s`) and quoted in the README.
+Bounded in count and time, and it stops by itself. 8 pages (16 with LORA_DEMO_CROWD_PAGES=16) open in Chromium
+at once while a training runs, and each fills its header, its trainable-parameter count and the LoRA picture; then
+10 visitors classify over and over (as the page posts it) while 3 others train one after another, and the server's
+memory after they all leave returns near where it started. The figures are printed (`pytest tests/test_crowd.py
+-s`) and quoted in the README.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -21,7 +23,9 @@ from test_reliability import SIZES, classify_as_the_browser_does, stop_as_the_br
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, needs_minilm]
 
-PAGES = 16  # opened at once while one training runs
+# opened at once while one training runs: 8 in the suite (its slowest test at 16); the README's figures were measured
+# with LORA_DEMO_CROWD_PAGES=16
+PAGES = int(os.environ.get("LORA_DEMO_CROWD_PAGES", "8"))
 # a ceiling, not a target: a page still empty after it is broken. How fast they fill in is measured here and quoted
 # in the README (64 s at most on the development machine; the browsers' own rendering shares the 2 cores)
 PAGE_SECONDS = 300
@@ -53,7 +57,7 @@ def new_client(app):
     return Client(app.url, verbose=False, download_files=False)
 
 
-def test_sixteen_pages_opened_at_once_while_a_training_runs_all_fill_in(app):
+def test_pages_opened_at_once_while_a_training_runs_all_fill_in(app):
     from playwright.sync_api import sync_playwright
 
     trainer = new_client(app)
