@@ -43,11 +43,13 @@ def table(reports: list[dict]) -> str:
         shift_off = [row["embedding_shift"]["adapter_off"] for row in rows]
         off = "–" if None in shift_off else spread(shift_off)
         short = [v for v in values("short_reviews_accuracy") if v is not None]
+        # resident-memory readings (reports before the allocator's) carried the methods run before: left out
+        memory = [row["peak_memory_mb"] for row in rows if row.get("memory_measured") != "process_rss_above_start"]
         lines.append(
             f"| {name} | {spread(values('accuracy'))} | {spread(values('f1'))} "
             f"| {', '.join(f'{p:.3f}' for p in p_values) or '–'} | {rows[0]['trainable_params']:,} "
             f"| {spread(values('shipped_bytes'), 2, 1 / 2**20)} MB | {spread(values('train_seconds'), 0)} "
-            f"| {spread(values('peak_memory_mb'), 0)} | {spread(short) if short else '–'} "
+            f"| {spread(memory, 0) if memory else '–'} | {spread(short) if short else '–'} "
             f"| {spread(shift_on)} / {off} | {', '.join(f'{lr:g}' for lr in values('chosen_lr'))} |"
         )
     return "\n".join(lines)

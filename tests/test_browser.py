@@ -7,10 +7,12 @@ opens its own page (its own session) and sets up what it needs, so each passes a
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
 import time
+import zipfile
 
 import pytest
 from conftest import CHROMIUM, REPO_ROOT, needs_minilm, running_app
@@ -136,6 +138,11 @@ def test_click_through_every_tab(page, app):
     methods_status.get_by_text("Done: 2 methods on 20 test reviews").wait_for()
     assert "frontier" in methods_status.inner_text()
     methods_status.screenshot(path=ARTIFACTS / "3-train-methods.png")
+    with page.expect_download() as info:  # the zip to take home now carries the comparison too
+        download.click()
+    with zipfile.ZipFile(info.value.path()) as archive:
+        report = json.loads(archive.read("lora-adapter/report.json"))
+    assert report["methods"]["methods"].keys() == {"lora", "ia3"}
 
     open_tab(page, "4. Compare")
     page.get_by_text("Baseline vs LoRA on the same test reviews").wait_for()

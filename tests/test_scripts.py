@@ -125,3 +125,29 @@ def test_the_imdb_test_endings_are_what_the_script_writes_from_test_reviews_only
         assert 6 <= len(row["text"].split()) <= 60
     train = set(pd.read_parquet(imdb_dir / "train.parquet", columns=["text"])["text"].map(clean_text))
     assert not any(row["text"] in train for row in rows)
+
+
+def test_the_methods_table_gives_means_and_ranges_and_leaves_out_resident_memory_readings():
+    script = load_script("methods_table")
+
+    def report(accuracy, memory, measured):
+        row = {
+            "accuracy": accuracy,
+            "f1": accuracy,
+            "p_value_vs_lora": None,
+            "trainable_params": 166_658,
+            "shipped_bytes": 2**20,
+            "train_seconds": 80.0,
+            "peak_memory_mb": memory,
+            "memory_measured": measured,
+            "short_reviews_accuracy": 0.8,
+            "embedding_shift": {"adapter_on": 0.75, "adapter_off": 1.0},
+            "chosen_lr": 1e-3,
+        }
+        return {"methods": {"methods": {"lora": row}}}
+
+    seeds = [report(0.85, 400.0, "allocated_above_start"), report(0.87, 420.0, "allocated_above_start")]
+    allocated = script.table(seeds)
+    assert "| lora | 0.860 (0.850-0.870) |" in allocated and "| 410 (400-420) |" in allocated
+    resident = script.table([report(0.85, 3300.0, "process_rss_above_start")])  # carried the runs before it
+    assert "| 80 | – | 0.800 |" in resident

@@ -78,7 +78,19 @@ def compare_methods(
             progress((event.done, event.total), desc=event.what)
             yield f"**Comparing methods:** {event.done} of {event.total} done ({event.what.lower()})."
         elif isinstance(event, MethodsCompared):
+            refresh_download(session, study)
             yield result_markdown(event.comparison, notes)
+
+
+def refresh_download(session: SessionData, study) -> None:
+    """The Train tab's zip again, its report now with the comparison (`methods`); the last one stays when the
+    report cannot be made (the data changed since training: the Compare tab says why)."""
+    if session.export_zip is None:
+        return
+    try:
+        session.export_zip = str(study.export_zip(session.scratch_dir(), study.report()))
+    except UserError:
+        pass
 
 
 def result_markdown(comparison: dict, notes: list[str]) -> str:
