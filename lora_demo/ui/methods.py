@@ -115,12 +115,17 @@ def build() -> SimpleNamespace:
     return SimpleNamespace(methods=methods, button=button, status=status)
 
 
-def wire(ui: SimpleNamespace, inputs: list, session: gr.State) -> None:
-    """`inputs`: the Train tab's LoRA and training controls and its recipe, as `train.train` takes them."""
+def wire(ui: SimpleNamespace, inputs: list, session: gr.State, download: gr.DownloadButton) -> None:
+    """`inputs`: the Train tab's LoRA and training controls and its recipe, as `train.train` takes them;
+    `download`: the Train tab's zip, handed the one with the comparison in its report."""
+    from .train import download_update
+
     ui.button.click(
         guard(compare_methods),
         inputs=[ui.methods, *inputs, session],
         outputs=ui.status,
         api_name="compare_methods",
         **RUN_SLOTS,
+    ).success(
+        guard(download_update), inputs=session, outputs=download, api_visibility="private", show_progress="hidden"
     )

@@ -506,7 +506,7 @@ def _wire(ui: SimpleNamespace):
         api_visibility="private",
         **TRAIN_SLOTS,
     )
-    methods.wire(ui.methods, [*controls.lora, *controls.training, ui.recipe_name], session)
+    methods.wire(ui.methods, [*controls.lora, *controls.training, ui.recipe_name], session, ui.download)
     # outside the queue: a stop never waits behind the run it stops, nor for a place in a full queue
     ui.stop.click(guard(stop_training), inputs=session, outputs=ui.stop_note, api_name="stop_training", queue=False)
     return model_selected
