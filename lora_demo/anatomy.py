@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import LoraSettings, ModelSpec
+from .config import SCORE_BATCH, LoraSettings, ModelSpec
 
 # module names inside one layer -> plain words (the encoder's three "dense" layers are told apart by their path)
 MODULE_WORDS = {
@@ -221,7 +221,9 @@ def lora_shapes(spec: ModelSpec, settings: LoraSettings) -> LoraShapes:
     )
 
 
-def pooled_embeddings(bundle, texts: list[str], max_length: int, batch_size: int = 64, progress=None) -> np.ndarray:
+def pooled_embeddings(
+    bundle, texts: list[str], max_length: int, batch_size: int = SCORE_BATCH, progress=None
+) -> np.ndarray:
     """Each review as the model represents it, one vector per review, in input order: what its head reads
     (`inference.Predictions.features`, which the scoring passes return beside their answers).
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from .config import DEFAULT_MAX_LENGTH
+from .config import DEFAULT_MAX_LENGTH, SCORE_BATCH
 from .inference import Predictions, classify_texts, run_batches
 from .models import ModelBundle, encode_head_tail
 
@@ -48,7 +48,11 @@ def label_prototypes(bundle: ModelBundle) -> torch.Tensor:
 
 
 def embed_texts(
-    bundle: ModelBundle, texts: list[str], max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 64, progress=None
+    bundle: ModelBundle,
+    texts: list[str],
+    max_length: int = DEFAULT_MAX_LENGTH,
+    batch_size: int = SCORE_BATCH,
+    progress=None,
 ) -> torch.Tensor:
     """Unit-length mean-pooled embeddings, in input order."""
     encoded = encode_head_tail(bundle.tokenizer, texts, max_length)
@@ -68,7 +72,7 @@ def zero_shot_predict(
     bundle: ModelBundle,
     texts: list[str],
     max_length: int = DEFAULT_MAX_LENGTH,
-    batch_size: int = 64,
+    batch_size: int = SCORE_BATCH,
     progress: Callable[[int, int], None] | None = None,
 ) -> Predictions:
     """Predict labels with no training.

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .config import DEFAULT_MAX_LENGTH, LABEL_NAMES
+from .config import DEFAULT_MAX_LENGTH, LABEL_NAMES, SCORE_BATCH
 from .data import format_seq2seq
 from .models import ModelBundle, encode_head_tail, label_targets, mean_pool
 
@@ -149,7 +149,7 @@ def classify_texts(
     bundle: ModelBundle,
     texts: list[str],
     max_length: int = DEFAULT_MAX_LENGTH,
-    batch_size: int = 64,
+    batch_size: int = SCORE_BATCH,
     progress: Callable[[int, int], None] | None = None,
 ) -> Predictions:
     """Label reviews with a classifier (encoder) or by scoring both label words (seq2seq).

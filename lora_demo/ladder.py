@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .baseline import SIMILARITY_SCALE, embed_texts, label_prototypes
-from .config import TrainConfig
+from .config import SCORE_BATCH, TrainConfig
 from .data import format_seq2seq
 from .inference import Predictions, run_batches
 from .models import ModelBundle, encode_head_tail, mean_pool
@@ -93,7 +93,7 @@ class HeadOnlyModel:
     head: dict | None = None
     probe: object | None = None
 
-    def predict(self, base: ModelBundle, texts: list[str], batch_size: int = 64) -> Predictions:
+    def predict(self, base: ModelBundle, texts: list[str], batch_size: int = SCORE_BATCH) -> Predictions:
         """Label reviews with the untouched `base` model under this head."""
         if self.head is not None:
             return self.predict_features(embed_texts(base, list(texts), self.max_length, batch_size).numpy())
@@ -239,7 +239,9 @@ def _epoch_events(head: nn.Linear, epoch_losses: list[float], val_set, step: int
     return events
 
 
-def t5_encoder_features(bundle: ModelBundle, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+def t5_encoder_features(
+    bundle: ModelBundle, texts: list[str], max_length: int, batch_size: int = SCORE_BATCH
+) -> np.ndarray:
     """Mean-pooled last hidden states of a seq2seq model's encoder, on the prompt its LoRA run reads."""
     encoded = encode_head_tail(bundle.tokenizer, [format_seq2seq(t) for t in texts], max_length)
     encoder = bundle.model.get_encoder()
