@@ -16,7 +16,7 @@ LABEL_NAMES = ("negative", "positive")
 METADATA_FILE = "lora_demo.json"  # beside every adapter we save: its base model, settings and training record
 DEFAULT_MAX_LENGTH = 256  # tokens kept per review, head + tail: the one place this default lives
 # reviews per forward pass when scoring (no gradients): on this project's 2-core Xeon, 400 test reviews through
-# MiniLM ran 1.2-1.4x faster in batches of 24-32 than of 64 in bf16, and 1.1x in fp32 (`bench` README section)
+# MiniLM ran 1.2-1.4x faster in batches of 24-32 than of 64 in bf16, and 1.1x in fp32 (README: the whole study)
 SCORE_BATCH = 32
 
 ModelKind = Literal["encoder", "seq2seq"]

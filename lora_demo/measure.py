@@ -59,11 +59,10 @@ class PeakRSS:
         return self.peak / 2**20
 
 
-class _MallInfo2(ctypes.Structure):
+class _MallInfo2(ctypes.Structure):  # glibc's `struct mallinfo2`: ten size_t counters, in this order
     _fields_ = [
         (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-        + ("keepcost",)
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
     ]
 
 

@@ -148,9 +148,9 @@ def methods_markdown(comparison: dict) -> str:
         f"{sizes['val']} validation reviews preferred "
         f"from its grid{cost}; all are scored on the same {comparison['n']} test reviews. *p vs LoRA*: McNemar's "
         "exact test on the reviews the two answered differently. *Shipped*: the adapter file, or the whole model. "
-        "*Peak memory*: what training added to the process. *Sentence vectors*: the mean cosine between the "
-        "untouched model's pooled vectors of test reviews and the trained model's, with its adapter on and off "
-        "(1 = unmoved; full fine-tuning has no adapter to turn off).\n\n" + described
+        "*Peak memory*: the most memory training held above its start. *Sentence vectors*: the mean cosine "
+        "between the untouched model's pooled vectors of test reviews and the trained model's, with its adapter on "
+        "and off (1 = unmoved; full fine-tuning has no adapter to turn off).\n\n" + described
     )
 
 
