@@ -19,6 +19,7 @@ from typing import Literal
 import datasets
 import pandas as pd
 import torch
+from peft.helpers import disable_input_dtype_casting
 from transformers import (
     DataCollatorForSeq2Seq,
     DataCollatorWithPadding,
@@ -511,6 +512,9 @@ def _run_trainer(tuned: ModelBundle, config: TrainConfig, data, callbacks, optim
             optimizers=(optimizer, None),
         )
         trainer.remove_callback(PrinterCallback)  # events go to on_event, not to stdout
-        with frozen_weights_in_bf16(tuned.model, trainer.args.bf16):
+        bf16 = trainer.args.bf16
+        # PEFT casts each adapted layer's input to its adapter's fp32 weights, and autocast casts it straight back
+        # to bf16 for the product: two copies of the activations per layer for the same values (a step 1.03-1.19x)
+        with frozen_weights_in_bf16(tuned.model, bf16), disable_input_dtype_casting(tuned.model, active=bf16):
             output = trainer.train()
         return output, trainer.state

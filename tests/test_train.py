@@ -308,6 +308,37 @@ def test_frozen_weights_are_bf16_only_while_training_under_bf16(tiny_t5):
         assert query.base_layer.weight.dtype == torch.float32
 
 
+@pytest.mark.parametrize("factory", ["tiny_encoder_factory", "tiny_t5_factory"])
+def test_bf16_training_skips_peft_s_input_casts_to_the_same_losses(factory, toy_reviews, request, monkeypatch):
+    """Under bf16 autocast PEFT's cast of each adapted layer's input to the adapter's fp32 weights is undone by
+    autocast before the product: training without it gives the same losses, and the cast is back on after."""
+    import contextlib
+
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from lora_demo import train as training
+
+    train, val, _ = toy_reviews
+    make = request.getfixturevalue(factory)
+    lora = ENCODER_LORA if factory == "tiny_encoder_factory" else T5_LORA
+    config = TrainConfig(**{**vars(FAST), "epochs": 1, "bf16": True})
+    seen = []
+    real = training.disable_input_dtype_casting
+
+    def recorded(model, active=True):
+        seen.append(active)
+        return real(model, active)
+
+    monkeypatch.setattr(training, "disable_input_dtype_casting", recorded)
+    tuned, skipped = train_lora(make(0), train, val, lora, config)
+    assert seen == [True]
+    layers = [m for m in tuned.model.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers and all(m.cast_input_dtype_enabled for m in layers)  # back on for fp32 scoring
+    monkeypatch.setattr(training, "disable_input_dtype_casting", lambda model, active=True: contextlib.nullcontext())
+    _, cast = train_lora(make(0), train, val, lora, config)
+    assert losses(skipped) == losses(cast) and skipped.val_loss == cast.val_loss
+
+
 def test_the_encoder_trains_with_plain_attention_and_scores_with_the_fused_kernel_to_the_same_answers(tiny_encoder):
     """On a CPU the fused attention kernel's backward pass is slow, so a forward that takes gradients uses the
     plain matrix products; scoring keeps the fused kernel. Both compute the same attention."""
