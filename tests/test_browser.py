@@ -166,6 +166,8 @@ def test_click_through_every_tab(page, app):
     page.set_viewport_size({"width": 390, "height": 844})
     page.wait_for_timeout(800)  # plotly re-lays out on resize
     page.locator("#methods").screenshot(path=ARTIFACTS / "4-compare-methods-390.png")
+    # the page itself fits a phone: its tables (ladder, runs, methods) scroll inside their own boxes
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
     page.set_viewport_size({"width": 1280, "height": 800})
 
     open_tab(page, "5. Classify")

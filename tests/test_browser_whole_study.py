@@ -53,8 +53,8 @@ def chart_points(page) -> int:
 
 
 def check_compare_pictures(page, test_reviews: int):
-    """Where the adapter changed the model and how the test reviews moved, on Compare; at 390 px the figures fit
-    the phone's width on their own (the tables, gr.Dataframe, are wider: hidden for the measure)."""
+    """Where the adapter changed the model and how the test reviews moved, on Compare; at 390 px the page fits the
+    phone's width and so do the figures (measured with the tables hidden, as before they scrolled in their boxes)."""
     wait_for_text(page, "#norms-reading", "The largest change is in")
     assert plotly_points(page, "#norms-heatmap") == [6]  # the default recipe's six matrices per layer
     assert sum(plotly_points(page, "#review-map")) == 2 * test_reviews  # each test review once per panel
@@ -63,6 +63,8 @@ def check_compare_pictures(page, test_reviews: int):
         page.locator(selector).screenshot(path=ARTIFACTS / f"{name}-1280.png")
     page.set_viewport_size({"width": 390, "height": 800})
     page.screenshot(path=ARTIFACTS / "compare-390.png", full_page=True)
+    # the page fits the phone's width: the wide tables scroll inside their own boxes (1,240 px before)
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
     hidden = page.evaluate(
         "() => Array.from(document.querySelectorAll('table'), t => { t.style.display = 'none'; return t; }).length"
     )

@@ -39,8 +39,14 @@ STUDY = study_text()
 CSS = """
 .gradio-container { max-width: 1240px !important; margin: auto; }
 #header p { margin: 0.25em 0; }
-/* on a phone a wide table scrolls inside its own box instead of widening the page, and every figure with it */
-.gradio-container .table-container, .gradio-container .table-wrap { max-width: 100%; overflow-x: auto; }
+/* on a phone a wide table scrolls inside its own box instead of widening the page, and every figure with it:
+   its width must not come from its content (gradio lays its rows out in px), hence the containment */
+.gradio-container .table-container, .gradio-container .table-wrap {
+  max-width: 100%; overflow-x: auto; contain: inline-size;
+}
+/* and its columns keep a readable width there (they are set in % of the table): it scrolls sideways instead */
+.gradio-container .table-wrap .virtual-table-viewport { min-width: 36rem; }
+.gradio-container :is(#methods-table, #runs) .virtual-table-viewport { min-width: 64rem; }
 .gradio-container .block, .gradio-container .form { min-width: 0; }
 """
 QUEUE_SIZE = 16  # events waiting at most, over all sessions; past it users are told the app is busy
