@@ -20,13 +20,14 @@ METRIC_NAMES = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall",
 
 def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = FIGURE_HEIGHT) -> go.Figure:
     fig.update_layout(
-        title={"text": title, "x": 0.02, "xanchor": "left"},
+        # the title on the top line and the legend on its own line under it: on a phone's width they would overlap
+        title={"text": title, "x": 0.02, "xanchor": "left", "y": 0.985, "yanchor": "top", "yref": "container"},
         xaxis_title=x_title,
         yaxis_title=y_title,
         height=height,
         template="plotly_white",
-        margin={"l": 70, "r": 30, "t": 60, "b": 60},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0},
+        margin={"l": 70, "r": 30, "t": 80, "b": 60},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.01, "xanchor": "right", "x": 1.0},
         font={"size": 13},
     )
     return fig
