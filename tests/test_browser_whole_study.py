@@ -54,7 +54,7 @@ def chart_points(page) -> int:
 
 def check_compare_pictures(page, test_reviews: int):
     """Where the adapter changed the model and how the test reviews moved, on Compare; at 390 px the page fits the
-    phone's width and so do the figures (measured with the tables hidden, as before they scrolled in their boxes)."""
+    phone's width and so do the figures (measured alone: the tables, scrolled in their own boxes, are hidden)."""
     wait_for_text(page, "#norms-reading", "The largest change is in")
     assert plotly_points(page, "#norms-heatmap") == [6]  # the default recipe's six matrices per layer
     assert sum(plotly_points(page, "#review-map")) == 2 * test_reviews  # each test review once per panel
