@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from .config import DEFAULT_MAX_LENGTH, SCORE_BATCH
-from .inference import Predictions, classify_texts, run_batches
+from .inference import LayerStates, Predictions, classify_texts, run_batches
 from .models import ModelBundle, encode_head_tail
 
 LABEL_DESCRIPTIONS = (
@@ -55,17 +55,27 @@ def embed_texts(
     progress=None,
 ) -> torch.Tensor:
     """Unit-length mean-pooled embeddings, in input order."""
+    return _embed(bundle, texts, max_length, batch_size, progress)[0]
+
+
+def _embed(bundle, texts, max_length, batch_size, progress, keep_from: int = 0):
+    """`embed_texts`, and with `keep_from` the `LayerStates` entering that layer from the same pass (else None)."""
     encoded = encode_head_tail(bundle.tokenizer, texts, max_length)
     if not encoded:
-        return torch.empty(0, bundle.model.config.hidden_size)
-    rows = run_batches(
-        bundle,
-        encoded,
-        batch_size,
-        lambda batch: torch.nn.functional.normalize(bundle.model.embed(**batch).float(), dim=-1),
-        progress,
-    )
-    return torch.stack(rows)
+        return torch.empty(0, bundle.model.config.hidden_size), LayerStates(keep_from, []) if keep_from else None
+
+    def step(batch):
+        if not keep_from:
+            return torch.nn.functional.normalize(bundle.model.embed(**batch).float(), dim=-1)
+        pooled, states = bundle.model.embed_keeping(batch["input_ids"], batch["attention_mask"], keep_from)
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        features = torch.nn.functional.normalize(pooled.float(), dim=-1)
+        return [(row, state[:n].clone()) for row, state, n in zip(features, states, lengths)]
+
+    rows = run_batches(bundle, encoded, batch_size, step, progress)
+    if not keep_from:
+        return torch.stack(rows), None
+    return torch.stack([row for row, _ in rows]), LayerStates(keep_from, [state for _, state in rows])
 
 
 def zero_shot_predict(
@@ -84,7 +94,22 @@ def zero_shot_predict(
         batch_size: reviews per forward pass.
         progress: called with (done, total) after each batch.
     """
+    return zero_shot_keeping(bundle, texts, 0, max_length, batch_size, progress)[0]
+
+
+def zero_shot_keeping(
+    bundle: ModelBundle,
+    texts: list[str],
+    layer: int,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    batch_size: int = SCORE_BATCH,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Predictions, LayerStates | None]:
+    """`zero_shot_predict`, keeping from the same pass each review's hidden states entering encoder layer `layer`
+    (None where `layer` is 0 or the model is seq2seq): a LoRA model that adapts only the layers from there up
+    answers the same reviews from them (`inference.classify_texts(states=...)`)."""
     if bundle.spec.kind == "seq2seq":
-        return classify_texts(bundle, texts, max_length, batch_size, progress)
-    features = embed_texts(bundle, texts, max_length, batch_size, progress)
-    return Predictions.from_scores(features @ label_prototypes(bundle).T * SIMILARITY_SCALE, features=features)
+        return classify_texts(bundle, texts, max_length, batch_size, progress), None
+    features, states = _embed(bundle, texts, max_length, batch_size, progress, keep_from=layer)
+    scores = features @ label_prototypes(bundle).T * SIMILARITY_SCALE
+    return Predictions.from_scores(scores, features=features), states

@@ -47,6 +47,28 @@ class Cache:
                 self._locks.pop(key, None)
             return value
 
+    def peek(self, key):
+        """The value kept for `key` (now the most recently used), or None: nothing is made."""
+        with self._lock:
+            if key not in self._values:
+                return None
+            self._values.move_to_end(key)
+            return self._values[key]
+
+    def put(self, key, value) -> None:
+        """Keep `value` for `key`, in place of any value kept for it."""
+        with self._lock:
+            if key in self._values:
+                self._weight -= self._weights.pop(key, 0.0)
+                del self._values[key]
+        self.get(key, lambda: value)
+
+    @property
+    def weight(self) -> float:
+        """The sum of `weigh(value)` over the values kept (0 without `weigh`)."""
+        with self._lock:
+            return self._weight
+
     def _over(self) -> bool:
         too_many = self._size is not None and len(self._values) > self._size
         return too_many or (self._budget is not None and self._weight > self._budget)

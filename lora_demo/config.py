@@ -216,6 +216,14 @@ class LoraSettings:
             raise UserError(f"`top_layers` must be at most {spec.num_layers} for {spec.name}, got {top}")
         return list(range(spec.num_layers - top, spec.num_layers))
 
+    def untouched_below(self, spec: ModelSpec) -> int:
+        """How many bottom layers of `spec` the adapter leaves as they are: the layers whose output a LoRA model
+        shares with the untouched model (0 where it adapts them all, and for seq2seq models)."""
+        if spec.kind != "encoder":
+            return 0
+        layers = self.layers_for(spec)
+        return layers[0] if layers else 0
+
     def targets_for(self, spec: ModelSpec) -> tuple[str, ...]:
         """The modules to adapt in `spec`, checked against the names that model has.
 

@@ -13,7 +13,7 @@ import torch
 
 from .config import DEFAULT_MAX_LENGTH, LABEL_NAMES, SCORE_BATCH
 from .data import format_seq2seq
-from .models import ModelBundle, encode_head_tail, label_targets, mean_pool
+from .models import ModelBundle, encode_head_tail, label_targets, mean_pool, pad_states
 
 UNMAPPED = -1
 
@@ -65,6 +65,20 @@ class Predictions:
         return [LABEL_NAMES[k] if k != UNMAPPED else "unmapped" for k in self.labels]
 
 
+@dataclass
+class LayerStates:
+    """An encoder's hidden states entering layer `layer`, one (tokens x hidden) tensor per review of a scoring pass,
+    in its order: a model that shares the layers below (a LoRA model that adapts only from `layer` up,
+    `LoraSettings.untouched_below`) answers the same reviews from them, running only the layers above."""
+
+    layer: int
+    states: list[torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(state.numel() * state.element_size() for state in self.states)
+
+
 def map_output_word(text: str) -> int:
     """Map a generated answer to a label; anything that is not clearly one word of the two is unmapped."""
     words = re.findall(r"[a-z]+", text.lower())
@@ -112,12 +126,17 @@ def serving_copy(bundle: ModelBundle) -> ModelBundle:
     return replace(bundle, model=model)
 
 
-def run_batches(bundle: ModelBundle, encoded, batch_size, step, progress=None, bf16: bool | None = None) -> list:
+def run_batches(
+    bundle: ModelBundle, encoded, batch_size, step, progress=None, bf16: bool | None = None, collate=None
+) -> list:
     """Call `step(padded_batch)` on length-sorted batches; returns its per-review results in input order.
 
     Args:
+        encoded: per review, its token ids (or what `collate` pads: anything with a length).
         bf16: run under bfloat16 autocast; default: where the hardware runs it natively (`fast_bf16`).
+        collate: makes a batch's inputs from its reviews' items; default: the tokenizer pads token ids.
     """
+    collate = collate or (lambda ids: bundle.tokenizer.pad({"input_ids": ids}, return_tensors="pt"))
     from .measure import counted
 
     bf16 = fast_bf16() if bf16 is None else bf16
@@ -128,8 +147,7 @@ def run_batches(bundle: ModelBundle, encoded, batch_size, step, progress=None, b
     device = next(bundle.model.parameters()).device
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for indices in length_sorted_batches(encoded, batch_size):
-            batch = bundle.tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt")
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in indices]).items()}
             for i, result in zip(indices, _on_cpu(step(batch))):
                 results[i] = result
             done += len(indices)
@@ -151,6 +169,7 @@ def classify_texts(
     max_length: int = DEFAULT_MAX_LENGTH,
     batch_size: int = SCORE_BATCH,
     progress: Callable[[int, int], None] | None = None,
+    states: LayerStates | None = None,
 ) -> Predictions:
     """Label reviews with a classifier (encoder) or by scoring both label words (seq2seq).
 
@@ -160,16 +179,29 @@ def classify_texts(
         max_length: tokens kept per review (head + tail).
         batch_size: reviews per forward pass.
         progress: called with (done, total) after each batch.
+        states: the reviews' hidden states entering a layer from which on this encoder differs from the model
+            that computed them (`LayerStates`): only the layers above run.
     """
     if bundle.spec.kind == "seq2seq":
         return _score_label_words(bundle, texts, max_length, batch_size, progress)
-    encoded = encode_head_tail(bundle.tokenizer, texts, max_length)
+    if states is None:
+        encoded, collate, start = encode_head_tail(bundle.tokenizer, texts, max_length), None, {}
+    elif len(states.states) != len(texts):
+        raise ValueError(f"{len(states.states)} reviews' states for {len(texts)} reviews")
+    else:
+        encoded, collate, start = states.states, _states_batch, {"start_layer": states.layer}
 
     def step(batch):  # the logits and, beside them, the features the head read
-        return torch.cat([part.float() for part in bundle.model.classify(**batch)], dim=-1)
+        return torch.cat([part.float() for part in bundle.model.classify(**batch, **start)], dim=-1)
 
-    rows = _stacked(run_batches(bundle, encoded, batch_size, step, progress), 2 + hidden_size(bundle))
+    rows = run_batches(bundle, encoded, batch_size, step, progress, collate=collate)
+    rows = _stacked(rows, 2 + hidden_size(bundle))
     return Predictions.from_scores(rows[:, :2], features=rows[:, 2:])
+
+
+def _states_batch(states: list[torch.Tensor]) -> dict:
+    hidden, mask = pad_states(states)
+    return {"hidden_states": hidden, "attention_mask": mask}
 
 
 def hidden_size(bundle: ModelBundle) -> int:

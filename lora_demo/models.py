@@ -74,6 +74,11 @@ class EncoderClassifier(nn.Module):
         """Hidden states after the first `layers` layers, for caching the frozen bottom of the encoder."""
         return self.run_layers(self.encoder.embeddings(input_ids=input_ids), attention_mask, 0, layers)
 
+    def embed_keeping(self, input_ids, attention_mask, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`embed`, and beside it the hidden states entering `layer`, from the same pass (the same products)."""
+        states = self.bottom_hidden(input_ids, attention_mask, layer)
+        return self.embed(attention_mask=attention_mask, hidden_states=states, start_layer=layer), states
+
     def embed(self, input_ids=None, attention_mask=None, hidden_states=None, start_layer: int = 0) -> torch.Tensor:
         """Mean-pooled last hidden state, from token ids or from cached hidden states entering `start_layer`."""
         if hidden_states is None:
@@ -101,6 +106,13 @@ class EncoderClassifier(nn.Module):
         """Start the head as the zero-shot classifier: logits = scale * cosine(review, label prototype)."""
         self.classifier.weight.copy_(prototypes * scale)
         self.classifier.bias.zero_()
+
+
+def pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states of several reviews (tokens x hidden each) as one zero-padded batch and its attention mask."""
+    padded = torch.nn.utils.rnn.pad_sequence(states, batch_first=True)
+    lengths = torch.tensor([len(state) for state in states])
+    return padded, (torch.arange(padded.shape[1])[None, :] < lengths[:, None]).long()
 
 
 def bundled_minilm_path() -> str:

@@ -364,16 +364,27 @@ class Study:
             model: whose (default: the study's model); the report names the LoRA model's own, whatever model is
                 selected since it trained.
         """
+        return self._baseline(frame, max_length, progress, model, keep_for=self._lora_ahead())
+
+    def _baseline(self, frame, max_length, progress, model, keep_for: LoraSettings | None) -> Evaluation:
+        """`baseline`, keeping in this process the untouched model's states below the first layer that LoRA
+        models with `keep_for`'s settings adapt, for their passes over the same reviews (`jobs.zero_shot`)."""
         frame = self._test_frame() if frame is None else frame
         model = model or self.model_name
         report = _reporter(progress, f"Zero-shot {model} on {len(frame)} reviews")
         ref = self._ref(model)
+        keep = dict(keep_for=keep_for) if keep_for is not None and not self.models.runner.in_workers else {}
 
         def predict(texts):  # the untouched model answers every visitor alike: once per process and reviews
             key = ("zero_shot", ref, max_length, texts_fingerprint(texts))
-            return SHARED.get(key, lambda: self._run("zero_shot", ref, texts, max_length, progress=report))
+            return SHARED.get(key, lambda: self._run("zero_shot", ref, texts, max_length, progress=report, **keep))
 
         return self._score(("baseline", model, max_length), frame, predict)
+
+    def _lora_ahead(self) -> LoraSettings:
+        """The LoRA settings of the model most likely to answer next what the zero-shot model answers now: the
+        study's LoRA model's, else the default recipe's (where the Train tab starts)."""
+        return self.tuned.lora if self.tuned is not None else LoraSettings()
 
     def finetuned(self, frame: pd.DataFrame | None = None, progress: Progress | None = None) -> Evaluation:
         """The LoRA model's answers on `frame` (default: the test reviews).
@@ -733,8 +744,8 @@ class Study:
             notes = self.ensure_data()
         yield DataReady(self.splits, notes)
         if with_baseline:
-            with self._timed("zero_shot"):
-                baseline = self.baseline(max_length=config.max_length, progress=progress)
+            with self._timed("zero_shot"):  # keeping the states the run's LoRA model will start from
+                baseline = self._baseline(None, config.max_length, progress, None, keep_for=lora)
             yield BaselineScored(baseline)
         self._busy = True
         try:

@@ -40,7 +40,7 @@ from .data import format_seq2seq
 from .inference import run_batches
 from .lora import count_parameters
 from .methods import apply_method, method_optimizer, method_settings
-from .models import ModelBundle, encode_head_tail, label_targets
+from .models import ModelBundle, encode_head_tail, label_targets, pad_states
 
 
 @dataclass(frozen=True)
@@ -237,10 +237,8 @@ class CachedBottomCollator:
         self.dtype = dtype
 
     def __call__(self, features: list[dict]) -> dict:
-        states = [self.hidden[f["idx"]] for f in features]
-        padded = torch.nn.utils.rnn.pad_sequence(states, batch_first=True).to(self.dtype)
-        lengths = torch.tensor([len(state) for state in states])
-        mask = (torch.arange(padded.shape[1])[None, :] < lengths[:, None]).long()
+        padded, mask = pad_states([self.hidden[f["idx"]] for f in features])
+        padded = padded.to(self.dtype)
         labels = torch.tensor([f["labels"] for f in features])
         return {"hidden_states": padded, "attention_mask": mask, "labels": labels, "start_layer": self.start_layer}
 

@@ -317,6 +317,65 @@ def test_every_training_review_goes_once_through_the_untouched_model_head_only_r
     assert study.tuned.result.untouched_features is None  # used once, then dropped: a session keeps its rung only
 
 
+def test_the_lora_pass_starts_from_the_zero_shot_pass_states_below_the_first_layer_it_adapts(
+    tiny_encoder_factory, toy_csv
+):
+    """LoRA on the top layer only: the LoRA model's pass over the test reviews starts from the states the zero-shot
+    pass kept entering that layer (the reviews go through the bottom layer once in the whole study), and answers
+    exactly as a full pass of the same model does."""
+    from lora_demo.compute import models
+    from lora_demo.inference import classify_texts
+    from lora_demo.models import encode_head_tail
+    from lora_demo.study import Models, Study
+
+    models.forget()
+    passes = collections.Counter()
+    loader = lambda name, seed=42: passes_over(tiny_encoder_factory(0), passes)  # noqa: E731
+    study = Study("minilm", models=Models(loader=loader, check=lambda spec: None))
+    study.load_data(DataConfig(source=str(toy_csv), train_size=48, val_size=16, test_size=32, seed=1))
+    settings = LoraSettings(r=4, target_modules=("query", "value"), top_layers=1)
+    study.run(settings, FEW_STEPS)
+    test = study.splits.test["text"].tolist()
+    reviews = [tuple(ids) for ids in encode_head_tail(loader("minilm").tokenizer, test, FEW_STEPS.max_length)]
+    assert [passes[ids] for ids in reviews] == [1] * len(test)  # the zero-shot pass; the LoRA pass began above
+    ref = study.models.ref("minilm")
+    kept = models.kept_states(ref, test, FEW_STEPS.max_length, 1)
+    assert kept is not None and len(kept.states) == len(test) and models.kept_states_bytes() >= kept.nbytes
+    full = classify_texts(models.tuned(ref, study.tuned.weights), test, FEW_STEPS.max_length)
+    answers = study.finetuned().predictions
+    assert answers.positive == full.positive and np.array_equal(answers.features, full.features)
+    assert study.report().finetuned == study.finetuned().metrics
+    models.forget()
+
+
+def test_states_past_the_budget_are_not_kept_and_the_answers_stay_the_same(tiny_encoder_factory, monkeypatch):
+    """A split whose states would not fit `STATES_BYTES_KEPT` keeps none: the LoRA model then runs every layer."""
+    from lora_demo.compute import jobs, models
+    from lora_demo.compute.models import ModelRef, register_loader
+    from lora_demo.lora import adapter_weights
+
+    models.forget()
+    ref = ModelRef("minilm", register_loader(lambda name, seed=42: tiny_encoder_factory(0)))
+    settings = LoraSettings(r=4, target_modules=("query", "value"), top_layers=1)
+    adapted = apply_lora(tiny_encoder_factory(0), settings)
+    with torch.no_grad():  # an adapter that changes the top layer's answers
+        for name, weight in adapted.model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.5)
+    weights = adapter_weights(adapted, settings)
+    texts = [f"review number {k}: a {'fine' if k % 2 else 'dull'} film" for k in range(12)]
+    before = jobs.zero_shot(ref, texts, 32, keep_for=settings)
+    with_states = jobs.score(ref, weights, texts, 32)
+    assert models.kept_states(ref, texts, 32, 1) is not None
+    models.forget()
+    monkeypatch.setattr(models, "STATES_BYTES_KEPT", 64)
+    assert jobs.zero_shot(ref, texts, 32, keep_for=settings) == before
+    assert models.kept_states(ref, texts, 32, 1) is None and models.kept_states_bytes() == 0
+    assert jobs.score(ref, weights, texts, 32) == with_states  # every layer run: the same answers
+    assert with_states.labels != before.labels or with_states.positive != before.positive
+    models.forget()
+
+
 TOY_SIZES = ["--train-size", "48", "--val-size", "16", "--test-size", "32"]
 
 

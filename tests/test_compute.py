@@ -55,6 +55,18 @@ def test_a_cache_with_a_budget_drops_the_oldest_past_it_and_always_keeps_the_new
     assert len(cache) == 0
 
 
+def test_peek_makes_nothing_and_put_replaces_within_the_budget():
+    cache = Cache(budget=10, weigh=len)
+    assert cache.peek("a") is None and len(cache) == 0
+    cache.put("a", "aaaa")
+    cache.put("a", "aaaaaa")  # replaced: weighed once
+    assert cache.peek("a") == "aaaaaa" and cache.weight == 6
+    cache.put("b", "bbbb")
+    cache.peek("a")  # used again: "b" is now the least recently used
+    cache.put("c", "cc")  # 12 > 10
+    assert cache.peek("b") is None and cache.weight == 8
+
+
 def test_a_slow_load_of_one_model_never_holds_up_another():
     cache, started = Cache(), threading.Event()
 

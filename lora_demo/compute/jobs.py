@@ -44,18 +44,41 @@ class Trained:
     out_of_time: bool = False
 
 
-def zero_shot(ref: ModelRef, texts: list[str], max_length: int = DEFAULT_MAX_LENGTH, progress: Progress = None):
-    """The untouched model's answers (`baseline.zero_shot_predict`)."""
-    from ..baseline import zero_shot_predict
+def zero_shot(
+    ref: ModelRef,
+    texts: list[str],
+    max_length: int = DEFAULT_MAX_LENGTH,
+    progress: Progress = None,
+    keep_for: LoraSettings | None = None,
+):
+    """The untouched model's answers (`baseline.zero_shot_predict`).
 
-    return zero_shot_predict(models.base(ref), list(texts), max_length=max_length, progress=progress)
+    Args:
+        keep_for: LoRA settings whose models will answer the same texts next: the hidden states entering the
+            first layer they adapt stay in this process (`models.keep_states`), so that those passes run only the
+            layers from there up (`score`). Nothing is kept for a seq2seq model, or states past the budget.
+    """
+    from ..baseline import zero_shot_keeping
+
+    bundle, texts = models.base(ref), list(texts)
+    layer = keep_for.untouched_below(bundle.spec) if keep_for is not None else 0
+    if layer and not models.states_fit(bundle, texts, max_length):
+        layer = 0
+    predictions, states = zero_shot_keeping(bundle, texts, layer, max_length=max_length, progress=progress)
+    if states is not None:
+        models.keep_states(ref, texts, max_length, states)
+    return predictions
 
 
 def score(ref: ModelRef, weights: AdapterWeights, texts: list[str], max_length: int, progress: Progress = None):
-    """A trained adapter's answers (`inference.classify_texts` on its merged serving copy)."""
+    """A trained adapter's answers (`inference.classify_texts` on its merged serving copy), from the untouched
+    model's states of the same texts below the first layer it adapts where this process kept them
+    (`zero_shot(keep_for=...)`): those layers are the untouched model's own."""
     from ..inference import classify_texts
 
-    return classify_texts(models.tuned(ref, weights), list(texts), max_length=max_length, progress=progress)
+    bundle, texts = models.tuned(ref, weights), list(texts)
+    states = models.kept_states(ref, texts, max_length, weights.lora.untouched_below(bundle.spec))
+    return classify_texts(bundle, texts, max_length=max_length, progress=progress, states=states)
 
 
 def classify(

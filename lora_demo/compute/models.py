@@ -13,12 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..cache import Cache
-from ..inference import serving_copy
+from ..data import texts_fingerprint
+from ..inference import LayerStates, serving_copy
 from ..lora import AdapterWeights, attach
-from ..models import ModelBundle, load_bundle
+from ..models import ModelBundle, encode_head_tail, load_bundle
 from .device import device, fit_threads
 
 TUNED_COPIES = 4  # serving copies of trained adapters kept per process (the least recently used is dropped)
+# bytes of the untouched model's hidden states kept per process for the LoRA models' passes over the same reviews
+# (`keep_states`): the default split's test, calibration and short reviews take about 300 MB in bf16
+STATES_BYTES_KEPT = 512 * 2**20
 
 # the loaders a `ModelRef` can name; tests add their tiny models under a name of their own (`register_loader`)
 LOADERS: dict[str, Callable[..., ModelBundle]] = {"registry": load_bundle}
@@ -67,6 +71,38 @@ def tuned(ref: ModelRef, weights: AdapterWeights) -> ModelBundle:
     return _TUNED.get((ref, weights.key, str(device())), lambda: serving_copy(attach(fresh(ref), weights)))
 
 
+_STATES = Cache(budget=STATES_BYTES_KEPT, weigh=lambda states: states.nbytes)
+
+
+def keep_states(ref: ModelRef, texts: list[str], max_length: int, states: LayerStates) -> None:
+    """Keep the untouched model's hidden states of `texts` (entering `states.layer`) in this process, for the
+    passes of LoRA models that leave the layers below as they are (`kept_states`); the least recently used go
+    first past `STATES_BYTES_KEPT`."""
+    if states.nbytes <= STATES_BYTES_KEPT:
+        _STATES.put((ref, str(device()), max_length, states.layer, texts_fingerprint(texts)), states)
+
+
+def states_fit(bundle: ModelBundle, texts: list[str], max_length: int) -> bool:
+    """Whether the hidden states of `texts` through `bundle` (one layer's, as the model's weights are stored)
+    fit within `STATES_BYTES_KEPT`: a large split's are not kept, and not made."""
+    tokens = sum(map(len, encode_head_tail(bundle.tokenizer, texts, max_length)))
+    weight = next(bundle.model.parameters())
+    return tokens * bundle.model.config.hidden_size * weight.element_size() <= STATES_BYTES_KEPT
+
+
+def kept_states(ref: ModelRef, texts: list[str], max_length: int, layer: int) -> LayerStates | None:
+    """The states `keep_states` kept for these texts, entering `layer`; None where there are none (layer 0, or
+    another process, or dropped)."""
+    if not layer:
+        return None
+    return _STATES.peek((ref, str(device()), max_length, layer, texts_fingerprint(texts)))
+
+
+def kept_states_bytes() -> int:
+    """Bytes of hidden states this process keeps (`keep_states`)."""
+    return int(_STATES.weight)
+
+
 def adapted(ref: ModelRef, weights: AdapterWeights) -> ModelBundle:
     """The base model with the adapter attached and not merged (its B and A can be measured); not cached."""
     return attach(fresh(ref), weights)
@@ -87,3 +123,4 @@ def forget() -> None:
     """Drop this process's cached models (tests; a worker that must free memory)."""
     _BASE.clear()
     _TUNED.clear()
+    _STATES.clear()
