@@ -21,7 +21,7 @@ from .device import device, fit_threads
 
 TUNED_COPIES = 4  # serving copies of trained adapters kept per process (the least recently used is dropped)
 # bytes of the untouched model's hidden states kept per process for the LoRA models' passes over the same reviews
-# (`keep_states`): the default split's test, calibration and short reviews take about 300 MB in bf16
+# (`keep_states`): the default split's test, calibration and short reviews take about 200 MB in bf16
 STATES_BYTES_KEPT = 512 * 2**20
 
 # the loaders a `ModelRef` can name; tests add their tiny models under a name of their own (`register_loader`)
