@@ -157,10 +157,12 @@ def run_batches(
 
 
 def _on_cpu(out):
-    """A batch's results on the CPU (from a GPU, one copy per batch), so callers never see the device."""
+    """A batch's results on the CPU (from a GPU, one copy per tensor), so callers never see the device."""
     if isinstance(out, torch.Tensor):
         return out.cpu()
-    return [item.cpu() if isinstance(item, torch.Tensor) else item for item in out]
+    if isinstance(out, list | tuple):
+        return type(out)(_on_cpu(item) for item in out)
+    return out
 
 
 def classify_texts(
