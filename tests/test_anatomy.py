@@ -339,7 +339,7 @@ def test_the_lora_pass_starts_from_the_zero_shot_pass_states_below_the_first_lay
     reviews = [tuple(ids) for ids in encode_head_tail(loader("minilm").tokenizer, test, FEW_STEPS.max_length)]
     assert [passes[ids] for ids in reviews] == [1] * len(test)  # the zero-shot pass; the LoRA pass began above
     ref = study.models.ref("minilm")
-    kept = models.kept_states(ref, test, FEW_STEPS.max_length, 1)
+    kept = models.kept_states(ref, models.base(ref), test, FEW_STEPS.max_length, 1)
     assert kept is not None and len(kept.states) == len(test) and models.kept_states_bytes() >= kept.nbytes
     full = classify_texts(models.tuned(ref, study.tuned.weights), test, FEW_STEPS.max_length)
     answers = study.finetuned().predictions
@@ -348,31 +348,57 @@ def test_the_lora_pass_starts_from_the_zero_shot_pass_states_below_the_first_lay
     models.forget()
 
 
-def test_states_past_the_budget_are_not_kept_and_the_answers_stay_the_same(tiny_encoder_factory, monkeypatch):
-    """A split whose states would not fit `STATES_BYTES_KEPT` keeps none: the LoRA model then runs every layer."""
-    from lora_demo.compute import jobs, models
+TOP_LAYER = LoraSettings(r=4, target_modules=("query", "value"), top_layers=1)
+SOME_REVIEWS = [f"review number {k}: a {'fine' if k % 2 else 'dull'} film" for k in range(12)]
+
+
+def top_layer_adapter(factory):
+    """A registered tiny encoder and an adapter of its top layer that changes its answers."""
+    from lora_demo.compute import models
     from lora_demo.compute.models import ModelRef, register_loader
     from lora_demo.lora import adapter_weights
 
     models.forget()
-    ref = ModelRef("minilm", register_loader(lambda name, seed=42: tiny_encoder_factory(0)))
-    settings = LoraSettings(r=4, target_modules=("query", "value"), top_layers=1)
-    adapted = apply_lora(tiny_encoder_factory(0), settings)
-    with torch.no_grad():  # an adapter that changes the top layer's answers
+    adapted = apply_lora(factory(0), TOP_LAYER)
+    with torch.no_grad():
         for name, weight in adapted.model.named_parameters():
             if "lora_B" in name:
                 weight.normal_(0, 0.5)
-    weights = adapter_weights(adapted, settings)
-    texts = [f"review number {k}: a {'fine' if k % 2 else 'dull'} film" for k in range(12)]
-    before = jobs.zero_shot(ref, texts, 32, keep_for=settings)
-    with_states = jobs.score(ref, weights, texts, 32)
-    assert models.kept_states(ref, texts, 32, 1) is not None
+    return ModelRef("minilm", register_loader(lambda name, seed=42: factory(0))), adapter_weights(adapted, TOP_LAYER)
+
+
+def test_states_past_the_budget_are_not_kept_and_the_answers_stay_the_same(tiny_encoder_factory, monkeypatch):
+    """A split whose states would not fit `STATES_BYTES_KEPT` keeps none: the LoRA model then runs every layer."""
+    from lora_demo.compute import jobs, models
+
+    ref, weights = top_layer_adapter(tiny_encoder_factory)
+    before = jobs.zero_shot(ref, SOME_REVIEWS, 32, keep_for=TOP_LAYER)
+    with_states = jobs.score(ref, weights, SOME_REVIEWS, 32)
+    assert models.kept_states(ref, models.base(ref), SOME_REVIEWS, 32, 1) is not None
     models.forget()
     monkeypatch.setattr(models, "STATES_BYTES_KEPT", 64)
-    assert jobs.zero_shot(ref, texts, 32, keep_for=settings) == before
-    assert models.kept_states(ref, texts, 32, 1) is None and models.kept_states_bytes() == 0
-    assert jobs.score(ref, weights, texts, 32) == with_states  # every layer run: the same answers
+    assert jobs.zero_shot(ref, SOME_REVIEWS, 32, keep_for=TOP_LAYER) == before
+    assert models.kept_states(ref, models.base(ref), SOME_REVIEWS, 32, 1) is None
+    assert models.kept_states_bytes() == 0
+    assert jobs.score(ref, weights, SOME_REVIEWS, 32) == with_states  # every layer run: the same answers
     assert with_states.labels != before.labels or with_states.positive != before.positive
+    models.forget()
+
+
+def test_states_from_a_copy_held_in_another_type_are_not_used(tiny_encoder_factory, monkeypatch):
+    """The untouched copy made in fp32 (bf16 off when it loaded) and the LoRA copy in bf16: the LoRA pass runs
+    every layer rather than feed fp32 states to bf16 weights (which raised "mixed dtype")."""
+    from lora_demo import inference
+    from lora_demo.compute import jobs, models
+
+    ref, weights = top_layer_adapter(tiny_encoder_factory)
+    jobs.zero_shot(ref, SOME_REVIEWS, 32, keep_for=TOP_LAYER)  # this test's default: fp32 (`_fp32_inference`)
+    assert models.kept_states(ref, models.base(ref), SOME_REVIEWS, 32, 1) is not None
+    monkeypatch.setattr(inference, "fast_bf16", lambda: True)
+    tuned = models.tuned(ref, weights)
+    assert next(tuned.model.parameters()).dtype == torch.bfloat16
+    assert models.kept_states(ref, tuned, SOME_REVIEWS, 32, 1) is None
+    assert jobs.score(ref, weights, SOME_REVIEWS, 32) == inference.classify_texts(tuned, SOME_REVIEWS, 32)
     models.forget()
 
 

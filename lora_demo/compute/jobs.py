@@ -58,15 +58,14 @@ def zero_shot(
             first layer they adapt stay in this process (`models.keep_states`), so that those passes run only the
             layers from there up (`score`). Nothing is kept for a seq2seq model, or states past the budget.
     """
-    from ..baseline import zero_shot_keeping
+    from ..baseline import zero_shot_keeping, zero_shot_predict
 
     bundle, texts = models.base(ref), list(texts)
     layer = keep_for.untouched_below(bundle.spec) if keep_for is not None else 0
-    if layer and not models.states_fit(bundle, texts, max_length):
-        layer = 0
+    if not layer or not models.states_fit(bundle, texts, max_length):
+        return zero_shot_predict(bundle, texts, max_length=max_length, progress=progress)
     predictions, states = zero_shot_keeping(bundle, texts, layer, max_length=max_length, progress=progress)
-    if states is not None:
-        models.keep_states(ref, texts, max_length, states)
+    models.keep_states(ref, bundle, texts, max_length, states)
     return predictions
 
 
@@ -77,7 +76,7 @@ def score(ref: ModelRef, weights: AdapterWeights, texts: list[str], max_length: 
     from ..inference import classify_texts
 
     bundle, texts = models.tuned(ref, weights), list(texts)
-    states = models.kept_states(ref, texts, max_length, weights.lora.untouched_below(bundle.spec))
+    states = models.kept_states(ref, bundle, texts, max_length, weights.lora.untouched_below(bundle.spec))
     return classify_texts(bundle, texts, max_length=max_length, progress=progress, states=states)
 
 

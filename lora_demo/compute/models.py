@@ -74,12 +74,26 @@ def tuned(ref: ModelRef, weights: AdapterWeights) -> ModelBundle:
 _STATES = Cache(budget=STATES_BYTES_KEPT, weigh=lambda states: states.nbytes)
 
 
-def keep_states(ref: ModelRef, texts: list[str], max_length: int, states: LayerStates) -> None:
-    """Keep the untouched model's hidden states of `texts` (entering `states.layer`) in this process, for the
-    passes of LoRA models that leave the layers below as they are (`kept_states`); the least recently used go
-    first past `STATES_BYTES_KEPT`."""
+def keep_states(ref: ModelRef, bundle: ModelBundle, texts: list[str], max_length: int, states: LayerStates) -> None:
+    """Keep the hidden states of `texts` that `bundle` (the untouched model's serving copy) computed entering
+    `states.layer`, in this process, for the passes of LoRA models that leave the layers below as they are
+    (`kept_states`); the least recently used go first past `STATES_BYTES_KEPT`."""
     if states.nbytes <= STATES_BYTES_KEPT:
-        _STATES.put((ref, str(device()), max_length, states.layer, texts_fingerprint(texts)), states)
+        _STATES.put(_states_key(ref, bundle, texts, max_length, states.layer), states)
+
+
+def kept_states(ref: ModelRef, bundle: ModelBundle, texts: list[str], max_length: int, layer: int):
+    """The `LayerStates` `keep_states` kept for these texts entering `layer`, from a copy of the untouched model
+    held as `bundle` is (the same device and weight type, so the same products); None where there are none (layer
+    0, another process, dropped)."""
+    if not layer:
+        return None
+    return _STATES.peek(_states_key(ref, bundle, texts, max_length, layer))
+
+
+def _states_key(ref: ModelRef, bundle: ModelBundle, texts: list[str], max_length: int, layer: int) -> tuple:
+    weights = next(bundle.model.parameters())
+    return (ref, str(weights.device), str(weights.dtype), max_length, layer, texts_fingerprint(texts))
 
 
 def states_fit(bundle: ModelBundle, texts: list[str], max_length: int) -> bool:
@@ -88,14 +102,6 @@ def states_fit(bundle: ModelBundle, texts: list[str], max_length: int) -> bool:
     tokens = sum(map(len, encode_head_tail(bundle.tokenizer, texts, max_length)))
     weight = next(bundle.model.parameters())
     return tokens * bundle.model.config.hidden_size * weight.element_size() <= STATES_BYTES_KEPT
-
-
-def kept_states(ref: ModelRef, texts: list[str], max_length: int, layer: int) -> LayerStates | None:
-    """The states `keep_states` kept for these texts, entering `layer`; None where there are none (layer 0, or
-    another process, or dropped)."""
-    if not layer:
-        return None
-    return _STATES.peek((ref, str(device()), max_length, layer, texts_fingerprint(texts)))
 
 
 def kept_states_bytes() -> int:
