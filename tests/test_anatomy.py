@@ -367,20 +367,37 @@ def top_layer_adapter(factory):
     return ModelRef("minilm", register_loader(lambda name, seed=42: factory(0))), adapter_weights(adapted, TOP_LAYER)
 
 
-def test_states_past_the_budget_are_not_kept_and_the_answers_stay_the_same(tiny_encoder_factory, monkeypatch):
-    """A split whose states would not fit `STATES_BYTES_KEPT` keeps none: the LoRA model then runs every layer."""
+def test_states_past_the_budget_or_made_by_another_pass_are_not_kept_and_the_answers_stay_the_same(
+    tiny_encoder_factory, monkeypatch
+):
+    """A split whose states would not fit `STATES_BYTES_KEPT` keeps none, nor a pass while another one of the
+    process is making states: the LoRA model then runs every layer, with the same answers."""
+    from lora_demo import inference
     from lora_demo.compute import jobs, models
 
+    given, classify, budget = [], inference.classify_texts, models.STATES_BYTES_KEPT
+
+    def spy(*args, **kwargs):
+        given.append(kwargs.get("states"))
+        return classify(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "classify_texts", spy)
     ref, weights = top_layer_adapter(tiny_encoder_factory)
     before = jobs.zero_shot(ref, SOME_REVIEWS, 32, keep_for=TOP_LAYER)
     with_states = jobs.score(ref, weights, SOME_REVIEWS, 32)
-    assert models.kept_states(ref, models.base(ref), SOME_REVIEWS, 32, 1) is not None
-    models.forget()
-    monkeypatch.setattr(models, "STATES_BYTES_KEPT", 64)
-    assert jobs.zero_shot(ref, SOME_REVIEWS, 32, keep_for=TOP_LAYER) == before
-    assert models.kept_states(ref, models.base(ref), SOME_REVIEWS, 32, 1) is None
-    assert models.kept_states_bytes() == 0
-    assert jobs.score(ref, weights, SOME_REVIEWS, 32) == with_states  # every layer run: the same answers
+    kept = models.kept_states(ref, models.base(ref), SOME_REVIEWS, 32, 1)
+    assert kept is not None and given == [kept]  # the LoRA pass was handed them
+    over_budget = lambda: monkeypatch.setattr(models, "STATES_BYTES_KEPT", 64)  # noqa: E731
+    another_pass = lambda: monkeypatch.setattr(models, "STATES_BYTES_KEPT", budget) or models._MAKING_STATES.acquire()  # noqa: E731
+    for crowded in (over_budget, another_pass):
+        models.forget()
+        crowded()
+        assert jobs.zero_shot(ref, SOME_REVIEWS, 32, keep_for=TOP_LAYER) == before
+        assert models.kept_states(ref, models.base(ref), SOME_REVIEWS, 32, 1) is None
+        assert models.kept_states_bytes() == 0
+        assert jobs.score(ref, weights, SOME_REVIEWS, 32) == with_states  # every layer run: the same answers
+        assert given[-1] is None
+    models._MAKING_STATES.release()
     assert with_states.labels != before.labels or with_states.positive != before.positive
     models.forget()
 

@@ -56,17 +56,20 @@ def zero_shot(
     Args:
         keep_for: LoRA settings whose models will answer the same texts next: the hidden states entering the
             first layer they adapt stay in this process (`models.keep_states`), so that those passes run only the
-            layers from there up (`score`). Nothing is kept for a seq2seq model, or states past the budget.
+            layers from there up (`score`). Nothing is kept for a seq2seq model, states past the budget, or
+            while another pass of this process is making some (`models.room_for_states`).
     """
     from ..baseline import zero_shot_keeping, zero_shot_predict
 
     bundle, texts = models.base(ref), list(texts)
     layer = keep_for.untouched_below(bundle.spec) if keep_for is not None else 0
-    if not layer or not models.states_fit(bundle, texts, max_length):
-        return zero_shot_predict(bundle, texts, max_length=max_length, progress=progress)
-    predictions, states = zero_shot_keeping(bundle, texts, layer, max_length=max_length, progress=progress)
-    models.keep_states(ref, bundle, texts, max_length, states)
-    return predictions
+    if layer:
+        with models.room_for_states(bundle, texts, max_length) as room:
+            if room:
+                predictions, states = zero_shot_keeping(bundle, texts, layer, max_length, progress=progress)
+                models.keep_states(ref, bundle, texts, max_length, states)
+                return predictions
+    return zero_shot_predict(bundle, texts, max_length=max_length, progress=progress)
 
 
 def score(ref: ModelRef, weights: AdapterWeights, texts: list[str], max_length: int, progress: Progress = None):

@@ -9,6 +9,8 @@ slow first load of one model never holds up the others.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -96,12 +98,30 @@ def _states_key(ref: ModelRef, bundle: ModelBundle, texts: list[str], max_length
     return (ref, str(weights.device), str(weights.dtype), max_length, layer, texts_fingerprint(texts))
 
 
-def states_fit(bundle: ModelBundle, texts: list[str], max_length: int) -> bool:
-    """Whether the hidden states of `texts` through `bundle` (one layer's, as the model's weights are stored)
-    fit within `STATES_BYTES_KEPT`: a large split's are not kept, and not made."""
+_MAKING_STATES = threading.Lock()  # held by the one pass of this process making states to keep
+
+
+@contextlib.contextmanager
+def room_for_states(bundle: ModelBundle, texts: list[str], max_length: int):
+    """Whether a pass of `bundle` over `texts` may make states to keep, held for the pass: they fit within
+    `STATES_BYTES_KEPT`, and no other pass of this process is making some (a pass holds its states before the
+    budget sees them: one split's at most, however many sessions score at once). A large split's are not made."""
+    if not _states_fit(bundle, texts, max_length) or not _MAKING_STATES.acquire(blocking=False):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        _MAKING_STATES.release()
+
+
+def _states_fit(bundle: ModelBundle, texts: list[str], max_length: int) -> bool:
     tokens = sum(map(len, encode_head_tail(bundle.tokenizer, texts, max_length)))
     weight = next(bundle.model.parameters())
-    return tokens * bundle.model.config.hidden_size * weight.element_size() <= STATES_BYTES_KEPT
+    # CPU autocast leaves the layers' outputs in the weights' type; CUDA's runs layer norms, and so the layers'
+    # outputs, in fp32
+    size = 4 if weight.device.type == "cuda" else weight.element_size()
+    return tokens * bundle.model.config.hidden_size * size <= STATES_BYTES_KEPT
 
 
 def kept_states_bytes() -> int:
