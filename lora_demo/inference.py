@@ -136,9 +136,9 @@ def run_batches(
         bf16: run under bfloat16 autocast; default: where the hardware runs it natively (`fast_bf16`).
         collate: makes a batch's inputs from its reviews' items; default: the tokenizer pads token ids.
     """
-    collate = collate or (lambda ids: bundle.tokenizer.pad({"input_ids": ids}, return_tensors="pt"))
     from .measure import counted
 
+    collate = collate or (lambda ids: bundle.tokenizer.pad({"input_ids": ids}, return_tensors="pt"))
     bf16 = fast_bf16() if bf16 is None else bf16
     step = counted(step)  # the bench's FLOP count, where one is open
     results: list = [None] * len(encoded)

@@ -366,14 +366,14 @@ class Study:
         """
         return self._baseline(frame, max_length, progress, model, keep_for=self._lora_ahead())
 
-    def _baseline(self, frame, max_length, progress, model, keep_for: LoraSettings | None) -> Evaluation:
+    def _baseline(self, frame, max_length, progress, model, keep_for: LoraSettings) -> Evaluation:
         """`baseline`, keeping in this process the untouched model's states below the first layer that LoRA
         models with `keep_for`'s settings adapt, for their passes over the same reviews (`jobs.zero_shot`)."""
         frame = self._test_frame() if frame is None else frame
         model = model or self.model_name
         report = _reporter(progress, f"Zero-shot {model} on {len(frame)} reviews")
         ref = self._ref(model)
-        keep = dict(keep_for=keep_for) if keep_for is not None and not self.models.runner.in_workers else {}
+        keep = {} if self.models.runner.in_workers else {"keep_for": keep_for}  # a worker's end with its call
 
         def predict(texts):  # the untouched model answers every visitor alike: once per process and reviews
             key = ("zero_shot", ref, max_length, texts_fingerprint(texts))
